@@ -1,0 +1,33 @@
+"""Source model: a CIFAR-style ResNet-20 pretrained on MNIST (28x28x1).
+
+Run:
+    jtl train --config configs/mnist_pretrain.py --workdir runs/mnist_pretrain
+    jtl train --config configs/mnist_pretrain.py:steps=2000 --workdir runs/mnist_pretrain_long
+
+Expected (measured on a 2-core CPU, see docs/results.md): test accuracy ~0.98 after the
+default 400 steps of batch 128 (about 2 minutes); >= 0.99 with steps=2000.
+"""
+
+import ml_collections as mlc
+
+from jtl.config import base_config, parse_arg
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    a = parse_arg(arg, steps=400, model="resnet20", norm="batch", batch=128, lr=0.1)
+    c = base_config()
+    c.dataset = "mnist"
+    c.image_size, c.channels = 28, 1
+    c.augment = "crop(2)"
+    c.model.name = a.model
+    c.model.kwargs = mlc.ConfigDict({"norm": a.norm})
+    c.batch_size = a.batch
+    c.total_steps = a.steps
+    c.eval_every = max(a.steps // 4, 1)
+    c.checkpoint_every = max(a.steps // 2, 1)
+    c.optim.name = "momentum"
+    c.optim.lr = a.lr
+    c.optim.warmup_steps = min(50, a.steps // 10)
+    c.optim.schedule = "cosine"
+    c.optim.weight_decay = 5e-4
+    return c

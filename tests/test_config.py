@@ -1,0 +1,63 @@
+"""Config loading: variants, overrides, and typos that must fail loudly."""
+
+from pathlib import Path
+
+import pytest
+
+from jtl import config as config_lib
+
+TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
+
+
+def test_load_variant_and_override():
+    c = config_lib.load_config(f"{TINY}:steps=7,dataset=digits", ["optim.lr=0.5", "augment=flip"])
+    assert c.total_steps == 7
+    assert c.optim.lr == 0.5
+    assert c.augment == "flip"
+
+
+def test_override_typo_fails_with_valid_keys():
+    with pytest.raises(KeyError, match="optim.lrr"):
+        config_lib.load_config(TINY, ["optim.lrr=0.1"])
+    with pytest.raises(KeyError, match="valid keys"):
+        config_lib.load_config(TINY, ["total_step=3"])
+
+
+def test_override_wrong_type_fails():
+    with pytest.raises(TypeError):
+        config_lib.load_config(TINY, ["total_steps=abc"])
+
+
+def test_variant_typo_fails():
+    with pytest.raises(KeyError, match="stepz"):
+        config_lib.load_config(f"{TINY}:stepz=3")
+
+
+def test_missing_config_file():
+    with pytest.raises(FileNotFoundError, match="not found"):
+        config_lib.load_config("configs/nope.py")
+
+
+def test_locked_config_rejects_new_fields():
+    c = config_lib.load_config(TINY)
+    with pytest.raises(AttributeError):
+        c.not_a_field = 1
+
+
+def test_fingerprint_ignores_progress_only():
+    a = config_lib.load_config(TINY)
+    b = config_lib.load_config(TINY, ["progress=True"])
+    c = config_lib.load_config(TINY, ["seed=1"])
+    assert config_lib.fingerprint(a) == config_lib.fingerprint(b)
+    assert config_lib.fingerprint(a) != config_lib.fingerprint(c)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in Path(TINY).parent.glob("*.py")))
+def test_every_config_loads_and_documents_its_command(name):
+    path = Path(TINY).parent / f"{name}.py"
+    c = config_lib.load_config(str(path))
+    assert c.total_steps > 0
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert "jtl " in doc and "Expected" in doc, f"{name}: docstring must hold command and result"
