@@ -5,7 +5,8 @@ fraction), fraction, init (source checkpoint dir), steps, model, norm.
 
 Run (after `jtl train --config configs/mnist_pretrain.py --workdir runs/mnist_pretrain`):
     jtl train --workdir runs/digits_ft10 \
-      --config configs/transfer.py:target=digits,strategy=finetune_full,per_class=10,init=runs/mnist_pretrain
+      --config configs/transfer.py:target=digits,strategy=finetune_full,per_class=10,\
+init=runs/mnist_pretrain
     jtl train --workdir runs/digits_scratch10 \
       --config configs/transfer.py:target=digits,strategy=scratch,per_class=10
 

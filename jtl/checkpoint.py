@@ -235,7 +235,9 @@ def load_variables(
     mismatched = sorted(
         f"{p}: checkpoint {tuple(source[p].shape)} vs model {tuple(np.shape(wanted[p]))}"
         for p in wanted
-        if p in source and not is_excluded(p) and tuple(source[p].shape) != tuple(np.shape(wanted[p]))
+        if p in source
+        and not is_excluded(p)
+        and tuple(source[p].shape) != tuple(np.shape(wanted[p]))
     )
     bad_shape = {m.split(":")[0] for m in mismatched}
     to_load = sorted(p for p in wanted if p in source and not is_excluded(p) and p not in bad_shape)
@@ -254,7 +256,9 @@ def load_variables(
             "--config.init.strict=False to keep the initial values of these keys."
         )
         if strict:
-            raise CheckpointMismatchError(f"checkpoint {ckpt_dir} does not fit the model:{problems}{hint}")
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt_dir} does not fit the model:{problems}{hint}"
+            )
         logging.warning("Partial load from %s:%s", ckpt_dir, problems)
 
     abstract = unflatten(

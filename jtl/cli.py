@@ -1,9 +1,9 @@
 """`jtl` command line: train, data, quickstart (and the subcommands later modules add).
 
-    jtl train --config configs/x.py[:k=v,...] --workdir DIR [--config.KEY=VALUE ...]
-    jtl data fetch [NAME ...]
-    jtl data prepare [NAME ...]
-    jtl quickstart --workdir DIR
+jtl train --config configs/x.py[:k=v,...] --workdir DIR [--config.KEY=VALUE ...]
+jtl data fetch [NAME ...]
+jtl data prepare [NAME ...]
+jtl quickstart --workdir DIR
 """
 
 from __future__ import annotations

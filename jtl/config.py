@@ -68,11 +68,22 @@ def base_config() -> mlc.ConfigDict:
     c.init.exclude = ("head/.*",)
     c.init.strict = True
 
+    # See jtl/strategies.py for what each strategy sets; every field below stays overridable.
     c.strategy = "scratch"
-    c.strategy_args = mlc.ConfigDict()
-    c.strategy_args.backbone_lr_mult = 0.1  # finetune_full: the folk rule, 10x lower LR
-    c.strategy_args.freeze_blocks = 0  # finetune_top: blocks (after the stem) kept frozen
-    c.strategy_args.freeze_batch_stats = False  # frozen parts run in inference mode
+    a = c.strategy_args = mlc.ConfigDict()
+    a.backbone_lr_mult = 0.1  # the folk rule: backbone at 10x lower LR than the new head
+    a.layer_decay = 0.0  # > 0: layer-wise LR decay per depth level (replaces backbone_lr_mult)
+    a.discriminative = 0.0  # > 0: ULMFiT, LR divided by this per level (e.g. 2.6)
+    a.freeze_blocks = 0  # finetune_top: entries of model.block_names() frozen from the bottom
+    a.freeze_batch_stats = False  # frozen blocks run in inference mode (running BN stats)
+    a.unfreeze_every = 0  # gradual_unfreeze: steps per stage
+    a.probe_kinds = ("logistic", "ridge")  # linear_probe / lp_ft; add "svm" for tiny data
+    a.l2sp_alpha = 0.01  # l2sp: weight of ||w - w_pretrained||^2
+    a.l2sp_beta = 0.01  # l2sp: weight of ||w_head||^2
+    a.wise_alphas = (0.0, 0.25, 0.5, 0.75, 1.0)  # wise_ft mixing coefficients
+    a.reinit_blocks = 0  # reinit_top: top blocks re-initialized before fine-tuning
+    a.transfer_blocks = 0  # layer_transfer: first n blocks transferred
+    a.transfer_frozen = True  # layer_transfer: keep the transferred blocks frozen
 
     c.distributed = False  # jax.distributed.initialize() (auto-detects TPU / SLURM)
     return c

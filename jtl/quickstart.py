@@ -67,9 +67,14 @@ def main(argv: Sequence[str] = ()) -> int:
 
     source_dir = workdir / "source_mnist"
     src = run_cell(
-        f"{CONFIGS / 'mnist_pretrain.py'}:steps={args.pretrain_steps}", source_dir, ["progress=False"]
+        f"{CONFIGS / 'mnist_pretrain.py'}:steps={args.pretrain_steps}",
+        source_dir,
+        ["progress=False"],
     )
-    print(f"[quickstart] source: MNIST ResNet-20, test accuracy {src['test_accuracy']:.4f}", flush=True)
+    print(
+        f"[quickstart] source: MNIST ResNet-20, test accuracy {src['test_accuracy']:.4f}",
+        flush=True,
+    )
 
     rows = []
     for target in targets:

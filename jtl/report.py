@@ -92,7 +92,9 @@ def plot_accuracy_vs_examples(agg: Sequence[dict[str, Any]], path: Path, title: 
     for ax, dataset in zip(axes[0], datasets, strict=True):
         items = [a for a in agg if a["dataset"] == dataset]
         for strategy in sorted({a["strategy"] for a in items}):
-            pts = sorted((a for a in items if a["strategy"] == strategy), key=lambda a: a["train_examples"])
+            pts = sorted(
+                (a for a in items if a["strategy"] == strategy), key=lambda a: a["train_examples"]
+            )
             x = [a["train_examples"] for a in pts]
             y = np.array([a["mean"] for a in pts])
             e = np.array([a["std"] for a in pts])

@@ -30,6 +30,11 @@ def maybe_initialize_distributed(enabled: bool | str = "auto", **kwargs: Any) ->
         return False
     if jax.distributed.is_initialized():
         return True
+    # Explicit cluster description (launch/local.sh, clusters without auto-detection).
+    if os.environ.get("JTL_COORDINATOR"):
+        kwargs.setdefault("coordinator_address", os.environ["JTL_COORDINATOR"])
+        kwargs.setdefault("num_processes", int(os.environ["JTL_NUM_PROCESSES"]))
+        kwargs.setdefault("process_id", int(os.environ["JTL_PROCESS_ID"]))
     if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)

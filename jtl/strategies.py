@@ -1,9 +1,26 @@
 """Transfer strategies: one `strategy` config field expands into weights, rules and steps.
 
 A strategy decides (1) which weights the run starts from, (2) the optimizer rules (frozen
-subtrees, LR multipliers), (3) how the forward pass runs in training (e.g. frozen parts in
-inference mode), (4) extra loss terms, and (5) post-training evaluations. Everything it sets is
-an ordinary config field, so each part stays overridable.
+subtrees, LR multipliers), (3) how the forward pass runs in training (frozen parts may run in
+inference mode), (4) extra loss terms, (5) stage changes during training and (6) evaluations
+after training. Everything it sets is an ordinary config field, so each part stays overridable.
+
+| strategy | starts from | trains |
+|---|---|---|
+| scratch | He init | everything |
+| linear_probe | pretrained | nothing by SGD: cached features -> logistic / ridge / SVM |
+| head_only | pretrained | the new head, through the frozen network (SGD) |
+| finetune_top | pretrained | the blocks above the first `freeze_blocks` + head |
+| finetune_full | pretrained | everything, backbone at `backbone_lr_mult` (0.1) x LR |
+| lp_ft | pretrained + probed head | everything (linear probe first, then fine-tune) |
+| l2sp | pretrained | everything, + alpha ||w - w0||^2 (backbone) + beta ||w||^2 (head) |
+| wise_ft | as lp_ft | as lp_ft, then evaluates (1 - a) w0 + a w for each a in `wise_alphas` |
+| reinit_top | pretrained, top `reinit_blocks` re-initialized | everything |
+| layer_transfer | first `transfer_blocks` pretrained, rest re-initialized | all, or the rest only |
+| gradual_unfreeze | pretrained | head, then one more block from the top per `unfreeze_every` |
+
+Any fine-tuning strategy also takes `layer_decay` (layer-wise LR decay per depth level) or
+`discriminative` (ULMFiT's division of the LR per level, e.g. 2.6).
 """
 
 from __future__ import annotations
@@ -16,11 +33,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
+import numpy as np
 from absl import logging
 
 from jtl import checkpoint as ckpt
+from jtl.optim import network_rules
 
-STRATEGIES = ("scratch", "finetune_full", "finetune_top", "head_only")
+STRATEGIES = (
+    "scratch",
+    "linear_probe",
+    "head_only",
+    "finetune_top",
+    "finetune_full",
+    "lp_ft",
+    "l2sp",
+    "wise_ft",
+    "reinit_top",
+    "layer_transfer",
+    "gradual_unfreeze",
+)
 
 
 def _zero_penalty(params: Any) -> jax.Array:
@@ -28,7 +59,7 @@ def _zero_penalty(params: Any) -> jax.Array:
     return jnp.zeros((), jnp.float32)
 
 
-def _default_apply(model: Any, variables: dict, x: jax.Array, has_bs: bool) -> tuple[Any, dict]:
+def default_apply(model: Any, variables: dict, x: jax.Array, has_bs: bool) -> tuple[Any, dict]:
     if has_bs:
         return model.apply(variables, x, train=True, mutable=["batch_stats"])
     return model.apply(variables, x, train=True), {}
@@ -36,83 +67,232 @@ def _default_apply(model: Any, variables: dict, x: jax.Array, has_bs: bool) -> t
 
 @dataclasses.dataclass
 class Plan:
-    """What the trainer needs from a strategy; defaults describe plain training."""
+    """What the trainer needs from a strategy; the defaults describe plain training."""
 
     variables: dict[str, Any]
     optim: mlc.ConfigDict
-    apply_train: Callable[[Any, dict, jax.Array, bool], tuple[Any, dict]] = _default_apply
+    apply_train: Callable[[Any, dict, jax.Array, bool], tuple[Any, dict]] = default_apply
     penalty: Callable[[Any], jax.Array] = _zero_penalty
-    finish: Callable[..., dict[str, Any]] = lambda *a, **k: {}  # noqa: E731
+    # step -> frozen regexes for that step (gradual unfreezing); None: fixed rules.
+    frozen_at: Callable[[int], tuple[str, ...]] | None = None
+    stage_at: Callable[[int], int] = lambda step: 0  # noqa: E731
+    # (final state, evaluate(variables, split) -> metrics) -> extra summary fields.
+    finish: Callable[[dict, Callable[[dict, str], dict]], dict[str, Any]] = (
+        lambda state, evaluate: {}  # noqa: E731
+    )
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _optim_copy(config: mlc.ConfigDict) -> mlc.ConfigDict:
-    optim = mlc.ConfigDict(config.optim.to_dict())
-    return optim
+def _blocks(model: Any) -> list[str]:
+    return list(model.block_names())
 
 
-def _block_regexes(model: Any, blocks: list[str]) -> list[str]:
-    del model
+def _block_regexes(blocks: list[str]) -> list[str]:
     return [f"backbone/{b}/.*" for b in blocks]
 
 
 def load_pretrained(
-    config: mlc.ConfigDict, variables: dict[str, Any]
+    config: mlc.ConfigDict, variables: dict[str, Any], extra_exclude: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], ckpt.LoadReport]:
     """Imported weights merged into the fresh init; excluded keys (the head) keep their init."""
     loaded, report = ckpt.load_variables(
         config.init.checkpoint,
         variables,
-        exclude=tuple(config.init.exclude),
+        exclude=tuple(config.init.exclude) + tuple(extra_exclude),
         strict=config.init.strict,
     )
     logging.info("Transfer init: %s", report.summary())
     return loaded, report
 
 
+def _check_count(name: str, value: int, blocks: list[str]) -> int:
+    if not 0 <= value <= len(blocks):
+        raise ValueError(
+            f"strategy_args.{name}={value} is out of range: the model has {len(blocks)} backbone "
+            f"blocks ({', '.join(blocks)}); use 0..{len(blocks)}"
+        )
+    return int(value)
+
+
+def _depth_lr_rules(args: mlc.ConfigDict, blocks: list[str]) -> list[tuple[str, float]]:
+    if args.layer_decay and args.discriminative:
+        raise ValueError("set either strategy_args.layer_decay or .discriminative, not both")
+    if args.layer_decay:
+        return list(network_rules.layerwise_lr_mults(blocks, float(args.layer_decay)))
+    if args.discriminative:
+        return list(network_rules.discriminative_lr_mults(blocks, float(args.discriminative)))
+    return []
+
+
+def _l2sp_penalty(w0: Any, alpha: float, beta: float) -> Callable[[Any], jax.Array]:
+    """alpha ||w - w0||^2 over imported backbone weights + beta ||w||^2 over the new head."""
+    w0 = jax.tree.map(jnp.asarray, w0)
+
+    def penalty(params: Any) -> jax.Array:
+        sp = sum(
+            jnp.sum((w - r) ** 2)
+            for w, r in zip(
+                jax.tree.leaves(params["backbone"]), jax.tree.leaves(w0["backbone"]), strict=True
+            )
+        )
+        head = sum(jnp.sum(w**2) for w in jax.tree.leaves(params["head"]))
+        return alpha * sp + beta * head
+
+    return penalty
+
+
+def interpolate(w0: Any, w1: Any, alpha: float) -> Any:
+    """WiSE-FT weight-space ensemble: (1 - alpha) w0 + alpha w1, leaf by leaf."""
+    return jax.tree.map(lambda a, b: (1.0 - alpha) * np.asarray(a) + alpha * np.asarray(b), w0, w1)
+
+
+def _wise_finish(start: dict, alphas: tuple[float, ...]) -> Callable[..., dict[str, Any]]:
+    def finish(state: dict, evaluate: Callable[[dict, str], dict]) -> dict[str, Any]:
+        final = {"params": state["params"], "batch_stats": state["batch_stats"]}
+        final = jax.tree.map(np.asarray, final)
+        rows = []
+        for a in alphas:
+            v = interpolate(start, final, a)
+            if not v["batch_stats"]:
+                v = {"params": v["params"]}
+            val, test = evaluate(v, "val"), evaluate(v, "test")
+            rows.append(
+                {"alpha": a, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"]}
+            )
+            logging.info(
+                "WiSE-FT alpha=%.2f val %.4f test %.4f", a, val["accuracy"], test["accuracy"]
+            )
+        best = max(rows, key=lambda r: r["val_accuracy"])
+        return {
+            "wise_ft": rows,
+            "wise_best_alpha": best["alpha"],
+            # The ensemble picked on validation is the strategy's answer.
+            "test_accuracy": best["test_accuracy"],
+            "val_accuracy": best["val_accuracy"],
+        }
+
+    return finish
+
+
 def plan_strategy(
     config: mlc.ConfigDict, model: Any, variables: dict[str, Any], data: Any, workdir: Path
 ) -> Plan:
     """Expands `config.strategy` into a `Plan`; unknown names fail with the list of valid ones."""
-    del data, workdir
+    del workdir
     name = config.strategy
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    optim = _optim_copy(config)
+    optim = mlc.ConfigDict(config.optim.to_dict())
+    args = config.strategy_args
     info: dict[str, Any] = {}
     if name == "scratch":
         if config.init.checkpoint:
             raise ValueError(
-                "strategy 'scratch' trains from random init but init.checkpoint is set; "
-                "use a transfer strategy (e.g. --config.strategy=finetune_full) or clear "
+                "strategy 'scratch' trains from random init but init.checkpoint is set; use a "
+                "transfer strategy (e.g. --config.strategy=finetune_full) or set "
                 "--config.init.checkpoint=''"
             )
         return Plan(variables=variables, optim=optim, info=info)
-
     if not config.init.checkpoint:
         raise ValueError(
             f"strategy {name!r} needs pretrained weights: set --config.init.checkpoint=DIR "
             "(a run workdir or a `jtl import` output)"
         )
-    variables, report = load_pretrained(config, variables)
+
+    blocks = _blocks(model)
+    extra_exclude: tuple[str, ...] = ()
+    if name == "reinit_top":
+        k = _check_count("reinit_blocks", args.reinit_blocks, blocks)
+        extra_exclude = tuple(_block_regexes(blocks[len(blocks) - k :]))
+    elif name == "layer_transfer":
+        n = _check_count("transfer_blocks", args.transfer_blocks, blocks)
+        extra_exclude = tuple(_block_regexes(blocks[n:]))
+    fresh = variables
+    variables, report = load_pretrained(config, variables, extra_exclude)
     info["init"] = report.summary()
-    blocks = list(model.block_names())
-    args = config.strategy_args
+
     frozen = list(optim.frozen)
     lr_mults = list(optim.lr_mults)
-    if name == "finetune_full":
-        if args.backbone_lr_mult != 1.0:
-            lr_mults = [("backbone/.*", float(args.backbone_lr_mult))] + lr_mults
-    elif name == "finetune_top":
-        k = int(args.freeze_blocks)
-        if not 0 <= k <= len(blocks):
-            raise ValueError(
-                f"strategy_args.freeze_blocks={k} out of range: the model has {len(blocks)} "
-                f"backbone blocks ({', '.join(blocks)})"
-            )
-        frozen = _block_regexes(model, blocks[:k]) + frozen
-    elif name == "head_only":
+    plan = Plan(variables=variables, optim=optim, info=info)
+
+    if name == "head_only":
         frozen = ["backbone/.*"] + frozen
+    elif name == "finetune_top":
+        k = _check_count("freeze_blocks", args.freeze_blocks, blocks)
+        frozen = _block_regexes(blocks[:k]) + frozen
+    elif name == "layer_transfer" and args.transfer_frozen:
+        frozen = _block_regexes(blocks[: args.transfer_blocks]) + frozen
+    elif name == "gradual_unfreeze":
+        if args.unfreeze_every <= 0:
+            raise ValueError(
+                "gradual_unfreeze needs strategy_args.unfreeze_every > 0 (steps per stage)"
+            )
+        stages = network_rules.gradual_unfreeze_stages(blocks, int(args.unfreeze_every))
+        plan.frozen_at = lambda step: tuple(stages.frozen_at(step)) + tuple(frozen)
+        plan.stage_at = stages.stage_at
+        info["unfreeze_every"] = int(args.unfreeze_every)
+
+    fine_tunes_backbone = name in (
+        "finetune_full",
+        "lp_ft",
+        "l2sp",
+        "wise_ft",
+        "reinit_top",
+        "finetune_top",
+        "gradual_unfreeze",
+    ) or (name == "layer_transfer" and not args.transfer_frozen)
+    if fine_tunes_backbone:
+        depth_rules = _depth_lr_rules(args, blocks)
+        if depth_rules:
+            lr_mults = depth_rules + lr_mults
+        elif args.backbone_lr_mult != 1.0 and name != "layer_transfer":
+            lr_mults = [("backbone/.*", float(args.backbone_lr_mult))] + lr_mults
+
+    if name in ("lp_ft", "wise_ft"):
+        from jtl.linear_probe import fit_probe_on_target
+
+        head, probe_info = fit_probe_on_target(config, model, variables, data)
+        probe_info.pop("fitted")
+        params = dict(variables["params"])
+        params["head"] = {"kernel": jnp.asarray(head.kernel), "bias": jnp.asarray(head.bias)}
+        variables = {**variables, "params": params}
+        plan.variables = variables
+        info.update({f"lp_{k}": v for k, v in probe_info.items()})
+        info["lp_val_accuracy"] = head.val_accuracy
+    if name == "l2sp":
+        plan.penalty = _l2sp_penalty(
+            variables["params"], float(args.l2sp_alpha), float(args.l2sp_beta)
+        )
+        optim.weight_decay = 0.0  # L2-SP replaces decay towards zero
+    if name == "wise_ft":
+        start = jax.tree.map(
+            np.asarray, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        )
+        plan.finish = _wise_finish(start, tuple(float(a) for a in args.wise_alphas))
+    if args.freeze_batch_stats:
+        plan.apply_train = frozen_bn_apply(blocks, frozen, plan.frozen_at)
+    del fresh
     optim.frozen = tuple(frozen)
     optim.lr_mults = tuple(tuple(r) for r in lr_mults)
-    return Plan(variables=variables, optim=optim, info=info)
+    return plan
+
+
+def frozen_bn_apply(
+    blocks: list[str], frozen: list[str], frozen_at: Callable[[int], tuple[str, ...]] | None
+) -> Callable[[Any, dict, jax.Array, bool], tuple[Any, dict]]:
+    """Runs the blocks whose parameters are all frozen in inference mode (running BN stats)."""
+    import re
+
+    if frozen_at is not None:
+        raise ValueError("freeze_batch_stats with gradual_unfreeze is not supported yet")
+    pats = [re.compile(p) for p in frozen]
+    inference = tuple(b for b in blocks if any(p.fullmatch(f"backbone/{b}/x") for p in pats))
+
+    def apply(model: Any, variables: dict, x: jax.Array, has_bs: bool) -> tuple[Any, dict]:
+        if not has_bs:
+            return model.apply(variables, x, train=True, inference_blocks=inference), {}
+        return model.apply(
+            variables, x, train=True, inference_blocks=inference, mutable=["batch_stats"]
+        )
+
+    return apply

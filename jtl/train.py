@@ -129,9 +129,7 @@ def make_train_step(
             loss = loss + plan.penalty(params)
             return loss, (logits, updates.get("batch_stats", state["batch_stats"]))
 
-        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"]
-        )
+        (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         trainable_grads = jax.tree.map(lambda g, m: g if m else None, grads, mask)
@@ -225,6 +223,25 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
+def _init_variables(model: Any, config: mlc.ConfigDict) -> dict[str, Any]:
+    dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+    rng = jax.random.PRNGKey(config.seed)
+    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def _count(params: Any, mask: Any) -> tuple[int, int]:
+    sizes = [np.size(x) for x in jax.tree.leaves(params)]
+    trainable = sum(s for s, m in zip(sizes, jax.tree.leaves(mask), strict=True) if m)
+    return int(trainable), int(sum(sizes) - trainable)
+
+
+def _write_summary(workdir: Path, summary: dict[str, Any]) -> None:
+    if jax.process_index() == 0:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
+
+
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
     t_start = time.time()
@@ -248,61 +265,106 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         len(data.test_idx),
         data.num_classes,
     )
-
     model = get_model(config.model.name, data.num_classes, **dict(config.model.kwargs))
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, _ = jax.random.split(rng)
-    dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
-    variables = jax.jit(lambda r: model.init(r, dummy, train=False))(init_rng)
-    variables = {
-        "params": variables["params"],
-        "batch_stats": variables.get("batch_stats", {}),
+    variables = _init_variables(model, config)
+    base = {
+        "dataset": config.dataset,
+        "model": config.model.name,
+        "strategy": config.strategy,
+        "seed": config.seed,
+        "train_examples": int(len(data.train_idx)),
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
     }
+
+    if config.strategy == "linear_probe":
+        from jtl.linear_probe import run_linear_probe
+        from jtl.strategies import load_pretrained
+
+        if not config.init.checkpoint:
+            raise ValueError("linear_probe needs --config.init.checkpoint=DIR (pretrained weights)")
+        variables, report = load_pretrained(config, variables)
+        result = run_linear_probe(config, model, variables, data)
+        n_total = int(sum(np.size(x) for x in jax.tree.leaves(variables["params"])))
+        summary = {
+            **base,
+            **result,
+            "init": report.summary(),
+            "steps": 0,
+            "images_seen": int(sum(len(s) for s in data.dataset.splits.values())),
+            "trainable_params": int(result["feature_dim"] + 1) * data.num_classes,
+            "frozen_params": n_total,
+            "flops_per_step": None,
+            "train_time_s": result["feature_time_s"] + result["probe_fit_time_s"],
+            "wall_time_s": time.time() - t_start,
+        }
+        _write_summary(workdir, summary)
+        return summary
+
     plan = plan_strategy(config, model, variables, data, workdir)
-    variables = plan.variables
-    params = variables["params"]
+    params = plan.variables["params"]
+    frozen_at = plan.frozen_at or (lambda step: tuple(plan.optim.frozen))
 
-    tx, groups = make_optimizer(params, plan.optim, config.total_steps)
-    mask = trainable_mask(params, plan.optim)
-    _log_and_write(workdir, "param_groups.txt", format_group_table(groups))
-    n_trainable = int(
-        sum(np.size(x) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
-    )
-    n_total = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    def optimizer_for(step: int) -> tuple[Any, Any, list]:
+        optim = mlc.ConfigDict(plan.optim.to_dict())
+        optim.frozen = tuple(frozen_at(step))
+        tx, groups = make_optimizer(params, optim, config.total_steps)
+        return tx, trainable_mask(params, optim), groups
 
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "batch_stats": variables["batch_stats"],
-        "opt_state": tx.init(params),
-    }
-    state = sharding.replicate(state, mesh)
     checkpoints = ckpt.RunCheckpoints(
         workdir / "checkpoints", keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
-    start_step = 0
-    if checkpoints.latest_step() is not None:
+    start_step = checkpoints.latest_step() or 0
+    # The optimizer state in a checkpoint was built by the stage of the last step it finished.
+    tx, mask, groups = optimizer_for(max(start_step - 1, 0))
+    state = sharding.replicate(
+        {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "batch_stats": plan.variables["batch_stats"],
+            "opt_state": tx.init(params),
+        },
+        mesh,
+    )
+    if start_step:
         state, meta = checkpoints.restore(ckpt.abstract_like(state))
-        start_step = int(meta["step"])
-        logging.info("Resumed from step %d in %s", start_step, checkpoints.directory)
+        logging.info(
+            "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
+        )
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)
-
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    train_step = jax.jit(
-        make_train_step(model, tx, mask, plan),
-        in_shardings=(repl, batched),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
     eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
 
+    def evaluate_split(v: dict, split: str) -> dict[str, float]:
+        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh)
+
     batches = data.train_batches(config, start_step)
-    first = sharding.shard_batch(next(batches), mesh)
-    t_compile = time.time()
-    compiled = train_step.lower(state, first).compile()
-    flops = compiled_flops(compiled)
-    logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t_compile, flops or 0)
+    batch = sharding.shard_batch(next(batches), mesh) if start_step < config.total_steps else None
+
+    def compile_step(tx: Any, mask: Any) -> tuple[Any, float | None]:
+        t = time.time()
+        jitted = jax.jit(
+            make_train_step(model, tx, mask, plan),
+            in_shardings=(repl, batched),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
+        compiled = jitted.lower(state, batch).compile()
+        flops = compiled_flops(compiled)
+        logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)
+        return compiled, flops
+
+    stage = plan.stage_at(start_step)
+    if plan.stage_at(max(start_step - 1, 0)) != stage:
+        tx, mask, groups = optimizer_for(start_step)
+        state["opt_state"] = sharding.replicate(tx.init(sharding.to_host(state["params"])), mesh)
+    _log_and_write(workdir, "param_groups.txt", format_group_table(groups))
+    flops_log: list[float] = []
+    compiled = None
+    if batch is not None:
+        compiled, flops = compile_step(tx, mask)
+        flops_log.append(flops or 0.0)
 
     def eval_variables(s: State) -> dict:
         v = {"params": s["params"]}
@@ -311,14 +373,28 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return v
 
     def meta_for(step: int) -> dict[str, Any]:
-        return {"step": step, "data": {"next_batch": step}, "fingerprint": config_lib.fingerprint(config)}
+        return {
+            "step": step,
+            "stage": plan.stage_at(max(step - 1, 0)),
+            "data": {"next_batch": step, "seed": config.seed},
+            "fingerprint": config_lib.fingerprint(config),
+        }
 
     bar = _progress(config.total_steps, start_step, config.progress)
     pending: list[dict] = []
     t_train = time.time()
     step = start_step
-    batch = first
     while step < config.total_steps:
+        if plan.stage_at(step) != stage:
+            # Gradual unfreezing: a new stage rebuilds the optimizer (fresh state) and the step.
+            stage = plan.stage_at(step)
+            tx, mask, groups = optimizer_for(step)
+            state["opt_state"] = sharding.replicate(
+                tx.init(sharding.to_host(state["params"])), mesh
+            )
+            _log_and_write(workdir, f"param_groups_stage{stage}.txt", format_group_table(groups))
+            compiled, flops = compile_step(tx, mask)
+            flops_log.append(flops or 0.0)
         state, metrics = compiled(state, batch)
         step += 1
         pending.append(metrics)
@@ -332,9 +408,11 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             if bar is not None:
                 bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
         if step % config.eval_every == 0 or step == config.total_steps:
-            val = evaluate(eval_step, eval_variables(state), data, "val", config.eval_batch_size, mesh)
+            val = evaluate_split(eval_variables(state), "val")
             writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
-            logging.info("step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"])
+            logging.info(
+                "step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"]
+            )
         if checkpoints.should_save(step) or step == config.total_steps:
             checkpoints.save(step, state, meta_for(step))
         if bar is not None:
@@ -343,24 +421,15 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         bar.close()
     train_time = time.time() - t_train
     checkpoints.wait()
+    checkpoints.close()
 
-    final = {
-        split: evaluate(eval_step, eval_variables(state), data, split, config.eval_batch_size, mesh)
-        for split in ("val", "test")
-    }
+    final = {split: evaluate_split(eval_variables(state), split) for split in ("val", "test")}
     if start_step < config.total_steps:
         writer.write(step, "test", loss=final["test"]["loss"], accuracy=final["test"]["accuracy"])
     writer.close()
-    checkpoints.close()
-    extra = plan.finish(state, eval_variables, lambda v, s: evaluate(
-        eval_step, v, data, s, config.eval_batch_size, mesh))
-
+    n_trainable, n_frozen = _count(params, mask)
     summary = {
-        "dataset": config.dataset,
-        "model": config.model.name,
-        "strategy": config.strategy,
-        "seed": config.seed,
-        "train_examples": int(len(data.train_idx)),
+        **base,
         "steps": int(config.total_steps),
         "test_accuracy": final["test"]["accuracy"],
         "test_loss": final["test"]["loss"],
@@ -368,17 +437,15 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "val_loss": final["val"]["loss"],
         "images_seen": int(config.total_steps * config.batch_size),
         "trainable_params": n_trainable,
-        "frozen_params": n_total - n_trainable,
-        "flops_per_step": flops,
+        "frozen_params": n_frozen,
+        "flops_per_step": flops_log[-1] if flops_log else None,
         "train_time_s": train_time,
-        "wall_time_s": time.time() - t_start,
         "resumed_from_step": start_step,
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        **extra,
+        **plan.info,
     }
+    summary.update(plan.finish(sharding.to_host(state), evaluate_split))
+    summary["wall_time_s"] = time.time() - t_start
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (workdir / "param_groups.json").write_text(json.dumps(groups_to_json(groups), indent=2))
-    logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
+    _write_summary(workdir, summary)
     return summary

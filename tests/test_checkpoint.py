@@ -52,7 +52,9 @@ def test_mismatched_head_errors_then_succeeds_when_excluded(tmp_path):
         ckpt.load_variables(tmp_path / "src", target, exclude=())
     out, report = ckpt.load_variables(tmp_path / "src", target, exclude=("head/.*",))
     # The excluded head keeps the target's fresh init; the backbone comes from the checkpoint.
-    np.testing.assert_array_equal(out["params"]["head"]["kernel"], target["params"]["head"]["kernel"])
+    np.testing.assert_array_equal(
+        out["params"]["head"]["kernel"], target["params"]["head"]["kernel"]
+    )
     assert "params/head/kernel" in report.excluded
     assert "params/backbone/stem/kernel" in report.loaded
 

@@ -1,0 +1,124 @@
+"""The `linear_probe` strategy as a run: frozen backbone -> cached features -> linear classifiers.
+
+Features are computed for the *whole* train and test splits once per (checkpoint, data set,
+input size) and cached under `$JTL_DATA_DIR/features/`, so every training-set size and seed of
+a study reuses them; subsets and the validation split are just index sets into the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+from absl import logging
+from scipy.special import log_softmax
+
+from jtl import probe, sharding
+from jtl.data import pipeline
+from jtl.data.sources import cache_dir
+
+
+def _checkpoint_identity(path: str) -> str:
+    """Identifies the source weights by their directory and newest step (content changes it)."""
+    p = Path(path).absolute()
+    steps = sorted(p.rglob("_CHECKPOINT_METADATA"))
+    stamp = [(str(s), s.stat().st_mtime_ns) for s in steps[-1:]]
+    return json.dumps([str(p), stamp])
+
+
+def split_features(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of every example of `split` (cached)."""
+    source = data.dataset.splits[split]
+    key = probe.cache_key(
+        ckpt=_checkpoint_identity(config.init.checkpoint) if config.init.checkpoint else "random",
+        seed=config.seed if not config.init.checkpoint else None,
+        model=config.model.to_dict(),
+        dataset=config.dataset,
+        split=split,
+        n=len(source),
+        size=config.image_size,
+        channels=config.channels,
+    )
+    path = (
+        cache_dir()
+        / "features"
+        / f"{config.dataset.replace(':', '_').replace('/', '_')}-{split}-{key}.npz"
+    )
+    mesh = sharding.make_mesh()
+    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    fn = jax.jit(
+        lambda v, x: model.apply(v, x, train=False, method="features"),
+        in_shardings=(repl, batched),
+        out_shardings=repl,
+    )
+    v = sharding.replicate(variables, mesh)
+    if not v.get("batch_stats"):
+        v = {"params": v["params"]}
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        t = time.time()
+        batches = pipeline.eval_batches(
+            source,
+            np.arange(len(source)),
+            batch_size=config.eval_batch_size,
+            image_size=config.image_size,
+            channels=config.channels,
+        )
+        out = probe.extract_features(
+            lambda vv, x: fn(vv, sharding.shard_batch({"x": x}, mesh)["x"]), v, batches
+        )
+        logging.info(
+            "Extracted %s features %s in %.1fs -> %s", split, out[0].shape, time.time() - t, path
+        )
+        return out
+
+    return probe.cached(path, compute)
+
+
+def fit_probe_on_target(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any
+) -> tuple[probe.LinearClassifier, dict[str, Any]]:
+    """Fits the configured probes on the training subset; picks the winner on validation."""
+    t = time.time()
+    x_all, y_all = split_features(config, model, variables, data, "train")
+    t_feat = time.time() - t
+    train = (x_all[data.train_idx], y_all[data.train_idx])
+    val = (x_all[data.val_idx], y_all[data.val_idx])
+    t = time.time()
+    kinds = tuple(config.strategy_args.probe_kinds)
+    winner, fitted = probe.fit_probes(train, val, data.num_classes, kinds)
+    info = {
+        "probe": winner.kind,
+        "probe_hyper": winner.hyper,
+        "probe_val_accuracy": {k: p.val_accuracy for k, p in fitted.items()},
+        "feature_time_s": t_feat,
+        "probe_fit_time_s": time.time() - t,
+        "feature_dim": int(x_all.shape[1]),
+    }
+    return winner, {"fitted": fitted, **info}
+
+
+def run_linear_probe(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any
+) -> dict[str, Any]:
+    """Summary fields of a linear-probe run (test accuracy of the validation winner)."""
+    winner, info = fit_probe_on_target(config, model, variables, data)
+    x_test, y_test = split_features(config, model, variables, data, "test")
+    fitted = info.pop("fitted")
+    logits = x_test @ winner.kernel + winner.bias
+    logp = log_softmax(logits, axis=1)
+    test_loss = float(-np.mean(logp[np.arange(len(y_test)), y_test]))
+    return {
+        **info,
+        "test_accuracy": winner.accuracy(x_test, y_test),
+        "test_loss": test_loss,
+        "val_accuracy": winner.val_accuracy,
+        "probe_test_accuracy": {k: p.accuracy(x_test, y_test) for k, p in fitted.items()},
+    }

@@ -1,0 +1,174 @@
+"""Transfer strategies on real (tiny) data: frozen really means frozen, and each method does
+what its paper says. The source model is a short cnn_small run on sklearn digits."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jtl import checkpoint as ckpt
+from jtl import config as config_lib
+from jtl import strategies
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from jtl.train import train
+
+    wd = tmp_path_factory.mktemp("source")
+    train(config_lib.load_config(f"{TINY}:steps=40"), wd)
+    return wd
+
+
+def _target(source, strategy, *overrides):
+    return config_lib.load_config(
+        f"{TINY}:steps=20",
+        [f"strategy={strategy}", f"init.checkpoint={source}", "checkpoint_every=20", *overrides],
+    )
+
+
+def _state(workdir: Path, step: int):
+    import orbax.checkpoint as ocp
+
+    mgr = ocp.CheckpointManager(
+        workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()}
+    )
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    mgr.close()
+    return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
+
+
+def test_head_only_keeps_backbone_and_stats_bit_identical(source, tmp_path):
+    from jtl.train import train
+
+    s = train(_target(source, "head_only", "strategy_args.freeze_batch_stats=True"), tmp_path / "t")
+    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    backbone = [k for k in before if "/backbone/" in k]
+    assert backbone and any(k.startswith("batch_stats/") for k in backbone)
+    for k in backbone:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    assert not np.array_equal(after["params/head/kernel"], 0 * after["params/head/kernel"])
+    assert s["frozen_params"] > 0 and s["trainable_params"] == after["params/head/kernel"].size + after["params/head/bias"].size
+
+
+def test_finetune_top_freezes_first_k_blocks_only(source, tmp_path):
+    from jtl.train import train
+
+    train(_target(source, "finetune_top", "strategy_args.freeze_blocks=2"), tmp_path / "t")
+    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    from jtl.models import get_model
+
+    blocks = get_model("cnn_small", 10, norm="batch").block_names()
+    for k in before:
+        if not k.startswith("params/backbone/"):
+            continue
+        block = k.split("/")[2]
+        if block in blocks[:2]:
+            np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+        else:
+            assert not np.array_equal(before[k], after[k]), f"{k} should have trained"
+
+
+def test_bn_stats_move_unless_frozen(source, tmp_path):
+    from jtl.train import train
+
+    train(_target(source, "head_only"), tmp_path / "t")
+    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    stats = [k for k in before if k.startswith("batch_stats/")]
+    assert any(not np.array_equal(before[k], after[k]) for k in stats)
+
+
+def test_lp_ft_starts_from_the_probed_head(source, tmp_path):
+    from jtl import linear_probe
+    from jtl.models import get_model
+    from jtl.train import TargetData, _init_variables
+
+    cfg = _target(source, "lp_ft")
+    data = TargetData(cfg)
+    model = get_model("cnn_small", 10, norm="batch")
+    v = _init_variables(model, cfg)
+    plan = strategies.plan_strategy(cfg, model, v, data, tmp_path)
+    loaded, _ = strategies.load_pretrained(cfg, v)
+    head, _ = linear_probe.fit_probe_on_target(cfg, model, loaded, data)
+    np.testing.assert_allclose(plan.variables["params"]["head"]["kernel"], head.kernel, rtol=1e-6)
+    assert plan.info["lp_val_accuracy"] == head.val_accuracy
+    assert head.val_accuracy > 0.3
+
+
+def test_l2sp_penalty_gradient():
+    rng = np.random.default_rng(0)
+    w0 = {"backbone": {"a": rng.normal(size=(3, 4))}, "head": {"k": rng.normal(size=(4, 2))}}
+    w = jax.tree.map(lambda x: jnp.asarray(x + rng.normal(size=x.shape)), w0)
+    pen = strategies._l2sp_penalty(w0, alpha=0.3, beta=0.7)
+    g = jax.grad(pen)(w)
+    np.testing.assert_allclose(g["backbone"]["a"], 2 * 0.3 * (w["backbone"]["a"] - w0["backbone"]["a"]), rtol=1e-5)
+    np.testing.assert_allclose(g["head"]["k"], 2 * 0.7 * w["head"]["k"], rtol=1e-5)
+
+
+def test_wise_ft_endpoints(source, tmp_path):
+    from jtl.train import train
+
+    cfg = _target(source, "wise_ft", "strategy_args.wise_alphas=(0.0, 0.5, 1.0)")
+    s = train(cfg, tmp_path / "t")
+    rows = {r["alpha"]: r for r in s["wise_ft"]}
+    # alpha=1 is the fine-tuned model itself; alpha=0 the pretrained backbone with the probed head.
+    assert rows[1.0]["val_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "t" / "summary.json").read_text())["wise_ft"][-1]["val_accuracy"]
+    )
+    assert rows[0.0]["val_accuracy"] == pytest.approx(s["lp_val_accuracy"], abs=1e-6)
+    w0 = {"a": np.zeros(3)}
+    w1 = {"a": np.ones(3)}
+    np.testing.assert_array_equal(strategies.interpolate(w0, w1, 0.0)["a"], w0["a"])
+    np.testing.assert_array_equal(strategies.interpolate(w0, w1, 1.0)["a"], w1["a"])
+
+
+def test_linear_probe_run(source, tmp_path):
+    from jtl.train import train
+
+    s = train(_target(source, "linear_probe", "strategy_args.probe_kinds=('logistic','ridge','svm')"), tmp_path / "t")
+    assert s["probe"] in ("logistic", "ridge", "svm")
+    assert set(s["probe_test_accuracy"]) == {"logistic", "ridge", "svm"}
+    assert s["test_accuracy"] > 0.5
+    assert s["steps"] == 0
+
+
+def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch):
+    from jtl import train as train_lib
+
+    args = ["strategy_args.unfreeze_every=5", "checkpoint_every=5", "log_every=5", "total_steps=15"]
+    full = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "full")
+    real = train_lib.MetricWriter.write
+
+    def crash(self, step, split, **kw):
+        real(self, step, split, **kw)
+        if step == 10 and split == "train":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "res")
+    monkeypatch.setattr(train_lib.MetricWriter, "write", real)
+    res = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "res")
+    assert res["resumed_from_step"] in (5, 10)
+    a, b = _state(tmp_path / "full", 15), _state(tmp_path / "res", 15)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert full["test_accuracy"] == res["test_accuracy"]
+
+
+@pytest.mark.parametrize("strategy", ["finetune_full", "l2sp", "reinit_top", "layer_transfer"])
+def test_other_strategies_run(source, tmp_path, strategy):
+    from jtl.train import train
+
+    s = train(
+        _target(source, strategy, "strategy_args.reinit_blocks=1", "strategy_args.transfer_blocks=2"),
+        tmp_path / "t",
+    )
+    assert 0.0 <= s["test_accuracy"] <= 1.0
+    assert s["strategy"] == strategy

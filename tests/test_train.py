@@ -1,0 +1,133 @@
+"""The trainer end to end on tiny configs: files, resume, devices, and refusals."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jtl import checkpoint as ckpt
+from jtl import config as config_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+def _tiny(*overrides: str):
+    return config_lib.load_config(TINY, list(overrides))
+
+
+def _params(workdir: Path, step: int):
+    import orbax.checkpoint as ocp
+
+    mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()})
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    mgr.close()
+    return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
+
+
+def test_cli_train_writes_the_contract(tmp_path):
+    workdir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps=40",
+         "--workdir", str(workdir), "--config.log_every=5"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("config.json", "metrics.jsonl", "summary.json", "param_groups.txt"):
+        assert (workdir / name).exists(), name
+    assert (workdir / "checkpoints" / "40").is_dir()
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert {"step", "split", "loss", "accuracy"} <= set(r)
+    train_loss = [r["loss"] for r in records if r["split"] == "train"]
+    assert train_loss[-1] < train_loss[0] * 0.7, train_loss
+    assert {r["split"] for r in records} == {"train", "val", "test"}
+    summary = json.loads((workdir / "summary.json").read_text())
+    for key in ("test_accuracy", "test_loss", "wall_time_s", "images_seen",
+                "trainable_params", "frozen_params", "flops_per_step"):
+        assert key in summary
+    assert summary["test_accuracy"] > 0.4
+    assert summary["images_seen"] == 40 * 32
+    assert summary["frozen_params"] == 0 and summary["trainable_params"] > 0
+    assert summary["flops_per_step"] > 0
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
+    from jtl import train as train_lib
+
+    cfg = ["checkpoint_every=10", "eval_every=10", "augment='crop(2)|flip'"]
+    full = train_lib.train(_tiny(*cfg, "total_steps=30"), tmp_path / "full")
+
+    real_write = train_lib.MetricWriter.write
+
+    def crash(self, step, split, **kw):
+        real_write(self, step, split, **kw)
+        if step == 24 and split == "train":
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(_tiny(*cfg, "total_steps=30", "log_every=4"), tmp_path / "resumed")
+    monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
+    resumed = train_lib.train(_tiny(*cfg, "total_steps=30", "log_every=4"), tmp_path / "resumed")
+    assert resumed["resumed_from_step"] in (10, 20)
+    a, b = _params(tmp_path / "full", 30), _params(tmp_path / "resumed", 30)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+
+
+def test_same_loss_on_one_and_two_devices(tmp_path):
+    code = (
+        "import json,sys; from jtl import config as c, train as t; "
+        f"cfg=c.load_config('{TINY}:steps=12', ['log_every=1','augment=\"crop(2)\"']); "
+        "t.train(cfg, sys.argv[1])"
+    )
+    losses = {}
+    for n in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        wd = tmp_path / f"dev{n}"
+        out = subprocess.run([sys.executable, "-c", code, str(wd)], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+        losses[n] = np.array([r["loss"] for r in recs if r["split"] == "train"])
+        assert json.loads((wd / "summary.json").read_text())["devices"] == n
+    np.testing.assert_allclose(losses[1], losses[2], rtol=2e-5, atol=2e-6)
+
+
+def test_finished_run_is_not_retrained_and_other_config_is_refused(tmp_path):
+    from jtl import train as train_lib
+
+    wd = tmp_path / "run"
+    first = train_lib.train(_tiny("total_steps=10"), wd)
+    again = train_lib.train(_tiny("total_steps=10"), wd)
+    assert again["resumed_from_step"] == 10
+    assert again["test_accuracy"] == first["test_accuracy"]
+    before = (wd / "metrics.jsonl").read_text()
+    with pytest.raises(train_lib.WorkdirConflictError, match="different config.*seed"):
+        train_lib.train(_tiny("total_steps=10", "seed=3"), wd)
+    assert (wd / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "override, error, match",
+    [
+        ("dataset='no_such_dataset_xyz'", Exception, "no_such_dataset_xyz"),
+        ("train_fraction=1.5", ValueError, "1.5"),
+        ("train_fraction=0.0", ValueError, "0.0"),
+        ("strategy='finetune_full'", ValueError, "init.checkpoint"),
+        ("strategy='nope'", ValueError, "valid"),
+        ("batch_size=33", ValueError, "divisible"),
+    ],
+)
+def test_bad_config_values_give_clear_errors(tmp_path, override, error, match):
+    from jtl import train as train_lib
+
+    with pytest.raises(error, match=match):
+        train_lib.train(_tiny(override), tmp_path / "run")
