@@ -1,0 +1,93 @@
+"""Model registry: `get_model(name, num_classes, **kwargs) -> Classifier`.
+
+Each registered name maps to a backbone builder; `**kwargs` (norm, width, stem, dtype, ...) go to
+that builder, and a kwarg it does not take is an error (a typo in a config must not silently fall
+back to a default).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jtl.models.classifier import Classifier
+from jtl.models.cnn import cnn_small
+from jtl.models.norm import NORMS, make_norm
+from jtl.models.resnet import cifar_resnet, imagenet_resnet, resnet18, resnet20, resnet50
+
+__all__ = [
+    "NORMS",
+    "Classifier",
+    "get_model",
+    "list_models",
+    "make_norm",
+    "param_count",
+    "register_model",
+]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "cnn_small": cnn_small,
+    "resnet20": resnet20,
+    "resnet32": functools.partial(cifar_resnet, 32),
+    "resnet56": functools.partial(cifar_resnet, 56),
+    "resnet110": functools.partial(cifar_resnet, 110),
+    "cifar_resnet": cifar_resnet,  # needs depth=6n+2
+    "resnet18": resnet18,
+    "resnet34": functools.partial(imagenet_resnet, 34),
+    "resnet50": resnet50,
+    "resnet101": functools.partial(imagenet_resnet, 101),
+}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Adds a backbone builder `(**kwargs) -> backbone` (e.g. from another models module).
+
+    The backbone must follow the `Classifier` contract: `block_names()`, top-level submodules
+    `stem, block1..blockN`, `__call__(x, train, inference_blocks)` -> float32 features [B, D].
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"Model {name!r} is already registered")
+    _REGISTRY[name] = builder
+
+
+def list_models() -> list[str]:
+    """Registered model names (sorted)."""
+    return sorted(_REGISTRY)
+
+
+def _check_kwargs(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [
+        k
+        for k, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Model {name!r} got unknown kwargs {unknown}; valid kwargs: {', '.join(valid)}"
+        )
+
+
+def get_model(name: str, num_classes: int, **kwargs: Any) -> Classifier:
+    """`Classifier(backbone=<name>(**kwargs), num_classes)`; ValueError on unknown name/kwarg."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(list_models())}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    builder = _REGISTRY[name]
+    _check_kwargs(name, builder, kwargs)
+    return Classifier(backbone=builder(**kwargs), num_classes=int(num_classes))
+
+
+def param_count(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s (from eval_shape)."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
