@@ -76,6 +76,8 @@ class Plan:
     # step -> frozen regexes for that step (gradual unfreezing); None: fixed rules.
     frozen_at: Callable[[int], tuple[str, ...]] | None = None
     stage_at: Callable[[int], int] = lambda step: 0  # noqa: E731
+    # First step of the stage containing `step`: the LR schedule continues across stages.
+    stage_start: Callable[[int], int] = lambda step: 0  # noqa: E731
     # (final state, evaluate(variables, split) -> metrics) -> extra summary fields.
     finish: Callable[[dict, Callable[[dict, str], dict]], dict[str, Any]] = (
         lambda state, evaluate: {}  # noqa: E731
@@ -230,6 +232,7 @@ def plan_strategy(
         stages = network_rules.gradual_unfreeze_stages(blocks, int(args.unfreeze_every))
         plan.frozen_at = lambda step: tuple(stages.frozen_at(step)) + tuple(frozen)
         plan.stage_at = stages.stage_at
+        plan.stage_start = lambda step: stages.stage_at(step) * int(args.unfreeze_every)
         info["unfreeze_every"] = int(args.unfreeze_every)
 
     fine_tunes_backbone = name in (

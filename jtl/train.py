@@ -308,7 +308,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     def optimizer_for(step: int) -> tuple[Any, Any, list]:
         optim = mlc.ConfigDict(plan.optim.to_dict())
         optim.frozen = tuple(frozen_at(step))
-        tx, groups = make_optimizer(params, optim, config.total_steps)
+        tx, groups = make_optimizer(
+            params, optim, config.total_steps, step_offset=plan.stage_start(step)
+        )
         return tx, trainable_mask(params, optim), groups
 
     checkpoints = ckpt.RunCheckpoints(
