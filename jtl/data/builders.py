@@ -153,7 +153,8 @@ def npz_builder(path: str | Path) -> type[ArrayBuilder]:
         keys = set(f.files)
         if not {"x", "y"} <= keys:
             raise ValueError(
-                f"{path} must hold arrays 'x' (images) and 'y' (integer labels); it has {sorted(keys)}"
+                f"{path} must hold arrays 'x' (images) and 'y' (integer labels); "
+                f"it has {sorted(keys)}"
             )
         x = _to_uint8_hwc(f["x"], str(path))
         y = f["y"].astype(np.int64)
