@@ -14,13 +14,13 @@ from jtl.config import base_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    a = parse_arg(arg, steps=400, model="resnet20", norm="batch", batch=128, lr=0.1)
+    a = parse_arg(arg, steps=400, model="resnet20", norm="batch", width=0.5, batch=128, lr=0.1)
     c = base_config()
     c.dataset = "mnist"
     c.image_size, c.channels = 28, 1
     c.augment = "crop(2)"
     c.model.name = a.model
-    c.model.kwargs = mlc.ConfigDict({"norm": a.norm})
+    c.model.kwargs = mlc.ConfigDict({"norm": a.norm, "width": a.width})
     c.batch_size = a.batch
     c.total_steps = a.steps
     c.eval_every = max(a.steps // 4, 1)

@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         lr=0.05,
         model="resnet20",
         norm="batch",
+        width=0.5,
         seed=0,
     )
     c = base_config()
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.train_per_class = a.per_class
     c.train_fraction = a.fraction
     c.model.name = a.model
-    c.model.kwargs = mlc.ConfigDict({"norm": a.norm})
+    c.model.kwargs = mlc.ConfigDict({"norm": a.norm, "width": a.width})
     c.batch_size = a.batch
     c.total_steps = a.steps
     c.eval_every = max(a.steps // 4, 1)

@@ -98,6 +98,39 @@ def cmd_data(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_import(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="jtl import", description="Convert foreign weights into a jtl orbax checkpoint."
+    )
+    p.add_argument("--from", dest="source", required=True, help=".pth/.pt or .safetensors file")
+    p.add_argument("--model", required=True, help="e.g. efficientnet_lite0")
+    p.add_argument("--out", required=True, help="new directory (never overwritten)")
+    args = p.parse_args(argv)
+    _setup_logging()
+    from jtl.interop.importer import import_checkpoint
+
+    meta = import_checkpoint(args.source, args.model, args.out)
+    print(
+        f"imported {args.model} from {args.source} (sha256 {meta.get('sha256', '?')[:12]}) "
+        f"-> {args.out}"
+    )
+    return 0
+
+
+def cmd_predict(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="jtl predict", description="Top-k classes of one image.")
+    p.add_argument("--checkpoint", required=True, help="`jtl import` output or a run workdir")
+    p.add_argument("--image", required=True)
+    p.add_argument("--top", type=int, default=5)
+    args = p.parse_args(argv)
+    _setup_logging(verbose=False)
+    from jtl.predict import _load_image, predict
+
+    for name, prob in predict(args.checkpoint, _load_image(args.image), args.top):
+        print(f"{prob:8.4f}  {name}")
+    return 0
+
+
 def cmd_quickstart(argv: Sequence[str]) -> int:
     from jtl import quickstart
 
@@ -108,6 +141,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": cmd_train,
     "data": cmd_data,
     "quickstart": cmd_quickstart,
+    "import": cmd_import,
+    "predict": cmd_predict,
 }
 
 

@@ -85,6 +85,22 @@ def _read_all(source: KeyedSource, chunk: int = 4096) -> tuple[np.ndarray, np.nd
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _cached_arrays(
+    source: KeyedSource, data_dir: Path, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split's arrays, decoded from ArrayRecord once and kept beside it as .npy files."""
+    images_path = data_dir / f"jtl_arrays_{split}_images.npy"
+    labels_path = data_dir / f"jtl_arrays_{split}_labels.npy"
+    if images_path.exists() and labels_path.exists():
+        return np.load(images_path), np.load(labels_path)
+    images, labels = _read_all(source)
+    for path, array in ((images_path, images), (labels_path, labels)):
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, array)
+        tmp.replace(path)
+    return images, labels
+
+
 @dataclasses.dataclass
 class Dataset:
     """A prepared data set: metadata plus random-access splits of `{"image", "label"}` records."""
@@ -160,7 +176,7 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
         source = KeyedSource(builder.as_data_source(split=split), image_key, label_key)
         n = builder.info.splits[split].num_examples
         if -1 not in shape and n * int(np.prod(shape)) <= IN_MEMORY_BYTES:
-            source = ArraySource(*_read_all(source))
+            source = ArraySource(*_cached_arrays(source, Path(builder.data_dir), split))
         splits[split] = source
     if "train" not in splits:
         raise ValueError(

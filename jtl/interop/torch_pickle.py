@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -285,6 +286,7 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
                 f"{path}: truncated or corrupt legacy PyTorch checkpoint: could not read {what} "
                 f"({type(e).__name__}: {e})"
             ) from e
+        file_size = os.fstat(f.fileno()).st_size
         little = not isinstance(sys_info, dict) or sys_info.get("little_endian", True)
         for key in keys:
             key = str(key)
@@ -301,11 +303,12 @@ def _load_legacy(path: Path) -> dict[str, np.ndarray]:
             numel = struct.unpack("<q" if little else ">q", header)[0]
             dtype = storage.dtype.newbyteorder("<" if little else ">")
             nbytes = numel * dtype.itemsize
-            raw = f.read(nbytes)
-            if len(raw) < nbytes:
+            left = file_size - f.tell()
+            raw = f.read(nbytes) if 0 <= nbytes <= left else b""
+            if numel < 0 or len(raw) < nbytes:
                 raise ValueError(
                     f"{path}: truncated: storage {key!r} ({numel} x {storage.dtype}) needs "
-                    f"{nbytes} bytes at byte {start + 8}, only {len(raw)} left"
+                    f"{nbytes} bytes at byte {start + 8}, only {left} left"
                 )
             if numel < storage.numel:
                 raise ValueError(

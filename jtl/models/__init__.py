@@ -18,6 +18,7 @@ import jax
 
 from jtl.models.classifier import Classifier
 from jtl.models.cnn import cnn_small
+from jtl.models.efficientnet_lite import efficientnet_lite0
 from jtl.models.norm import NORMS, make_norm
 from jtl.models.resnet import cifar_resnet, imagenet_resnet, resnet18, resnet20, resnet50
 
@@ -42,6 +43,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet34": functools.partial(imagenet_resnet, 34),
     "resnet50": resnet50,
     "resnet101": functools.partial(imagenet_resnet, 101),
+    "efficientnet_lite0": efficientnet_lite0,
 }
 
 

@@ -1,0 +1,123 @@
+"""Import foreign weights as a jtl checkpoint: file -> checked flax variables -> orbax + meta.
+
+`convert_file` does the reading and checked conversion in memory; `import_checkpoint` then writes
+with `jtl.checkpoint.save_variables`, which writes to a temporary sibling and renames, so a
+failed import (wrong file, truncated file, existing output) leaves nothing partial behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jtl.interop.convert import KeyMap, convert_state_dict, efficientnet_lite0_key_map
+from jtl.interop.imagenet import imagenet_class_names
+from jtl.interop.torch_pickle import load_state_dict
+from jtl.models.classifier import Classifier
+from jtl.models.efficientnet_lite import IMAGE_SIZE, efficientnet_lite0
+
+__all__ = ["IMPORTERS", "ImportSpec", "build_model", "convert_file", "import_checkpoint"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSpec:
+    """How to build the target model and map a source file's keys onto it."""
+
+    backbone: Callable[..., nn.Module]
+    key_map: Callable[[], KeyMap]
+    num_classes: int
+    image_size: int
+    class_names: Callable[[], tuple[str, ...]] | None = None
+    preprocessing: str = ""
+
+
+IMPORTERS: dict[str, ImportSpec] = {
+    "efficientnet_lite0": ImportSpec(
+        backbone=efficientnet_lite0,
+        key_map=efficientnet_lite0_key_map,
+        num_classes=1000,
+        image_size=IMAGE_SIZE,
+        class_names=imagenet_class_names,
+        preprocessing=(
+            "uint8 RGB, center crop 224/256 of the shorter side, bicubic resize to 224, "
+            "(x - 127) / 128 (jtl.models.efficientnet_lite.preprocess_imagenet)"
+        ),
+    ),
+}
+
+
+def _spec(model_name: str) -> ImportSpec:
+    if model_name not in IMPORTERS:
+        raise ValueError(
+            f"No importer for model {model_name!r}; importable models: {', '.join(IMPORTERS)}"
+        )
+    return IMPORTERS[model_name]
+
+
+def build_model(model_name: str, **model_kwargs: Any) -> Classifier:
+    """The `Classifier` an imported checkpoint of `model_name` belongs to."""
+    spec = _spec(model_name)
+    return Classifier(backbone=spec.backbone(**model_kwargs), num_classes=spec.num_classes)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_file(
+    path: str | Path, model_name: str, model_kwargs: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Reads `path` (torch pickle or safetensors) and converts it for `model_name`.
+
+    Returns `(variables, meta)`: variables `{"params", "batch_stats"}` as numpy arrays; meta
+    (JSON-able) with the source file, its sha256, model name/kwargs, class names when known.
+    Raises `ConversionError` listing keys when the file does not fit the model.
+    """
+    path = Path(path).absolute()
+    spec = _spec(model_name)
+    kwargs = dict(model_kwargs or {})
+    model = build_model(model_name, **kwargs)
+    x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    state_dict = load_state_dict(path)
+    variables = convert_state_dict(state_dict, spec.key_map(), abstract, source=str(path))
+    meta: dict[str, Any] = {
+        "source_file": str(path),
+        "sha256": _sha256(path),
+        "model": model_name,
+        "model_kwargs": {"num_classes": spec.num_classes, **kwargs},
+        "image_size": spec.image_size,
+        "preprocessing": spec.preprocessing,
+        "num_source_tensors": len(state_dict),
+        "class_names": list(spec.class_names()) if spec.class_names else None,
+    }
+    return variables, meta
+
+
+def import_checkpoint(
+    path: str | Path,
+    model_name: str,
+    out_dir: str | Path,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Converts `path` and writes it to `out_dir` (orbax + `import.json`); returns the meta.
+
+    Conversion happens fully in memory before anything is written, and `save_variables`
+    refuses a non-empty `out_dir` and writes atomically: an error leaves nothing partial.
+    """
+    from jtl.checkpoint import save_variables
+
+    variables, meta = convert_file(path, model_name, model_kwargs)
+    save_variables(out_dir, variables, meta)
+    return meta
