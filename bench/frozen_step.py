@@ -44,7 +44,9 @@ def bench_model(name: str, size: int, channels: int, batch: int, steps: int) -> 
     if name == "resnet18":
         kwargs["stem"] = "cifar"
     model = get_model(name, 10, **kwargs)
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32)
+    x = jnp.asarray(
+        np.random.default_rng(0).normal(size=(batch, size, size, channels)), jnp.float32
+    )
     y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
     variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
     mesh = sharding.make_mesh()
@@ -67,8 +69,12 @@ def bench_model(name: str, size: int, channels: int, batch: int, steps: int) -> 
             mesh,
         )
         plan = Plan(variables=variables, optim=optim)
-        step = jax.jit(make_train_step(model, tx, mask, plan), in_shardings=(repl, batched),
-                       out_shardings=(repl, repl), donate_argnums=(0,))
+        step = jax.jit(
+            make_train_step(model, tx, mask, plan),
+            in_shardings=(repl, batched),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
         compiled = step.lower(state, batch_arrays).compile()
         state, m = compiled(state, batch_arrays)  # warm-up
         jax.block_until_ready(m)
@@ -76,10 +82,16 @@ def bench_model(name: str, size: int, channels: int, batch: int, steps: int) -> 
         for _ in range(steps):
             state, m = compiled(state, batch_arrays)
         jax.block_until_ready(m)
-        results[label] = ((time.perf_counter() - t) / steps, compiled_flops(compiled) or float("nan"))
+        results[label] = (
+            (time.perf_counter() - t) / steps,
+            compiled_flops(compiled) or float("nan"),
+        )
     full_t, full_f = results["full"]
     print(f"\n{name}  batch {batch}, {jax.device_count()} device(s)")
-    print(f"  {'setting':34s} {'ms/step':>9s} {'time/full':>10s} {'GFLOP/step':>11s} {'flops/full':>11s}")
+    print(
+        f"  {'setting':34s} {'ms/step':>9s} {'time/full':>10s} "
+        f"{'GFLOP/step':>11s} {'flops/full':>11s}"
+    )
     for label, (t, f) in results.items():
         print(f"  {label:34s} {t * 1e3:9.1f} {t / full_t:10.2f} {f / 1e9:11.2f} {f / full_f:11.2f}")
 

@@ -53,12 +53,20 @@ def main() -> None:
     tx, _ = make_optimizer(variables["params"], optim, 1000)
     mask = trainable_mask(variables["params"], optim)
     state = sharding.replicate(
-        {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-         "batch_stats": variables["batch_stats"], "opt_state": tx.init(variables["params"])},
+        {
+            "step": jnp.zeros((), jnp.int32),
+            "params": variables["params"],
+            "batch_stats": variables["batch_stats"],
+            "opt_state": tx.init(variables["params"]),
+        },
         mesh,
     )
-    step = jax.jit(make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)),
-                   in_shardings=(repl, batched), out_shardings=(repl, repl), donate_argnums=(0,))
+    step = jax.jit(
+        make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)),
+        in_shardings=(repl, batched),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
     state, m = step(state, batches[0])
     jax.block_until_ready(m)
     t = time.perf_counter()
@@ -95,16 +103,20 @@ def main() -> None:
     jax.block_until_ready(head)
     cached_epoch = time.perf_counter() - t
 
-    print(f"{args.model}, {n} examples of {args.size}x{args.size}x3, batch {b}, "
-          f"{jax.device_count()} device(s)")
+    print(
+        f"{args.model}, {n} examples of {args.size}x{args.size}x3, batch {b}, "
+        f"{jax.device_count()} device(s)"
+    )
     print(f"  head-only step through frozen net: {through_epoch:.2f} s/epoch")
     print(f"  feature extraction (once):         {extract:.2f} s")
     print(f"  head epoch on cached features:     {cached_epoch * 1e3:.1f} ms/epoch")
     for e in (int(x) for x in args.epochs.split(",")):
         through, cached = e * through_epoch, extract + e * cached_epoch
         speedup = through / cached
-        print(f"  {e:3d} epochs: through {through:7.2f} s, cached {cached:6.2f} s -> "
-              f"{speedup:5.1f}x speed-up ({speedup / e:.0%} of the ideal {e}x)")
+        print(
+            f"  {e:3d} epochs: through {through:7.2f} s, cached {cached:6.2f} s -> "
+            f"{speedup:5.1f}x speed-up ({speedup / e:.0%} of the ideal {e}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
-from jtl import sharding
 from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
@@ -35,11 +34,14 @@ def _step_flops(model, variables, frozen, batch):
     return compiled_flops(step.lower(state, batch).compile())
 
 
-@pytest.mark.parametrize("name,kwargs,size", [
-    ("resnet20", {"norm": "batch"}, 16),
-    ("resnet18", {"norm": "group", "stem": "cifar"}, 16),
-    ("cnn_small", {"norm": "batch"}, 16),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [
+        ("resnet20", {"norm": "batch"}, 16),
+        ("resnet18", {"norm": "group", "stem": "cifar"}, 16),
+        ("cnn_small", {"norm": "batch"}, 16),
+    ],
+)
 def test_head_only_and_top_k_steps_cost_less(name, kwargs, size):
     model = get_model(name, 10, **kwargs)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, size, size, 3)), jnp.float32)
@@ -48,6 +50,8 @@ def test_head_only_and_top_k_steps_cost_less(name, kwargs, size):
     blocks = model.block_names()
     full = _step_flops(model, variables, (), batch)
     head = _step_flops(model, variables, ("backbone/.*",), batch)
-    half = _step_flops(model, variables, [f"backbone/{b}/.*" for b in blocks[: len(blocks) // 2]], batch)
+    half = _step_flops(
+        model, variables, [f"backbone/{b}/.*" for b in blocks[: len(blocks) // 2]], batch
+    )
     assert head <= 0.45 * full, (head, full)
     assert head < half < full, (head, half, full)

@@ -54,7 +54,11 @@ def test_head_only_keeps_backbone_and_stats_bit_identical(source, tmp_path):
     for k in backbone:
         np.testing.assert_array_equal(before[k], after[k], err_msg=k)
     assert not np.array_equal(after["params/head/kernel"], 0 * after["params/head/kernel"])
-    assert s["frozen_params"] > 0 and s["trainable_params"] == after["params/head/kernel"].size + after["params/head/bias"].size
+    assert (
+        s["frozen_params"] > 0
+        and s["trainable_params"]
+        == after["params/head/kernel"].size + after["params/head/bias"].size
+    )
 
 
 def test_finetune_top_freezes_first_k_blocks_only(source, tmp_path):
@@ -107,7 +111,9 @@ def test_l2sp_penalty_gradient():
     w = jax.tree.map(lambda x: jnp.asarray(x + rng.normal(size=x.shape)), w0)
     pen = strategies._l2sp_penalty(w0, alpha=0.3, beta=0.7)
     g = jax.grad(pen)(w)
-    np.testing.assert_allclose(g["backbone"]["a"], 2 * 0.3 * (w["backbone"]["a"] - w0["backbone"]["a"]), rtol=1e-5)
+    np.testing.assert_allclose(
+        g["backbone"]["a"], 2 * 0.3 * (w["backbone"]["a"] - w0["backbone"]["a"]), rtol=1e-5
+    )
     np.testing.assert_allclose(g["head"]["k"], 2 * 0.7 * w["head"]["k"], rtol=1e-5)
 
 
@@ -131,7 +137,10 @@ def test_wise_ft_endpoints(source, tmp_path):
 def test_linear_probe_run(source, tmp_path):
     from jtl.train import train
 
-    s = train(_target(source, "linear_probe", "strategy_args.probe_kinds=('logistic','ridge','svm')"), tmp_path / "t")
+    s = train(
+        _target(source, "linear_probe", "strategy_args.probe_kinds=('logistic','ridge','svm')"),
+        tmp_path / "t",
+    )
     assert s["probe"] in ("logistic", "ridge", "svm")
     assert set(s["probe_test_accuracy"]) == {"logistic", "ridge", "svm"}
     assert s["test_accuracy"] > 0.5
@@ -167,7 +176,9 @@ def test_other_strategies_run(source, tmp_path, strategy):
     from jtl.train import train
 
     s = train(
-        _target(source, strategy, "strategy_args.reinit_blocks=1", "strategy_args.transfer_blocks=2"),
+        _target(
+            source, strategy, "strategy_args.reinit_blocks=1", "strategy_args.transfer_blocks=2"
+        ),
         tmp_path / "t",
     )
     assert 0.0 <= s["test_accuracy"] <= 1.0

@@ -23,7 +23,9 @@ def _tiny(*overrides: str):
 def _params(workdir: Path, step: int):
     import orbax.checkpoint as ocp
 
-    mgr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()})
+    mgr = ocp.CheckpointManager(
+        workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()}
+    )
     state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     mgr.close()
     return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
@@ -32,9 +34,21 @@ def _params(workdir: Path, step: int):
 def test_cli_train_writes_the_contract(tmp_path):
     workdir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps=40",
-         "--workdir", str(workdir), "--config.log_every=5"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "jtl.cli",
+            "train",
+            "--config",
+            f"{TINY}:steps=40",
+            "--workdir",
+            str(workdir),
+            "--config.log_every=5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     for name in ("config.json", "metrics.jsonl", "summary.json", "param_groups.txt"):
@@ -47,8 +61,15 @@ def test_cli_train_writes_the_contract(tmp_path):
     assert train_loss[-1] < train_loss[0] * 0.8, train_loss
     assert {r["split"] for r in records} == {"train", "val", "test"}
     summary = json.loads((workdir / "summary.json").read_text())
-    for key in ("test_accuracy", "test_loss", "wall_time_s", "images_seen",
-                "trainable_params", "frozen_params", "flops_per_step"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "wall_time_s",
+        "images_seen",
+        "trainable_params",
+        "frozen_params",
+        "flops_per_step",
+    ):
         assert key in summary
     assert summary["test_accuracy"] > 0.4
     assert summary["images_seen"] == 40 * 32
@@ -93,8 +114,14 @@ def test_same_loss_on_one_and_two_devices(tmp_path):
     for n in (1, 2):
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
         wd = tmp_path / f"dev{n}"
-        out = subprocess.run([sys.executable, "-c", code, str(wd)], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(wd)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
         losses[n] = np.array([r["loss"] for r in recs if r["split"] == "train"])
