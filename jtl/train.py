@@ -223,6 +223,16 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
+def build_model(config: mlc.ConfigDict, num_classes: int) -> Any:
+    """The configured classifier; `compute_dtype` reaches every layer, params stay float32."""
+    kwargs = dict(config.model.kwargs)
+    if config.compute_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"compute_dtype={config.compute_dtype!r}: use float32 or bfloat16")
+    if config.compute_dtype != "float32":
+        kwargs["dtype"] = config.compute_dtype
+    return get_model(config.model.name, num_classes, **kwargs)
+
+
 def _init_variables(model: Any, config: mlc.ConfigDict) -> dict[str, Any]:
     dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
     rng = jax.random.PRNGKey(config.seed)
@@ -265,7 +275,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         len(data.test_idx),
         data.num_classes,
     )
-    model = get_model(config.model.name, data.num_classes, **dict(config.model.kwargs))
+    model = build_model(config, data.num_classes)
     variables = _init_variables(model, config)
     base = {
         "dataset": config.dataset,

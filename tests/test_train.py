@@ -160,3 +160,17 @@ def test_bad_config_values_give_clear_errors(tmp_path, override, error, match):
 
     with pytest.raises(error, match=match):
         train_lib.train(_tiny(override), tmp_path / "run")
+
+
+def test_bfloat16_compute_tracks_float32(tmp_path):
+    from jtl import train as train_lib
+
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        wd = tmp_path / dtype
+        s = train_lib.train(_tiny("total_steps=30", "log_every=10", f"compute_dtype='{dtype}'"), wd)
+        recs = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
+        losses[dtype] = np.array([r["loss"] for r in recs if r["split"] == "train"])
+        assert np.isfinite(s["test_loss"])
+    # Params and loss stay float32; only activations round to bfloat16.
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Cloud TPU VM: create, install jtl with jax[tpu] on every worker, run one jtl command on all
+# workers (jax.distributed auto-detects the pod), optionally delete. Workdirs may be gs:// paths.
+#
+#   launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE [--type v5litepod-8]
+#       [--version tpu-ubuntu2204-base] [--repo URL] [--delete] -- train --config ... --workdir gs://...
+set -euo pipefail
+
+dry_run=0
+name=""
+zone=""
+type="v5litepod-8"
+version="tpu-ubuntu2204-base"
+repo="${JTL_REPO:-https://github.com/your-org/jtl.git}"
+delete=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --name) name="$2"; shift 2 ;;
+    --zone) zone="$2"; shift 2 ;;
+    --type) type="$2"; shift 2 ;;
+    --version) version="$2"; shift 2 ;;
+    --repo) repo="$2"; shift 2 ;;
+    --delete) delete=1; shift ;;
+    --) shift; break ;;
+    *) echo "launch/tpu_vm.sh: unknown option $1 (put the jtl command after --)" >&2; exit 2 ;;
+  esac
+done
+if [[ -z "$name" || -z "$zone" || $# -eq 0 ]]; then
+  echo "usage: launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE [--type T] -- JTL_ARGS..." >&2
+  exit 2
+fi
+
+run() {
+  if [[ $dry_run -eq 1 ]]; then
+    printf '%q ' "$@"; echo
+  else
+    "$@"
+  fi
+}
+
+jtl_args=$(printf '%q ' "$@")
+setup="set -e; if [ ! -d jtl ]; then git clone $repo jtl; fi; cd jtl; python3 -m venv .venv; \
+.venv/bin/pip install -q -U 'jax[tpu]' -e .; .venv/bin/jtl data fetch mnist fashion_mnist digits lfw_subset"
+command="cd jtl && JTL_DISTRIBUTED=1 .venv/bin/jtl $jtl_args"
+
+run gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$type" \
+  --version="$version"
+run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$setup"
+run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$command"
+if [[ $delete -eq 1 ]]; then
+  run gcloud compute tpus tpu-vm delete "$name" --zone="$zone" --quiet
+fi
