@@ -10,9 +10,8 @@ init=runs/mnist_pretrain
     jtl train --workdir runs/digits_scratch10 \
       --config configs/transfer.py:target=digits,strategy=scratch,per_class=10
 
-Expected (2-core CPU, ~1 minute each; numbers in docs/results.md): on digits with 10 examples
-per class, fine-tuning the MNIST ResNet-20 beats scratch by a wide margin; on the full data the
-gap closes.
+Expected (2-core CPU, about 30 s each; docs/results.md): on digits with 10 examples per class,
+fine-tuning the MNIST ResNet-20 reaches test accuracy 0.940 against 0.902 from scratch.
 """
 
 import ml_collections as mlc
