@@ -35,8 +35,8 @@ def maybe_initialize_distributed(enabled: bool | str = "auto", **kwargs: Any) ->
         kwargs.setdefault("coordinator_address", os.environ["JTL_COORDINATOR"])
         kwargs.setdefault("num_processes", int(os.environ["JTL_NUM_PROCESSES"]))
         kwargs.setdefault("process_id", int(os.environ["JTL_PROCESS_ID"]))
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Must not touch the backend before initialize(); this option only affects CPU devices.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     logging.info(
         "Joined distributed job: process %d of %d, %d global devices",

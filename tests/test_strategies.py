@@ -183,3 +183,23 @@ def test_other_strategies_run(source, tmp_path, strategy):
     )
     assert 0.0 <= s["test_accuracy"] <= 1.0
     assert s["strategy"] == strategy
+
+
+def test_linear_probe_at_least_matches_sklearn_on_cached_features(source, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from jtl import linear_probe
+    from jtl.models import get_model
+    from jtl.train import TargetData, _init_variables
+
+    cfg = _target(source, "linear_probe", "train_fraction=1.0")
+    data = TargetData(cfg)
+    model = get_model("cnn_small", 10, norm="batch")
+    variables, _ = strategies.load_pretrained(cfg, _init_variables(model, cfg))
+    x_all, y_all = linear_probe.split_features(cfg, model, variables, data, "train")
+    x_test, y_test = linear_probe.split_features(cfg, model, variables, data, "test")
+    winner, _ = linear_probe.fit_probe_on_target(cfg, model, variables, data)
+    ours = winner.accuracy(x_test, y_test)
+    sk = LogisticRegression(max_iter=5000).fit(x_all[data.train_idx], y_all[data.train_idx])
+    theirs = sk.score(x_test, y_test)
+    assert ours >= theirs - 1e-9, (ours, theirs)
