@@ -131,6 +131,36 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_advise(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="jtl advise", description="Transferability scores and a strategy, before training."
+    )
+    p.add_argument("--checkpoint", required=True, help="source: run workdir or `jtl import` dir")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--sample", type=int, default=1000, help="target examples to score")
+    p.add_argument("--image-size", type=int, default=None, help="default: the source's")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    args = p.parse_args(argv)
+    _setup_logging(verbose=False)
+    from jtl.advise import advise
+
+    result = advise(args.checkpoint, args.dataset, args.sample, args.image_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"source {result['checkpoint']} -> target {result['dataset']} "
+        f"({result['sample']} examples scored)"
+    )
+    print(f"  {'score':16s} {'pretrained':>11s} {'random init':>11s}")
+    for k, v in result["pretrained"].items():
+        print(f"  {k:16s} {v:11.4f} {result['random_init'][k]:11.4f}")
+    print(f"recommendation: {result['recommendation']}")
+    for r in result["reasons"]:
+        print(f"  - {r}")
+    return 0
+
+
 def cmd_quickstart(argv: Sequence[str]) -> int:
     from jtl import quickstart
 
@@ -143,6 +173,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "quickstart": cmd_quickstart,
     "import": cmd_import,
     "predict": cmd_predict,
+    "advise": cmd_advise,
 }
 
 

@@ -1,0 +1,145 @@
+"""`jtl advise`: predict, before any training, whether a pretrained model will help a target.
+
+One forward pass of the source model over a stratified sample of the target gives features
+and source-head probabilities; from them LogME, LEEP, NCE, H-score, leave-one-out k-NN and a
+few-shot linear-probe accuracy. The same scores for a *randomly initialized* network of the
+same architecture are the baseline: transfer can only help where the pretrained features beat
+random ones. The recommendation combines that gap with the data size per class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jtl import checkpoint as ckpt
+from jtl import probe, transferability
+from jtl.data import pipeline, registry, subsets
+
+
+def _source_description(checkpoint: Path) -> dict[str, Any]:
+    if (checkpoint / "import.json").exists():
+        meta = json.loads((checkpoint / "import.json").read_text())
+        kwargs = dict(meta.get("model_kwargs") or {})
+        return {
+            "model": meta["model"],
+            "kwargs": kwargs,
+            "num_classes": int(kwargs.pop("num_classes", len(meta.get("class_names") or []))),
+            "image_size": int(meta.get("image_size", 224)),
+            "channels": 3,
+        }
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    ds = registry.load(cfg["dataset"], data_dir=cfg.get("data_dir") or None)
+    return {
+        "model": cfg["model"]["name"],
+        "kwargs": dict(cfg["model"]["kwargs"]),
+        "num_classes": ds.num_classes,
+        "image_size": int(cfg["image_size"]),
+        "channels": int(cfg["channels"]),
+    }
+
+
+def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
+    fn = jax.jit(lambda v, xb: (model.apply(v, xb, method="features"), model.apply(v, xb)))
+    feats, logits = [], []
+    for i in range(0, len(x), batch):
+        f, lg = fn(variables, x[i : i + batch])
+        feats.append(np.asarray(f))
+        logits.append(np.asarray(lg))
+    logits = np.concatenate(logits)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return np.concatenate(feats), probs / probs.sum(1, keepdims=True)
+
+
+def _few_shot_probe(features: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Logistic-regression accuracy on a stratified half of the sample, fit on the other half."""
+    fit_idx, eval_idx = subsets.train_val_split(labels, 0.5, seed=0)
+    clf = probe.fit_logistic(
+        features[fit_idx], labels[fit_idx], features[eval_idx], labels[eval_idx], num_classes
+    )
+    return clf.val_accuracy
+
+
+def scores_for(
+    model: Any, variables: dict, x: np.ndarray, y: np.ndarray, num_classes: int
+) -> dict[str, float]:
+    feats, probs = _forward(model, variables, x)
+    out = transferability.all_scores(feats, y, probs)
+    out["probe_accuracy"] = _few_shot_probe(feats, y, num_classes)
+    return out
+
+
+def recommend(
+    pretrained: dict[str, float], random: dict[str, float], per_class: float, chance: float
+) -> tuple[str, list[str]]:
+    """A strategy and the reasons for it (a documented heuristic, not a trained predictor)."""
+    reasons = []
+    gap = pretrained["probe_accuracy"] - random["probe_accuracy"]
+    logme_gap = pretrained["logme"] - random["logme"]
+    reasons.append(
+        f"few-shot probe accuracy {pretrained['probe_accuracy']:.3f} on pretrained features vs "
+        f"{random['probe_accuracy']:.3f} on random features (chance {chance:.3f})"
+    )
+    reasons.append(f"LogME {pretrained['logme']:.3f} vs {random['logme']:.3f} for random features")
+    reasons.append(f"{per_class:.0f} training examples per class")
+    helpful = gap > 0.02 and logme_gap > 0
+    if not helpful:
+        reasons.append(
+            "pretrained features are no better than random ones here: expect no gain (or negative "
+            "transfer) from this source"
+        )
+        return "scratch", reasons
+    if pretrained["probe_accuracy"] >= 0.9 and per_class <= 100:
+        reasons.append("features already separate the classes and data are few: probe first")
+        return "linear_probe (then lp_ft if compute allows)", reasons
+    if per_class <= 100:
+        reasons.append("few examples per class: fine-tuning from the source should beat scratch")
+        return "lp_ft", reasons
+    reasons.append(
+        "plenty of data: full fine-tuning converges faster; scratch may catch up given a longer "
+        "schedule"
+    )
+    return "finetune_full", reasons
+
+
+def advise(
+    checkpoint: str | Path,
+    dataset: str,
+    sample: int = 1000,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    from jtl.models import get_model
+
+    checkpoint = Path(checkpoint).absolute()
+    src = _source_description(checkpoint)
+    size = image_size or src["image_size"]
+    ds = registry.load(dataset)
+    labels = ds.labels("train")
+    frac = min(1.0, sample / len(labels))
+    idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
+    x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src["channels"])
+    model = get_model(src["model"], src["num_classes"], **src["kwargs"])
+    init = jax.jit(lambda r: model.init(r, x[:1]))(jax.random.PRNGKey(seed))
+    target = {"params": init["params"], "batch_stats": init.get("batch_stats", {})}
+    variables, _ = ckpt.load_variables(checkpoint, target, exclude=())
+    if not variables["batch_stats"]:
+        variables = {"params": variables["params"]}
+        init = {"params": init["params"]}
+    pretrained = scores_for(model, variables, x, y, ds.num_classes)
+    random = scores_for(model, dict(init), x, y, ds.num_classes)
+    per_class = len(labels) / ds.num_classes
+    strategy, reasons = recommend(pretrained, random, per_class, 1.0 / ds.num_classes)
+    return {
+        "checkpoint": str(checkpoint),
+        "dataset": dataset,
+        "sample": int(len(y)),
+        "pretrained": pretrained,
+        "random_init": random,
+        "recommendation": strategy,
+        "reasons": reasons,
+    }
