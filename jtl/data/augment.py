@@ -8,6 +8,7 @@ Ops act on one uint8 HWC image already resized to the model's input size, with a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -26,38 +27,90 @@ def from_pil(im: Image.Image, channels: int) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr[..., :channels]
 
 
+@functools.lru_cache(maxsize=64)
+def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """PIL's bilinear weights (antialiased when shrinking) as an `(n_out, n_in)` matrix.
+
+    Resizing is separable and linear, so a batch is resized with two matmuls instead of one PIL
+    call per image; taking the weights from PIL itself keeps PIL's filter.
+    """
+    eye = Image.fromarray(np.eye(n_in, dtype=np.float32), mode="F")
+    return np.asarray(eye.resize((n_in, n_out), Image.BILINEAR), np.float32)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """Bilinear resize of a uint8 `(N, H, W, C)` batch to `size = (h, w)`, vectorized."""
+    n, h, w, c = images.shape
+    if (h, w) == tuple(size):
+        return images
+    wy, wx = resize_matrix(h, size[0]), resize_matrix(w, size[1])
+    out = np.empty((n, size[0], size[1], c), np.uint8)
+    for s in range(0, n, chunk):
+        x = images[s : s + chunk].astype(np.float32)
+        m = len(x)
+        x = np.matmul(wy, x.reshape(m, h, w * c)).reshape(m * size[0], w, c)
+        x = np.matmul(wx, x).reshape(m, size[0], size[1], c)
+        out[s : s + m] = np.clip(np.rint(x), 0, 255)
+    return out
+
+
+def fit_images(images: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+    """Resize a uint8 batch to `image_size` and convert channels (1 -> 3 repeat, 3 -> 1 mean).
+
+    Accepts `(N, H, W)` or `(N, H, W, C)`; an alpha channel is dropped. The one preprocessing
+    for training, evaluation and prediction, so all three see identical pixels.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 4:
+        images = images[..., :3]
+    c = images.shape[-1]
+    if c not in (1, 3) or channels not in (1, 3):
+        raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    if c == 3 and channels == 1:  # luminance mean first: one channel is cheaper to resize
+        images = np.rint(images.astype(np.float32).mean(-1, keepdims=True)).astype(np.uint8)
+    images = resize_images(images.astype(np.uint8, copy=False), (image_size, image_size))
+    return expand_channels(images, channels)
+
+
+def expand_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """1 -> `channels` by repeat (last axis); kept separate so it can run after augmentation."""
+    if images.shape[-1] == 1 and channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    return images
+
+
 def fit_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
-    """Resize to `image_size` (bilinear) and convert channels (1 -> 3 repeat, 3 -> 1 mean)."""
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.shape[0] != image_size or image.shape[1] != image_size:
-        resized = to_pil(image).resize((image_size, image_size), Image.BILINEAR)
-        image = from_pil(resized, image.shape[-1])
-    c = image.shape[-1]
-    if c == channels:
-        return image
-    if c == 1 and channels == 3:
-        return np.repeat(image, 3, axis=-1)
-    if c == 3 and channels == 1:
-        return np.round(image.astype(np.float32).mean(-1, keepdims=True)).astype(np.uint8)
-    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    """`fit_images` for one HWC (or HW) image."""
+    image = np.asarray(image)
+    return fit_images(image[None], image_size, channels)[0]
+
+
+_NORMALIZE_LUT = (np.arange(256, dtype=np.float32) - 127.5) / 127.5
 
 
 def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1], the input scale of every jtl model."""
+    """uint8 -> float32 in [-1, 1], the input scale of every jtl model (a table lookup: fast)."""
+    if images.dtype == np.uint8:
+        return np.take(_NORMALIZE_LUT, images)
     return (images.astype(np.float32) - 127.5) / 127.5
 
 
 def _crop(pad: float) -> Op:
+    """Pad by `pad` and crop back at a random offset: a random translation, filled with 0."""
     p = int(pad)
 
     def op(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = x.shape[:2]
-        padded = np.pad(x, ((p, p), (p, p), (0, 0)))
-        i, j = rng.integers(0, 2 * p + 1, size=2)
-        return padded[i : i + h, j : j + w]
+        dy, dx = (int(v) - p for v in rng.integers(0, 2 * p + 1, size=2))
+        if dy == 0 and dx == 0:
+            return x
+        out = np.zeros_like(x)
+        out[max(0, -dy) : min(h, h - dy), max(0, -dx) : min(w, w - dx)] = x[
+            max(0, dy) : min(h, h + dy), max(0, dx) : min(w, w + dx)
+        ]
+        return out
 
     return op
 

@@ -19,6 +19,8 @@ import tensorflow_datasets as tfds
 
 from jtl.data import sources
 
+# 1.1.0: a user data set without a test split is prepared as train only.
+USER_DATA_VERSION = tfds.core.Version("1.1.0")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -145,7 +147,11 @@ def _content_key(paths: list[Path]) -> str:
 
 
 def npz_builder(path: str | Path) -> type[ArrayBuilder]:
-    """A builder class for an `.npz` with `x`, `y` (optional `x_test`, `y_test`, `class_names`)."""
+    """A builder class for an `.npz` with `x`, `y` (optional `x_test`, `y_test`, `class_names`).
+
+    `x` is `(N, H, W)` or `(N, H, W, C)`, uint8 or float in [0, 1]. The builder's name carries a
+    key of the file's path, size and mtime, so a changed file is prepared afresh.
+    """
     path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise FileNotFoundError(f"npz data set {path} does not exist")
@@ -166,13 +172,12 @@ def npz_builder(path: str | Path) -> type[ArrayBuilder]:
         raise ValueError(f"{path}: {len(x)} images but {len(y)} labels")
     num_classes = int(max(y.max(), test[1].max() if test else 0)) + 1
     names = names or [str(i) for i in range(num_classes)]
-    if test is None:  # hold out a stratified test split (deterministic)
-        mask = sources.stratified_split(y, 0.2, seed=0)
-        (x, y), test = (x[~mask], y[~mask]), (x[mask], y[mask])
-    arrays = {"train": (x, y), "test": test}
+    # Without x_test the data set has a train split only; `registry.load` holds out a test split.
+    arrays = {"train": (x, y), **({"test": test} if test is not None else {})}
     key = _content_key([path])
 
     class NpzBuilder(ArrayBuilder, skip_registration=True):
+        VERSION = USER_DATA_VERSION
         name = f"jtl_npz_{path.stem.lower().replace('-', '_')}_{key}"
         IMAGE_SHAPE = tuple(x.shape[1:])
         CLASS_NAMES = names
@@ -198,7 +203,9 @@ def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarr
 def folder_builder(root: str | Path) -> type[ArrayBuilder]:
     """ImageFolder layout: `root/CLASS/*.png` (or `root/{train,test}/CLASS/*`), one fixed size.
 
-    Images are resized to the most common size; grayscale stays 1 channel, else RGB.
+    Images are resized to the most common size; grayscale stays 1 channel, else RGB. The
+    builder's name carries a key of every image's path, size and mtime, so a changed folder is
+    prepared afresh.
     """
     from PIL import Image
 
@@ -236,6 +243,7 @@ def folder_builder(root: str | Path) -> type[ArrayBuilder]:
     key = _content_key(all_files)
 
     class FolderBuilder(ArrayBuilder, skip_registration=True):
+        VERSION = USER_DATA_VERSION
         name = f"jtl_folder_{root.name.lower().replace('-', '_')}_{key}"
         IMAGE_SHAPE = (size[0], size[1], channels)
         CLASS_NAMES = classes
@@ -249,10 +257,6 @@ def folder_builder(root: str | Path) -> type[ArrayBuilder]:
                 )
                 for s, fs in files.items()
             }
-            if "test" not in arrays:
-                x, y = arrays["train"]
-                mask = sources.stratified_split(y, 0.2, seed=0)
-                arrays = {"train": (x[~mask], y[~mask]), "test": (x[mask], y[mask])}
-            return arrays
+            return arrays  # no test/ folder: train only; `registry.load` holds out a test split
 
     return FolderBuilder

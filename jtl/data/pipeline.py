@@ -3,7 +3,11 @@
 Training batches come from a random-access `grain.MapDataset` (shuffle -> augment -> repeat),
 so global batch k is a pure function of (seed, k): resuming at step k is exact and costs
 nothing, and every process reads only its own contiguous slice of each global batch, so 1 and
-N processes see the same global batch. A background thread pool prefetches batches.
+N processes see the same global batch. Background threads prefetch batches.
+
+Speed: the training subset is resized once, in bulk and vectorized, and kept in memory (when it
+fits), so an epoch costs only the random augmentation of each example; 1 -> 3 channel repeat
+and scaling to [-1, 1] run once per batch.
 """
 
 from __future__ import annotations
@@ -18,20 +22,61 @@ import numpy as np
 from jtl.data import augment as aug
 
 _FOREVER = 1 << 62
+# A training subset whose resized uint8 images fit in this many bytes is kept in memory.
+PREFIT_BYTES = 1 << 30
+_CHUNK = 1024
 
 
-class IndexedSource:
-    """`source` restricted to `indices` (a training subset) as a grain-compatible source."""
+def read_records(source: Any, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 `(n, H, W, C)` images and int64 labels of `indices`, read in bulk where possible."""
+    indices = np.asarray(indices, np.int64)
+    if hasattr(source, "images") and hasattr(source, "labels"):  # an in-memory split
+        return source.images[indices], np.asarray(source.labels)[indices].astype(np.int64)
+    getitems = getattr(source, "__getitems__", None)
+    records = getitems(indices.tolist()) if getitems else [source[int(i)] for i in indices]
+    images = np.stack([np.asarray(r["image"]) for r in records])
+    if images.ndim == 3:
+        images = images[..., None]
+    return images, np.array([r["label"] for r in records], np.int64)
 
-    def __init__(self, source: Any, indices: Sequence[int]) -> None:
-        self._source = source
+
+def _stored_channels(source: Any, indices: np.ndarray, channels: int) -> int:
+    """Grayscale kept as 1 channel until the batch is built (3x less memory and augment work)."""
+    image = read_records(source, indices[:1])[0]
+    return 1 if image.shape[-1] == 1 else channels
+
+
+class FittedSource:
+    """`source[indices]` resized to the model's input size (uint8), as a random-access source.
+
+    Small subsets are resized up front, in bulk, and held in memory; large ones per record.
+    """
+
+    def __init__(self, source: Any, indices: Sequence[int], image_size: int, channels: int):
         self._indices = np.asarray(indices, np.int64)
+        self._source, self._size = source, image_size
+        self.channels = _stored_channels(source, self._indices, channels)
+        self.images: np.ndarray | None = None
+        nbytes = len(self._indices) * image_size * image_size * self.channels
+        if nbytes <= PREFIT_BYTES:
+            parts = [
+                read_records(source, self._indices[s : s + _CHUNK])
+                for s in range(0, len(self._indices), _CHUNK)
+            ]
+            self.images = np.concatenate(
+                [aug.fit_images(x, image_size, self.channels) for x, _ in parts]
+            )
+            self.labels = np.concatenate([y for _, y in parts])
 
     def __len__(self) -> int:
         return len(self._indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self._source[int(self._indices[int(i)])]
+        if self.images is not None:
+            return {"image": self.images[i], "label": int(self.labels[i])}
+        record = self._source[int(self._indices[i])]
+        image = aug.fit_image(np.asarray(record["image"]), self._size, self.channels)
+        return {"image": image, "label": int(record["label"])}
 
 
 def _local_slice(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -39,23 +84,23 @@ def _local_slice(batch_size: int, process_index: int, process_count: int) -> tup
         raise ValueError(
             f"global batch size {batch_size} is not divisible by {process_count} processes"
         )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     local = batch_size // process_count
     return process_index * local, local
 
 
-def _train_example(
-    record: dict, rng: np.random.Generator, image_size: int, channels: int, ops: list
-) -> dict[str, Any]:
-    x = aug.fit_image(np.asarray(record["image"]), image_size, channels)
+def _augment_example(record: dict, rng: np.random.Generator, ops: list) -> dict[str, Any]:
+    x = record["image"]
     for op in ops:
         x = op(x, rng)
     return {"image": x, "label": record["label"]}
 
 
-def _stack(items: list[dict]) -> dict[str, np.ndarray]:
+def _to_batch(images: np.ndarray, labels: np.ndarray, channels: int) -> dict[str, np.ndarray]:
     return {
-        "image": aug.normalize(np.stack([it["image"] for it in items])),
-        "label": np.array([it["label"] for it in items], np.int32),
+        "image": aug.normalize(aug.expand_channels(images, channels)),
+        "label": np.asarray(labels, np.int32),
     }
 
 
@@ -76,26 +121,30 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless process-local batches `{"image": f32[b,H,W,C], "label": i32[b]}` from `start_step`.
 
-    Each epoch is reshuffled from `seed`; augmentation randomness depends only on (seed,
-    example position), so batch k is identical whether or not the run was resumed.
+    `batch_size` is global; process p gets rows `[p*b, (p+1)*b)` of every global batch, with
+    `b = batch_size // process_count`. Each epoch is reshuffled from `seed`, and augmentation
+    randomness depends only on (seed, position in the endless stream), so batch k is identical
+    whether the run started at 0 or resumed at `start_step`.
     """
     if len(indices) == 0:
         raise ValueError("the training subset is empty")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
     offset, local = _local_slice(batch_size, process_index, process_count)
     ops = aug.parse(augment)
+    fitted = FittedSource(source, indices, image_size, channels)
     elements = (
-        grain.MapDataset.source(IndexedSource(source, indices))
+        grain.MapDataset.source(fitted)
         .shuffle(seed=seed)
-        .random_map(
-            functools.partial(_train_example, image_size=image_size, channels=channels, ops=ops),
-            seed=seed,
-        )
+        .random_map(functools.partial(_augment_example, ops=ops), seed=seed)
         .repeat(None)
     )
 
     def batch_at(k: int) -> dict[str, np.ndarray]:
         start = k * batch_size + offset
-        return _stack([elements[start + j] for j in range(local)])
+        items = [elements[start + j] for j in range(local)]
+        images = np.stack([it["image"] for it in items])
+        return _to_batch(images, [it["label"] for it in items], channels)
 
     batches = grain.MapDataset.range(start_step, _FOREVER).map(batch_at)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
@@ -112,7 +161,11 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over `indices` in order; the last batch is padded, with `mask` 0 on padding."""
+    """One pass over `indices` in order; the last batch is padded, with `mask` 0 on padding.
+
+    Every process yields the same number of batches (its slice of each global batch), so
+    collective evaluation steps stay in lockstep.
+    """
     offset, local = _local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
     num_batches = -(-len(indices) // batch_size)
@@ -120,15 +173,8 @@ def eval_batches(
     def batch_at(k: int) -> dict[str, np.ndarray]:
         pos = np.arange(k * batch_size + offset, k * batch_size + offset + local)
         mask = pos < len(indices)
-        take = indices[np.where(mask, pos, 0)] if len(indices) else np.zeros(local, np.int64)
-        items = [
-            {
-                "image": aug.fit_image(np.asarray(r["image"]), image_size, channels),
-                "label": r["label"],
-            }
-            for r in (source[int(i)] for i in take)
-        ]
-        out = _stack(items)
+        images, labels = read_records(source, indices[np.where(mask, pos, 0)])
+        out = _to_batch(aug.fit_images(images, image_size, channels), labels, channels)
         out["mask"] = mask.astype(np.float32)
         return out
 
@@ -140,10 +186,13 @@ def load_arrays(
     source: Any, indices: Sequence[int], image_size: int, channels: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed `(x f32[N,H,W,C], y i32[N])` of `indices`, for feature caches and probes."""
-    items = [
-        {"image": aug.fit_image(np.asarray(source[int(i)]["image"]), image_size, channels),
-         "label": source[int(i)]["label"]}
-        for i in indices
-    ]  # fmt: skip
-    out = _stack(items)
-    return out["image"], out["label"]
+    indices = np.asarray(indices, np.int64)
+    xs, ys = [], []
+    for s in range(0, len(indices), _CHUNK):
+        images, labels = read_records(source, indices[s : s + _CHUNK])
+        batch = _to_batch(aug.fit_images(images, image_size, channels), labels, channels)
+        xs.append(batch["image"])
+        ys.append(batch["label"])
+    if not xs:
+        return np.zeros((0, image_size, image_size, channels), np.float32), np.zeros(0, np.int32)
+    return np.concatenate(xs), np.concatenate(ys)

@@ -85,6 +85,18 @@ def _read_all(source: KeyedSource, chunk: int = 4096) -> tuple[np.ndarray, np.nd
     return np.concatenate(images), np.concatenate(labels)
 
 
+def _read_labels(source: Any, chunk: int = 4096) -> np.ndarray:
+    """All labels of a split, in bulk reads (records carry images too, so this costs a pass)."""
+    if isinstance(source, ArraySource):
+        return np.asarray(source.labels, np.int64)
+    n = len(source)
+    parts = [
+        np.array([r["label"] for r in source.__getitems__(range(s, min(s + chunk, n)))], np.int64)
+        for s in range(0, n, chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def _cached_arrays(
     source: KeyedSource, data_dir: Path, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -111,16 +123,16 @@ class Dataset:
     image_shape: tuple[int, int, int]
     splits: dict[str, Any]
     builder: Any = None
+    _labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def labels(self, split: str) -> np.ndarray:
+        """The split's int64 labels, read once (in bulk) and cached: for splits and subsets."""
         source = self.splits[split]
         if isinstance(source, ArraySource):
             return source.labels
-        if not hasattr(source, "_labels_cache"):
-            source._labels_cache = np.array(
-                [r["label"] for r in source.__getitems__(range(len(source)))], np.int64
-            )
-        return source._labels_cache
+        if split not in self._labels:
+            self._labels[split] = _read_labels(source)
+        return self._labels[split]
 
 
 def _builder_for(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
@@ -129,17 +141,25 @@ def _builder_for(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
     if name.startswith("folder:"):
         return builders.folder_builder(name[7:])(data_dir=str(data_dir), file_format="array_record")
     if name in builders.OFFLINE_BUILDERS:
-        if not sources.is_fetched(name):
+        builder = builders.OFFLINE_BUILDERS[name](
+            data_dir=str(data_dir), file_format="array_record"
+        )
+        # Raw files are only needed to prepare; a prepared data set loads without them.
+        # (A file check: `builder.is_prepared()` logs a misleading warning when it is not.)
+        prepared = (Path(builder.data_dir) / "dataset_info.json").exists()
+        if not prepared and not sources.is_fetched(name):
             raise sources.MissingSourceError(name)
-        return builders.OFFLINE_BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
+        return builder
     catalog_name = name.removeprefix("tfds:")
     try:
         return tfds.builder(catalog_name, data_dir=str(data_dir), file_format="array_record")
     except tfds.core.registered.DatasetNotFoundError as e:
         raise UnknownDatasetError(
             f"unknown data set {name!r}: not an offline jtl data set "
-            f"({', '.join(sources.OFFLINE_NAMES)}), not npz:PATH or folder:PATH, and not in the "
-            f"tfds catalog ({str(e).splitlines()[0]})"
+            f"({', '.join(sources.OFFLINE_NAMES)}) and not in the tfds catalog "
+            f"({str(e).splitlines()[0]}). Accepted forms: an offline name, npz:/path/data.npz, "
+            "folder:/path/to/images (class sub-folders), a tfds catalog name such as cifar10, or "
+            "tfds:NAME to force the catalog"
         ) from None
 
 
@@ -160,7 +180,17 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Prepares (once) and opens a data set by name; see the module docstring for the forms."""
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
     builder = _builder_for(name, data_dir)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except ImportError as e:
+        if "tensorflow" not in str(e):
+            raise
+        raise RuntimeError(
+            f"preparing {name!r} needs TensorFlow: its tfds builder encodes decoded images "
+            "(tfds.features.Image), which tfds does with TensorFlow. Install tensorflow-cpu once "
+            "to prepare it (reading needs no TensorFlow afterwards), or save the data as "
+            f"npz:/path.npz. ({e})"
+        ) from e
     image_key, label_key = _supervised_keys(builder)
     label_feature = builder.info.features[label_key]
     class_names = list(getattr(label_feature, "names", []) or [])
@@ -174,8 +204,7 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
         if split not in builder.info.splits:
             continue
         source = KeyedSource(builder.as_data_source(split=split), image_key, label_key)
-        n = builder.info.splits[split].num_examples
-        if -1 not in shape and n * int(np.prod(shape)) <= IN_MEMORY_BYTES:
+        if -1 not in shape and len(source) * int(np.prod(shape)) <= IN_MEMORY_BYTES:
             source = ArraySource(*_cached_arrays(source, Path(builder.data_dir), split))
         splits[split] = source
     if "train" not in splits:
@@ -185,12 +214,17 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     if "test" not in splits:
         logging.warning("%s has no test split; jtl holds out 20%% of train as test", name)
         train = splits["train"]
-        labels = np.array([train[i]["label"] for i in range(len(train))])
-        mask = sources.stratified_split(labels, 0.2, seed=0)
-        splits = {
-            "train": _Subset(train, np.flatnonzero(~mask)),
-            "test": _Subset(train, np.flatnonzero(mask)),
-        }
+        mask = sources.stratified_split(_read_labels(train), 0.2, seed=0)
+        if isinstance(train, ArraySource):
+            splits = {
+                "train": ArraySource(train.images[~mask], train.labels[~mask]),
+                "test": ArraySource(train.images[mask], train.labels[mask]),
+            }
+        else:
+            splits = {
+                "train": _Subset(train, np.flatnonzero(~mask)),
+                "test": _Subset(train, np.flatnonzero(mask)),
+            }
     return Dataset(name, num_classes, class_names, shape, splits, builder)
 
 

