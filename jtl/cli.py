@@ -58,9 +58,12 @@ def cmd_train(argv: Sequence[str]) -> int:
     args = p.parse_args(rest)
     _setup_logging(not args.quiet)
     from jtl.config import load_config
-    from jtl.train import enable_compilation_cache, train
+    from jtl.cpu import configure_cpu_devices
 
     config = load_config(args.config, overrides)
+    configure_cpu_devices([config.batch_size, config.eval_batch_size], config.cpu_devices)
+    from jtl.train import enable_compilation_cache, train
+
     enable_compilation_cache()
     summary = train(config, args.workdir)
     print(json.dumps({k: summary[k] for k in ("test_accuracy", "test_loss", "wall_time_s")}))

@@ -52,6 +52,10 @@ def main(argv: Sequence[str] = ()) -> int:
     args = p.parse_args(list(argv))
 
     from jtl.cli import _setup_logging
+    from jtl.cpu import configure_cpu_devices
+
+    # Before jax starts: one CPU device per core when the batch sizes split evenly.
+    configure_cpu_devices([128, 64, 500])
     from jtl.data import sources
     from jtl.report import write_results
     from jtl.train import enable_compilation_cache
