@@ -11,7 +11,7 @@ init=runs/mnist_pretrain
       --config configs/transfer.py:target=digits,strategy=scratch,per_class=10
 
 Expected (2-core CPU, about 30 s each; docs/results.md): on digits with 10 examples per class,
-fine-tuning the MNIST ResNet-20 reaches test accuracy 0.940 against 0.902 from scratch.
+fine-tuning the MNIST ResNet-20 reaches test accuracy 0.947 against 0.904 from scratch.
 """
 
 import ml_collections as mlc

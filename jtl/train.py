@@ -363,7 +363,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             donate_argnums=(0,),
         )
         compiled = jitted.lower(state, batch).compile()
-        flops = compiled_flops(compiled)
+        flops = compiled_flops(compiled)  # per device: the SPMD program runs on each
+        flops = flops * mesh.devices.size if flops is not None else None
         logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)
         return compiled, flops
 
