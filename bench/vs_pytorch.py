@@ -15,10 +15,14 @@ import argparse
 import os
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections as mlc
-import numpy as np
+from jtl.cpu import configure_cpu_devices
+
+configure_cpu_devices([128])  # jtl's default CPU path (one XLA device per core); before jax
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections as mlc  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -69,7 +73,8 @@ def jtl_step_time(batch: int, steps: int) -> tuple[float, float]:
         donate_argnums=(0,),
     )
     compiled = step.lower(state, b).compile()
-    flops = compiled_flops(compiled) or float("nan")
+    # The SPMD program's cost analysis is per device; the step's work is all devices'.
+    flops = (compiled_flops(compiled) or float("nan")) * jax.device_count()
     state, m = compiled(state, b)
     jax.block_until_ready(m)
     t = time.perf_counter()
