@@ -30,6 +30,7 @@ __all__ = [
     "KeyMap",
     "convert_state_dict",
     "efficientnet_lite0_key_map",
+    "torchvision_resnet_key_map",
     "find_efficientnet_lite0_weights",
 ]
 
@@ -82,6 +83,44 @@ def efficientnet_lite0_key_map() -> KeyMap:
     km.update(_bn_entries("_bn1", (*head_block, "bn")))
     km["_fc.weight"] = (("params", "head", "kernel"), "dense")
     km["_fc.bias"] = (("params", "head", "bias"), "copy")
+    return km
+
+
+TORCHVISION_RESNET_LAYERS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+}
+
+
+def torchvision_resnet_key_map(depth: int) -> KeyMap:
+    """torchvision ResNet names (`conv1`, `layerL.I.convK`, `downsample`, `fc`) -> jtl paths.
+
+    jtl numbers residual blocks across stages (`block1..blockN`), torchvision per stage
+    (`layer1.0`, ...); the shortcut `downsample.0/1` is jtl's `proj_conv`/`proj_norm`.
+    """
+    if depth not in TORCHVISION_RESNET_LAYERS:
+        raise ValueError(
+            f"torchvision ResNet depth {depth}; known: {sorted(TORCHVISION_RESNET_LAYERS)}"
+        )
+    bb = ("backbone",)
+    convs = 3 if depth >= 50 else 2
+    km: KeyMap = {"conv1.weight": (("params", *bb, "stem", "conv", "kernel"), "conv")}
+    km.update(_bn_entries("bn1", (*bb, "stem", "norm")))
+    n = 0
+    for layer, blocks in enumerate(TORCHVISION_RESNET_LAYERS[depth], start=1):
+        for i in range(blocks):
+            n += 1
+            src, blk = f"layer{layer}.{i}", (*bb, f"block{n}")
+            for k in range(1, convs + 1):
+                km[f"{src}.conv{k}.weight"] = (("params", *blk, f"conv{k}", "kernel"), "conv")
+                km.update(_bn_entries(f"{src}.bn{k}", (*blk, f"norm{k}")))
+            if i == 0 and (layer > 1 or depth >= 50):
+                km[f"{src}.downsample.0.weight"] = (("params", *blk, "proj_conv", "kernel"), "conv")
+                km.update(_bn_entries(f"{src}.downsample.1", (*blk, "proj_norm")))
+    km["fc.weight"] = (("params", "head", "kernel"), "dense")
+    km["fc.bias"] = (("params", "head", "bias"), "copy")
     return km
 
 

@@ -17,11 +17,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jtl.interop.convert import KeyMap, convert_state_dict, efficientnet_lite0_key_map
+from jtl.interop.convert import (
+    KeyMap,
+    convert_state_dict,
+    efficientnet_lite0_key_map,
+    torchvision_resnet_key_map,
+)
 from jtl.interop.imagenet import imagenet_class_names
 from jtl.interop.torch_pickle import load_state_dict
 from jtl.models.classifier import Classifier
 from jtl.models.efficientnet_lite import IMAGE_SIZE, efficientnet_lite0
+from jtl.models.resnet import resnet18, resnet50
 
 __all__ = ["IMPORTERS", "ImportSpec", "build_model", "convert_file", "import_checkpoint"]
 
@@ -38,7 +44,27 @@ class ImportSpec:
     preprocessing: str = ""
 
 
+_TORCHVISION_PREPROCESSING = (
+    "uint8 RGB resized to 256, center crop 224, x / 255 normalized with ImageNet mean "
+    "(0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) (torchvision's weights' transforms)"
+)
+
 IMPORTERS: dict[str, ImportSpec] = {
+    # torchvision layout (`resnet18-*.pth`, `resnet50-*.pth`, or a user's own fine-tuned file).
+    "resnet18": ImportSpec(
+        backbone=resnet18,
+        key_map=lambda: torchvision_resnet_key_map(18),
+        num_classes=1000,
+        image_size=224,
+        preprocessing=_TORCHVISION_PREPROCESSING,
+    ),
+    "resnet50": ImportSpec(
+        backbone=resnet50,
+        key_map=lambda: torchvision_resnet_key_map(50),
+        num_classes=1000,
+        image_size=224,
+        preprocessing=_TORCHVISION_PREPROCESSING,
+    ),
     "efficientnet_lite0": ImportSpec(
         backbone=efficientnet_lite0,
         key_map=efficientnet_lite0_key_map,
@@ -87,20 +113,27 @@ def convert_file(
     path = Path(path).absolute()
     spec = _spec(model_name)
     kwargs = dict(model_kwargs or {})
-    model = build_model(model_name, **kwargs)
+    state_dict = load_state_dict(path)
+    # A fine-tuned file may carry another head size than the spec's (e.g. a user's resnet50).
+    head = next((state_dict[k] for k in ("fc.weight", "_fc.weight") if k in state_dict), None)
+    num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else spec.num_classes
+    model = Classifier(backbone=spec.backbone(**kwargs), num_classes=num_classes)
     x = jnp.zeros((1, spec.image_size, spec.image_size, 3), jnp.float32)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-    state_dict = load_state_dict(path)
     variables = convert_state_dict(state_dict, spec.key_map(), abstract, source=str(path))
     meta: dict[str, Any] = {
         "source_file": str(path),
         "sha256": _sha256(path),
         "model": model_name,
-        "model_kwargs": {"num_classes": spec.num_classes, **kwargs},
+        "model_kwargs": {"num_classes": num_classes, **kwargs},
         "image_size": spec.image_size,
         "preprocessing": spec.preprocessing,
         "num_source_tensors": len(state_dict),
-        "class_names": list(spec.class_names()) if spec.class_names else None,
+        "class_names": (
+            list(spec.class_names())
+            if spec.class_names and num_classes == spec.num_classes
+            else None
+        ),
     }
     return variables, meta
 
