@@ -46,3 +46,10 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: $(STAMP) $(TORCH_STAMP)
+	$(BIN)/jtl data fetch mnist digits
+	$(BIN)/python bench/frozen_step.py
+	$(BIN)/python bench/probe_vs_head.py
+	$(BIN)/python bench/cpu_devices.py
+	$(BIN)/python bench/vs_pytorch.py
