@@ -187,8 +187,9 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
             raise
         raise RuntimeError(
             f"preparing {name!r} needs TensorFlow: its tfds builder encodes decoded images "
-            "(tfds.features.Image), which tfds does with TensorFlow. Install tensorflow-cpu once "
-            "to prepare it (reading needs no TensorFlow afterwards), or save the data as "
+            "(tfds.features.Image), which tfds does with TensorFlow. Install it once with "
+            "`pip install -e '.[catalog]'` (tensorflow-cpu; reading needs no TensorFlow "
+            "afterwards), or save the data as "
             f"npz:/path.npz. ({e})"
         ) from e
     image_key, label_key = _supervised_keys(builder)
