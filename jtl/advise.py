@@ -9,38 +9,14 @@ random ones. The recommendation combines that gap with the data size per class.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from jtl import checkpoint as ckpt
-from jtl import probe, transferability
+from jtl import probe, source_model, transferability
 from jtl.data import pipeline, registry, subsets
-
-
-def _source_description(checkpoint: Path) -> dict[str, Any]:
-    if (checkpoint / "import.json").exists():
-        meta = json.loads((checkpoint / "import.json").read_text())
-        kwargs = dict(meta.get("model_kwargs") or {})
-        return {
-            "model": meta["model"],
-            "kwargs": kwargs,
-            "num_classes": int(kwargs.pop("num_classes", len(meta.get("class_names") or []))),
-            "image_size": int(meta.get("image_size", 224)),
-            "channels": 3,
-        }
-    cfg = json.loads((checkpoint / "config.json").read_text())
-    ds = registry.load(cfg["dataset"], data_dir=cfg.get("data_dir") or None)
-    return {
-        "model": cfg["model"]["name"],
-        "kwargs": dict(cfg["model"]["kwargs"]),
-        "num_classes": ds.num_classes,
-        "image_size": int(cfg["image_size"]),
-        "channels": int(cfg["channels"]),
-    }
 
 
 def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
@@ -113,23 +89,17 @@ def advise(
     image_size: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    from jtl.models import get_model
-
     checkpoint = Path(checkpoint).absolute()
-    src = _source_description(checkpoint)
-    size = image_size or src["image_size"]
+    src = source_model.describe(checkpoint)
+    size = image_size or src.image_size
     ds = registry.load(dataset)
     labels = ds.labels("train")
     frac = min(1.0, sample / len(labels))
     idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
-    x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src["channels"])
-    model = get_model(src["model"], src["num_classes"], **src["kwargs"])
+    x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src.channels)
+    _, model, variables = source_model.load(checkpoint, x[:1])
     init = jax.jit(lambda r: model.init(r, x[:1]))(jax.random.PRNGKey(seed))
-    target = {"params": init["params"], "batch_stats": init.get("batch_stats", {})}
-    variables, _ = ckpt.load_variables(checkpoint, target, exclude=())
-    if not variables["batch_stats"]:
-        variables = {"params": variables["params"]}
-        init = {"params": init["params"]}
+    init = {k: v for k, v in init.items() if k in variables}
     pretrained = scores_for(model, variables, x, y, ds.num_classes)
     random = scores_for(model, dict(init), x, y, ds.num_classes)
     per_class = len(labels) / ds.num_classes

@@ -160,9 +160,7 @@ def to_dict(config: mlc.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
-def fingerprint(
-    config: mlc.ConfigDict, ignore: Sequence[str] = ("progress", "cpu_devices")
-) -> str:
+def fingerprint(config: mlc.ConfigDict, ignore: Sequence[str] = ("progress", "cpu_devices")) -> str:
     """Hash of everything that changes results: a workdir only resumes the same experiment."""
     d = to_dict(config)
     for k in ignore:
