@@ -20,7 +20,7 @@ from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.strategies import Plan
-from jtl.train import make_train_step
+from jtl.train import init_state, jit_train_step
 name, batch, steps, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 kw = {"norm": "batch", **({"stem": "cifar"} if name in ("resnet18", "resnet50") else {})}
 model = get_model(name, 10, **kw)
@@ -31,12 +31,9 @@ optim = mlc.ConfigDict(base_config().optim.to_dict())
 tx, _ = make_optimizer(v["params"], optim, 1000)
 mask = trainable_mask(v["params"], optim)
 mesh = sharding.make_mesh()
-state = sharding.replicate({"step": jnp.zeros((), jnp.int32), "params": v["params"],
-    "batch_stats": v["batch_stats"], "opt_state": tx.init(v["params"])}, mesh)
+state = sharding.replicate(init_state(v["params"], v["batch_stats"], tx), mesh)
 b = sharding.shard_batch({"image": x, "label": y}, mesh)
-r, s = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-step = jax.jit(make_train_step(model, tx, mask, Plan(variables=v, optim=optim)),
-               in_shardings=(r, s), out_shardings=(r, r), donate_argnums=(0,))
+step = jit_train_step(model, tx, mask, Plan(variables=v, optim=optim), mesh)
 state, m = step(state, b); jax.block_until_ready(m)
 t = time.perf_counter()
 for _ in range(steps):

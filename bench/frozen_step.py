@@ -21,7 +21,7 @@ from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.strategies import Plan
-from jtl.train import compiled_flops, make_train_step
+from jtl.train import compiled_flops, init_state, jit_train_step
 
 MODELS = {
     "resnet20 (32x32x3)": ("resnet20", 32, 3),
@@ -50,7 +50,6 @@ def bench_model(name: str, size: int, channels: int, batch: int, steps: int) -> 
     y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
     variables = model.init(jax.random.PRNGKey(0), x[:1], train=False)
     mesh = sharding.make_mesh()
-    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     batch_arrays = sharding.shard_batch({"image": np.asarray(x), "label": np.asarray(y)}, mesh)
     results = {}
     for label, frozen in settings(model.block_names()).items():
@@ -59,23 +58,10 @@ def bench_model(name: str, size: int, channels: int, batch: int, steps: int) -> 
         optim.clip_norm = 1.0  # clipping reads only trainable grads: frozen backward stays dead
         tx, _ = make_optimizer(variables["params"], optim, 1000)
         mask = trainable_mask(variables["params"], optim)
-        state = sharding.replicate(
-            {
-                "step": jnp.zeros((), jnp.int32),
-                "params": variables["params"],
-                "batch_stats": variables.get("batch_stats", {}),
-                "opt_state": tx.init(variables["params"]),
-            },
-            mesh,
-        )
+        state = init_state(variables["params"], variables.get("batch_stats", {}), tx)
+        state = sharding.replicate(state, mesh)
         plan = Plan(variables=variables, optim=optim)
-        step = jax.jit(
-            make_train_step(model, tx, mask, plan),
-            in_shardings=(repl, batched),
-            out_shardings=(repl, repl),
-            donate_argnums=(0,),
-        )
-        compiled = step.lower(state, batch_arrays).compile()
+        compiled = jit_train_step(model, tx, mask, plan, mesh).lower(state, batch_arrays).compile()
         state, m = compiled(state, batch_arrays)  # warm-up
         jax.block_until_ready(m)
         t = time.perf_counter()

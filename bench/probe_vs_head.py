@@ -23,7 +23,7 @@ from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.strategies import Plan
-from jtl.train import make_train_step
+from jtl.train import init_state, jit_train_step
 
 
 def main() -> None:
@@ -41,7 +41,6 @@ def main() -> None:
     model = get_model(args.model, 10, norm="batch")
     variables = model.init(jax.random.PRNGKey(0), images[:1], train=False)
     mesh = sharding.make_mesh()
-    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     batches = [
         sharding.shard_batch({"image": images[i : i + b], "label": labels[i : i + b]}, mesh)
         for i in range(0, n, b)
@@ -52,21 +51,8 @@ def main() -> None:
     optim.frozen, optim.name, optim.weight_decay = ("backbone/.*",), "sgd", 0.0
     tx, _ = make_optimizer(variables["params"], optim, 1000)
     mask = trainable_mask(variables["params"], optim)
-    state = sharding.replicate(
-        {
-            "step": jnp.zeros((), jnp.int32),
-            "params": variables["params"],
-            "batch_stats": variables["batch_stats"],
-            "opt_state": tx.init(variables["params"]),
-        },
-        mesh,
-    )
-    step = jax.jit(
-        make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)),
-        in_shardings=(repl, batched),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
+    state = sharding.replicate(init_state(variables["params"], variables["batch_stats"], tx), mesh)
+    step = jit_train_step(model, tx, mask, Plan(variables=variables, optim=optim), mesh)
     state, m = step(state, batches[0])
     jax.block_until_ready(m)
     t = time.perf_counter()

@@ -43,7 +43,7 @@ def jtl_step_time(batch: int, steps: int) -> tuple[float, float]:
     from jtl.models import get_model
     from jtl.optim import make_optimizer, trainable_mask
     from jtl.strategies import Plan
-    from jtl.train import compiled_flops, make_train_step
+    from jtl.train import compiled_flops, init_state, jit_train_step
 
     model = get_model("resnet18", 10, stem="cifar", norm="batch")
     rng = np.random.default_rng(0)
@@ -55,23 +55,9 @@ def jtl_step_time(batch: int, steps: int) -> tuple[float, float]:
     tx, _ = make_optimizer(variables["params"], optim, 1000)
     mask = trainable_mask(variables["params"], optim)
     mesh = sharding.make_mesh()
-    state = sharding.replicate(
-        {
-            "step": jnp.zeros((), jnp.int32),
-            "params": variables["params"],
-            "batch_stats": variables["batch_stats"],
-            "opt_state": tx.init(variables["params"]),
-        },
-        mesh,
-    )
+    state = sharding.replicate(init_state(variables["params"], variables["batch_stats"], tx), mesh)
     b = sharding.shard_batch({"image": x, "label": y}, mesh)
-    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    step = jax.jit(
-        make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)),
-        in_shardings=(repl, batched),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
+    step = jit_train_step(model, tx, mask, Plan(variables=variables, optim=optim), mesh)
     compiled = step.lower(state, b).compile()
     # The SPMD program's cost analysis is per device; the step's work is all devices'.
     flops = (compiled_flops(compiled) or float("nan")) * jax.device_count()

@@ -149,6 +149,29 @@ def make_train_step(
     return step
 
 
+def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation) -> State:
+    """The train state a step consumes: a plain dict, so orbax saves and restores it as is."""
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+    }
+
+
+def jit_train_step(
+    model: Any, tx: optax.GradientTransformation, mask: Any, plan: Plan, mesh: Any
+) -> Any:
+    """The step jitted over `mesh`: state replicated (and donated), batch split on `data`."""
+    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    return jax.jit(
+        make_train_step(model, tx, mask, plan),
+        in_shardings=(repl, batched),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
+
+
 def make_eval_step(model: Any) -> Callable[[dict, dict], dict]:
     def step(variables: dict, batch: dict) -> dict:
         logits = model.apply(variables, batch["image"], train=False)
@@ -329,15 +352,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     start_step = checkpoints.latest_step() or 0
     # The optimizer state in a checkpoint was built by the stage of the last step it finished.
     tx, mask, groups = optimizer_for(max(start_step - 1, 0))
-    state = sharding.replicate(
-        {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "batch_stats": plan.variables["batch_stats"],
-            "opt_state": tx.init(params),
-        },
-        mesh,
-    )
+    state = sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
     if start_step:
         state, meta = checkpoints.restore(ckpt.abstract_like(state))
         logging.info(
@@ -356,13 +371,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
 
     def compile_step(tx: Any, mask: Any) -> tuple[Any, float | None]:
         t = time.time()
-        jitted = jax.jit(
-            make_train_step(model, tx, mask, plan),
-            in_shardings=(repl, batched),
-            out_shardings=(repl, repl),
-            donate_argnums=(0,),
-        )
-        compiled = jitted.lower(state, batch).compile()
+        compiled = jit_train_step(model, tx, mask, plan, mesh).lower(state, batch).compile()
         flops = compiled_flops(compiled)  # per device: the SPMD program runs on each
         flops = flops * mesh.devices.size if flops is not None else None
         logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)

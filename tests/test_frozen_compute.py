@@ -15,7 +15,7 @@ from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.strategies import Plan
-from jtl.train import compiled_flops, make_train_step
+from jtl.train import compiled_flops, init_state, make_train_step
 
 
 def _step_flops(model, variables, frozen, batch):
@@ -24,12 +24,7 @@ def _step_flops(model, variables, frozen, batch):
     optim.clip_norm = 1.0
     tx, _ = make_optimizer(variables["params"], optim, 100)
     mask = trainable_mask(variables["params"], optim)
-    state = {
-        "step": jnp.zeros((), jnp.int32),
-        "params": variables["params"],
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": tx.init(variables["params"]),
-    }
+    state = init_state(variables["params"], variables.get("batch_stats", {}), tx)
     step = jax.jit(make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)))
     return compiled_flops(step.lower(state, batch).compile())
 
