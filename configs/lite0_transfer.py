@@ -1,7 +1,7 @@
 """ImageNet-pretrained EfficientNet-Lite0 -> small grayscale targets at 64 px, vs scratch.
 
-Arguments (`configs/lite0_transfer.py:key=value,...`): target, strategy, per_class (0 = all),
-init (a `jtl import` output dir), steps, size, seed.
+Arguments (`configs/lite0_transfer.py:key=value,...`): target, strategy, per_class (0 = use
+fraction), fraction, init (a `jtl import` output dir), steps, size, seed, batch, lr, model.
 
 Run (after importing the weights, see README):
     jtl import --from "$W" --model efficientnet_lite0 --out runs/lite0_imagenet
@@ -22,8 +22,8 @@ from jtl.config import base_config, parse_arg
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(
-        arg, target="lfw_subset", strategy="scratch", per_class=0, init="", steps=100,
-        size=64, seed=0, batch=32, lr=0.01,
+        arg, target="lfw_subset", strategy="scratch", per_class=0, fraction=1.0, init="",
+        steps=100, size=64, seed=0, batch=32, lr=0.01, model="efficientnet_lite0",
     )  # fmt: skip
     c = base_config()
     c.dataset = a.target
@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.image_size, c.channels = a.size, 3
     c.augment = "crop(4)|flip"
     c.train_per_class = a.per_class
-    c.model.name = "efficientnet_lite0"
+    c.train_fraction = a.fraction
+    c.model.name = a.model
     c.model.kwargs = mlc.ConfigDict({})
     c.batch_size = a.batch
     c.eval_batch_size = 128

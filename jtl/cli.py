@@ -4,12 +4,18 @@ jtl train --config configs/x.py[:k=v,...] --workdir DIR [--config.KEY=VALUE ...]
 jtl data fetch [NAME ...]
 jtl data prepare [NAME ...]
 jtl quickstart --workdir DIR
+jtl study --config configs/studies/NAME.py[:quick] --workdir DIR [--parallel N] [--cell I]
+jtl import --from FILE --model NAME --out DIR
+jtl predict --checkpoint DIR --image FILE [--top 5]
+jtl advise --checkpoint DIR --dataset NAME
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 
@@ -164,6 +170,55 @@ def cmd_advise(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_study(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="jtl study",
+        description="Run (or resume) a fine-tune-vs-scratch study grid and write its report.",
+    )
+    p.add_argument("--config", required=True, help="configs/studies/NAME.py[:arg]")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--parallel", type=int, default=1, help="cells run as N local processes")
+    p.add_argument(
+        "--cell",
+        default=None,
+        help="run only cell I of cells.txt (cluster array jobs; 'env' reads "
+        "$JTL_CELL or $SLURM_ARRAY_TASK_ID)",
+    )
+    p.add_argument("--only", choices=("all", "sources", "cells", "report"), default="all")
+    args = p.parse_args(argv)
+    _setup_logging(verbose=False)
+    from jtl import study as study_lib
+    from jtl.cpu import configure_cpu_devices
+
+    cell = args.cell
+    if cell == "env":
+        cell = os.environ.get("JTL_CELL", os.environ.get("SLURM_ARRAY_TASK_ID"))
+        if cell is None:
+            raise SystemExit("jtl study --cell env: set $JTL_CELL or run as a SLURM array job")
+    cell_index = int(cell) if cell is not None else None
+    study = study_lib.load_study(args.config)
+    cells = study_lib.expand(study, args.workdir)
+    if args.parallel <= 1:
+        batches = {b for c in cells for b in (c.config().batch_size, c.config().eval_batch_size)}
+        configure_cpu_devices(sorted(batches))
+    from jtl.train import enable_compilation_cache
+
+    enable_compilation_cache()
+    command = "jtl study " + " ".join(shlex.quote(a) for a in argv)
+    out = study_lib.run_study(
+        args.config, args.workdir, args.parallel, cell_index, args.only, command
+    )
+    if "md" in out:
+        print(f"[study] report: {out['md']}")
+        print(f"[study] html:   {out.get('html', '')}")
+    if out.get("failed"):
+        print(f"[study] {len(out['failed'])} cell(s) failed:", file=sys.stderr)
+        for f in out["failed"]:
+            print(f"  {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_quickstart(argv: Sequence[str]) -> int:
     from jtl import quickstart
 
@@ -177,6 +232,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "import": cmd_import,
     "predict": cmd_predict,
     "advise": cmd_advise,
+    "study": cmd_study,
 }
 
 

@@ -29,6 +29,11 @@ def base_config() -> mlc.ConfigDict:
     c.val_fraction = 0.1
     c.train_fraction = 1.0  # in (0, 1]; nested and stratified
     c.train_per_class = 0  # > 0: examples per class instead of a fraction
+    # k-fold cross-validation inside the labelled budget (tiny data): the nested training subset
+    # is split into `num_folds` stratified folds; fold `fold` validates, the rest train. The
+    # held-out val split is then unused and the test set never takes part in model selection.
+    c.num_folds = 0
+    c.fold = 0
     c.image_size = 28
     c.channels = 1
     c.augment = ""  # e.g. "crop(2)|flip|rotate(10)|scale(0.9,1.1)"
@@ -41,6 +46,9 @@ def base_config() -> mlc.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.progress = True
+    # > 0: stop when validation accuracy has not improved for this many evaluations and report
+    # the best evaluated model (its step is recorded in summary.json).
+    c.early_stopping_patience = 0
 
     # Compute dtype of activations (float32 or bfloat16); params, optimizer state and the loss
     # stay float32. bfloat16 pays off on TPU and recent GPUs, not on CPU.
@@ -127,16 +135,22 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.Con
     return config
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
-    """`path/to/config.py[:arg]` -> locked ConfigDict with `overrides` applied."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str | Path) -> Any:
+    """Imports a config file by path (configs are files, not an installed package)."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"config file {path!r} not found (expected configs/NAME.py)")
+        raise FileNotFoundError(f"config file {str(path)!r} not found (expected configs/NAME.py)")
     module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     assert module_spec.loader is not None
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
+    """`path/to/config.py[:arg]` -> locked ConfigDict with `overrides` applied."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
     config = module.get_config(arg) if arg else module.get_config()
     config.lock()
     return apply_overrides(config, overrides)

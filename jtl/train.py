@@ -26,6 +26,7 @@ from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl import sharding
 from jtl.data import pipeline, registry, subsets
+from jtl.early_stopping import EarlyStopping
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
@@ -64,6 +65,13 @@ class TargetData:
         self.train_idx = subsets.nested_subset(
             labels, train_idx, fraction=fraction, per_class=per_class, seed=config.data_seed
         )
+        if config.num_folds:
+            if not 0 <= config.fold < config.num_folds:
+                raise ValueError(f"fold={config.fold} must be in [0, num_folds={config.num_folds})")
+            folds = subsets.kfold_splits(
+                labels, self.train_idx, config.num_folds, seed=config.data_seed
+            )
+            self.train_idx, self.val_idx = folds[config.fold]
         self.test_idx = np.arange(len(self.dataset.splits["test"]))
         self.image_size = config.image_size
         self.channels = config.channels
@@ -306,6 +314,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "strategy": config.strategy,
         "seed": config.seed,
         "train_examples": int(len(data.train_idx)),
+        "num_classes": int(data.num_classes),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
     }
@@ -353,11 +362,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     # The optimizer state in a checkpoint was built by the stage of the last step it finished.
     tx, mask, groups = optimizer_for(max(start_step - 1, 0))
     state = sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
+    meta: dict[str, Any] = {}
     if start_step:
         state, meta = checkpoints.restore(ckpt.abstract_like(state))
         logging.info(
             "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
         )
+    early = EarlyStopping(config.early_stopping_patience, meta)
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -400,13 +411,14 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "stage": plan.stage_at(max(step - 1, 0)),
             "data": {"next_batch": step, "seed": config.seed},
             "fingerprint": config_lib.fingerprint(config),
+            **early.meta(),
         }
 
     bar = _progress(config.total_steps, start_step, config.progress)
     pending: list[dict] = []
     t_train = time.time()
     step = start_step
-    while step < config.total_steps:
+    while step < config.total_steps and not early.stopped:
         if plan.stage_at(step) != stage:
             # Gradual unfreezing: a new stage rebuilds the optimizer (fresh state) and the step.
             stage = plan.stage_at(step)
@@ -435,7 +447,12 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             logging.info(
                 "step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"]
             )
-        if checkpoints.should_save(step) or step == config.total_steps:
+            if early.update(step, val["accuracy"], state):
+                logging.info("Early stop at step %d (best step %s)", step, early.best_step)
+        last = step == config.total_steps or early.stopped
+        if last:  # with early stopping, the best evaluated weights are what the run reports
+            state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
+        if checkpoints.should_save(step) or last:
             checkpoints.save(step, state, meta_for(step))
         if bar is not None:
             bar.update(1)
@@ -457,7 +474,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "test_loss": final["test"]["loss"],
         "val_accuracy": final["val"]["accuracy"],
         "val_loss": final["val"]["loss"],
-        "images_seen": int(config.total_steps * config.batch_size),
+        "steps_run": int(step),
+        "images_seen": int(step * config.batch_size),
+        **early.meta(),
         "trainable_params": n_trainable,
         "frozen_params": n_frozen,
         "flops_per_step": flops_log[-1] if flops_log else None,

@@ -138,6 +138,18 @@ def convert_file(
     return variables, meta
 
 
+def package_weights(model_name: str) -> Path:
+    """The weights file a registry package ships for `model_name` (see the Makefile)."""
+    from jtl.interop.convert import find_efficientnet_lite0_weights
+
+    finders = {"efficientnet_lite0": find_efficientnet_lite0_weights}
+    if model_name not in finders:
+        raise ValueError(
+            f"no packaged weights for {model_name!r}; packaged: {sorted(finders)}. Pass a file."
+        )
+    return finders[model_name]()
+
+
 def import_checkpoint(
     path: str | Path,
     model_name: str,

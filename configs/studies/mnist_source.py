@@ -1,0 +1,66 @@
+"""Reference study: does an MNIST-pretrained ResNet-20 help, and when does scratch catch up?
+
+Source: ResNet-20 (width 0.5, BatchNorm) trained on MNIST (configs/mnist_pretrain.py).
+Targets: digits (similar: 8x8 handwritten digits, upsampled to 28x28), Fashion-MNIST
+(dissimilar: clothing), lfw_subset (very dissimilar: faces vs non-faces, 75 per class).
+Arms: scratch (same ResNet-20), scratch with a compact CNN (cnn_small, 0.1M params: the "small
+custom model" answer), linear probe (cached features), finetune_top (stem and the first two of
+three stages frozen), finetune_full (backbone LR x0.1), LP-FT. Every arm gets the same
+optimizer steps at a size; sizes of at most 100 per class use 3-fold cross-validation inside
+the labelled budget (the validation fold rotates with the seed).
+
+Run (the `:quick` variant is what `make quickstart` runs):
+    jtl study --config configs/studies/mnist_source.py --workdir runs/study_mnist
+    jtl study --config configs/studies/mnist_source.py:quick --workdir runs/study_mnist_quick
+
+Expected: see docs/results.md ("Study: mnist_source") for the measured table, wall time
+and plots on a 2-core CPU.
+"""
+
+import ml_collections as mlc
+
+from jtl.config import parse_arg
+from jtl.study import study_defaults
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    a = parse_arg(arg, quick=False, seeds=3, steps=150, pretrain_steps=400)
+    s = study_defaults()
+    s.name = "mnist_source" + ("_quick" if a.quick else "")
+    s.title = "MNIST-pretrained ResNet-20 -> digits, Fashion-MNIST, lfw_subset"
+    s.cell_config = "configs/transfer.py"
+    pretrain = a.pretrain_steps if not a.quick else 300
+    s.sources = mlc.ConfigDict(
+        {"mnist": {"kind": "train", "config": f"configs/mnist_pretrain.py:steps={pretrain}"}}
+    )
+    s.targets = mlc.ConfigDict(
+        {
+            "digits": "target=digits",
+            "fashion_mnist": "target=fashion_mnist",
+            "lfw_subset": "target=lfw_subset",
+        }
+    )
+    s.strategies = ("scratch", "linear_probe", "finetune_top", "finetune_full", "lp_ft")
+    s.scratch_models = mlc.ConfigDict({"": "", "cnn_small": "model=cnn_small,width=1.0"})
+    s.strategy_overrides = mlc.ConfigDict({"finetune_top": ("strategy_args.freeze_blocks=7",)})
+    s.sizes = ("10", "100", "full")
+    s.sizes_by_target = mlc.ConfigDict({"lfw_subset": ("10", "full")})
+    s.seeds = tuple(range(a.seeds))
+    s.steps = a.steps
+    s.overrides = ("eval_every=25", "log_every=25")
+    # 1,200 validation images instead of 6,000: evaluation would otherwise cost more than training.
+    s.target_overrides = mlc.ConfigDict({"fashion_mnist": ("val_fraction=0.02",)})
+    s.advise_sample = 500
+    if a.quick:
+        s.targets = mlc.ConfigDict(
+            {"digits": "target=digits", "fashion_mnist": "target=fashion_mnist"}
+        )
+        s.strategies = ("scratch", "linear_probe", "finetune_full", "lp_ft")
+        s.scratch_models = mlc.ConfigDict({"": ""})
+        s.sizes = ("10", "full")
+        s.sizes_by_target = mlc.ConfigDict()
+        s.seeds = (0,)
+        s.steps = 100
+        s.overrides = ("eval_every=20", "log_every=20")
+        s.advise_sample = 300
+    return s

@@ -1,0 +1,156 @@
+"""build_report: runs every analysis and writes report.md/.html, results.csv/.json and PNGs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jtl.report.advisor import advise_vs_gain
+from jtl.report.aggregate import aggregate, arms_of, cost_table, targets_of
+from jtl.report.analysis import crossover_by_target, negative_transfer, overfitting_flags
+from jtl.report.curves import learning_curves
+from jtl.report.document import _Doc, _fmt_time
+from jtl.report.sections import (
+    _advisor_section,
+    _cost_section,
+    _curve_section,
+    _results_sections,
+)
+from jtl.report.summary import summarize
+
+CSV_FIELDS = (
+    "cell",
+    "target",
+    "source",
+    "strategy",
+    "model",
+    "arm",
+    "size",
+    "train_examples",
+    "per_class",
+    "seed",
+    "fold",
+    "test_accuracy",
+    "val_accuracy",
+    "test_loss",
+    "val_loss",
+    "steps",
+    "wall_time_s",
+    "images_seen",
+    "train_flops",
+    "early_stopped_step",
+)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """One line per cell: the contract's fields first, any extra ones after; curves left out."""
+    extra = sorted({k for r in rows for k in r} - set(CSV_FIELDS) - {"curve"})
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, *extra], extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _csv_value(r.get(k)) for k in (*CSV_FIELDS, *extra)})
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, dict | list | tuple):
+        return json.dumps(_jsonable(v))
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    """Strict JSON: NaN/inf become null, numpy scalars and paths become plain values."""
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def build_report(
+    study: dict[str, Any], rows: list[dict[str, Any]], outdir: Path
+) -> dict[str, Path]:
+    """Writes report.md/.html, results.csv/.json and the PNGs for a study; returns their paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": outdir / "report.md",
+        "html": outdir / "report.html",
+        "csv": outdir / "results.csv",
+        "json": outdir / "results.json",
+        "accuracy_plot": outdir / "accuracy_vs_examples.png",
+        "curves_plot": outdir / "learning_curves.png",
+    }
+    agg = aggregate(rows)
+    targets = targets_of(agg)
+    crosses = crossover_by_target(agg)
+    negative = negative_transfer(agg)
+    over_cells, over_summary = overfitting_flags(rows)
+    curves = learning_curves(rows, agg)
+    costs = cost_table(rows)
+    advisor = advise_vs_gain(study.get("advise") or [], agg)
+    summaries = {t: summarize(agg, t, crosses[t], negative) for t in targets}
+
+    title = study.get("title") or study.get("name") or "Study"
+    doc = _Doc()
+    doc.h(1, title)
+    doc.p("Fine-tune a pretrained network or train from scratch, and at what cost?")
+    doc.p("Command:")
+    doc.code(str(study.get("command", "")))
+    doc.ul(
+        [
+            f"machine: {study.get('machine', '')}",
+            f"wall time: {_fmt_time(study.get('wall_time_s'))}",
+            f"study: {study.get('name', '')}, {len(rows)} finished cells",
+        ]
+    )
+
+    doc.h(2, "Summary")
+    if not rows:
+        doc.p("No finished cells: nothing to report yet.")
+    for t in targets:
+        doc.h(3, t)
+        doc.p(summaries[t])
+
+    if rows:
+        _results_sections(doc, agg, crosses, paths, negative, over_summary, len(over_cells), rows)
+        _curve_section(doc, curves, paths, arms_of(agg))
+        _cost_section(doc, costs, study)
+        _advisor_section(doc, advisor)
+
+    paths["md"].write_text(doc.markdown())
+    paths["html"].write_text(doc.html(title))
+    write_csv(rows, paths["csv"])
+    payload = {
+        "study": study,
+        "rows": rows,
+        "aggregate": agg,
+        "crossover": crosses,
+        "flags": {
+            "negative_transfer": negative,
+            "overfitting": over_summary,
+            "overfitting_cells": over_cells,
+        },
+        "advise_vs_gain": advisor,
+        "learning_curves": curves,
+        "cost": costs,
+        "summary": summaries,
+    }
+    paths["json"].write_text(json.dumps(_jsonable(payload), indent=1, allow_nan=False) + "\n")
+    return {k: p for k, p in paths.items() if p.exists()}

@@ -1,0 +1,220 @@
+"""Report sections after the summary: accuracy and crossover, flags, curves, cost, advisor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jtl.report.advisor import SCORES
+from jtl.report.aggregate import targets_of
+from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
+from jtl.report.plots import plot_accuracy, plot_learning_curves
+
+
+def _results_sections(
+    doc: _Doc,
+    agg: Sequence[dict],
+    crosses: dict[str, dict],
+    paths: dict[str, Path],
+    negative: Sequence[dict],
+    over_summary: Sequence[dict],
+    n_over: int,
+    rows: Sequence[dict],
+) -> None:
+    doc.h(2, "Test accuracy")
+    doc.p("Test accuracy in %, mean ± std over seeds and folds (n runs); best per column in bold.")
+    for t in targets_of(agg):
+        doc.h(3, t)
+        doc.table(*accuracy_table(agg, t))
+        c = crosses[t]
+        if c.get("reached") is None:
+            doc.p(f"Crossover: {c.get('note')}.")
+        elif c["reached"]:
+            doc.p(
+                f"Crossover: scratch stays within the pooled standard error of the best "
+                f"transfer arm from {c['size']} ({_ex(c['train_examples'])} examples) on; "
+                f"gap at {c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
+                "(scratch − transfer)."
+            )
+        else:
+            doc.p(
+                f"Crossover: not reached; gap at {c['largest_size']}: "
+                f"{100 * c['gap_at_largest']:+.1f} points (scratch − transfer)."
+            )
+    plot_accuracy(agg, crosses, paths["accuracy_plot"])
+    doc.img(paths["accuracy_plot"], "test accuracy vs training examples")
+
+    doc.h(2, "Flags")
+    doc.h(3, "Negative transfer")
+    doc.p(
+        "A transfer arm below scratch (same model, else the best scratch arm) at a size: "
+        "one-sided Welch t-test p < 0.05 with n >= 2 on both sides; with a single run, a gap "
+        "of more than 2 points is listed as unconfirmed."
+    )
+    if negative:
+        doc.table(
+            [
+                "target",
+                "size",
+                "arm",
+                "vs",
+                "transfer %",
+                "scratch %",
+                "gap (points)",
+                "p",
+                "status",
+            ],
+            [
+                [
+                    f["target"],
+                    f["size"],
+                    f["arm"],
+                    f["scratch_arm"],
+                    f"{100 * f['transfer_mean']:.1f}",
+                    f"{100 * f['scratch_mean']:.1f}",
+                    f"{100 * f['gap']:+.1f}",
+                    _fmt(f["p_value"], ".2g"),
+                    f["status"],
+                ]
+                for f in negative
+            ],
+        )
+    else:
+        doc.p("None detected.")
+    doc.h(3, "Overfitting")
+    doc.p(
+        "Per cell: the last validation loss is more than 10 % above its minimum while the "
+        "training loss is still lower than at that minimum; the start is the step of the "
+        f"validation-loss minimum. {n_over} of {len(rows)} cells flagged."
+    )
+    if over_summary:
+        doc.table(
+            ["target", "arm", "size", "cells flagged", "median start step"],
+            [
+                [
+                    g["target"],
+                    g["arm"],
+                    g["size"],
+                    f"{g['flagged']} of {g['n']}",
+                    f"{g['median_start_step']:.0f}",
+                ]
+                for g in over_summary
+            ],
+        )
+
+
+def _curve_section(
+    doc: _Doc, curves: Sequence[dict], paths: dict[str, Path], arms: Sequence[str]
+) -> None:
+    doc.h(2, "Learning curves")
+    doc.p(
+        "Validation accuracy vs step, mean over seeds and folds, at the smallest and the "
+        "largest training-set size of each target."
+    )
+    items = []
+    for c in curves:
+        parts = [f"{c['target']}, {c['size']}:"]
+        imp = c["scratch_improving"]
+        if imp and imp["improving"] is not None:
+            parts.append(
+                f"{c['scratch_arm']} still improving at the end: "
+                f"{'yes' if imp['improving'] else 'no'} ({100 * imp['gain']:+.1f} points over "
+                "the last 25 % of steps)."
+            )
+        hs = c["head_start"]
+        if hs:
+            parts.append(
+                f"Head start of {c['transfer_arm']}: {100 * hs['transfer_first']:.1f} % at step "
+                f"{hs['transfer_step']:.0f} vs {100 * hs['scratch_first']:.1f} % for "
+                f"{c['scratch_arm']} at step {hs['scratch_step']:.0f} ({hs['points']:+.1f} points)."
+            )
+        if len(parts) > 1:
+            items.append(" ".join(parts))
+    if items:
+        doc.ul(items)
+    if any(c["curves"] for c in curves):
+        plot_learning_curves(curves, paths["curves_plot"], arms)
+        doc.img(paths["curves_plot"], "validation accuracy vs step")
+    else:
+        doc.p("No curves recorded.")
+
+
+def _cost_section(doc: _Doc, costs: Sequence[dict], study: dict[str, Any]) -> None:
+    doc.h(2, "Cost")
+    doc.p(
+        "Mean per cell over all targets and sizes of each arm; FLOPs '–' where not counted "
+        "(e.g. linear probe)."
+    )
+    doc.table(
+        [
+            "arm",
+            "cells",
+            "wall time / cell",
+            "images seen / cell",
+            "training FLOPs / cell",
+            "total wall time",
+        ],
+        [
+            [
+                c["arm"],
+                str(c["cells"]),
+                _fmt_time(c["wall_time_s"]),
+                _fmt(c["images_seen"], ",.0f"),
+                _fmt(c["train_flops"], ".3g"),
+                _fmt_time(c["total_wall_time_s"]),
+            ]
+            for c in costs
+        ],
+    )
+    cells_total = sum(c["total_wall_time_s"] for c in costs)
+    doc.p(
+        f"Total study wall time: {_fmt_time(study.get('wall_time_s'))} "
+        f"(sum over cells: {_fmt_time(cells_total)})."
+    )
+
+
+def _advisor_section(doc: _Doc, advisor: dict[str, Any]) -> None:
+    doc.h(2, "Advisor vs measured")
+    pairs = advisor["pairs"]
+    if not pairs:
+        doc.p("No transferability scores in this study (`jtl advise` was not run).")
+        return
+    doc.p(
+        "Transferability scores (higher predicts better transfer) next to the measured gain "
+        "of the best transfer arm from that source over the best scratch arm, in points."
+    )
+    doc.table(
+        [
+            "source",
+            "target",
+            "recommendation",
+            *SCORES,
+            "gain (mean over sizes)",
+            "gain (smallest size)",
+        ],
+        [
+            [
+                p["source"],
+                p["target"],
+                str(p.get("recommendation") or "–"),
+                *[_fmt(p.get(s)) for s in SCORES],
+                _fmt(None if p["gain_mean"] is None else 100 * p["gain_mean"], "+.1f"),
+                _fmt(None if p["gain_smallest"] is None else 100 * p["gain_smallest"], "+.1f"),
+            ]
+            for p in pairs
+        ],
+    )
+    doc.p(
+        "Spearman rank correlation of each score with the measured gain across "
+        "(source, target) pairs."
+    )
+    rows = []
+    for score, by_gain in advisor["spearman"].items():
+        row = [score]
+        for gain in ("gain_mean", "gain_smallest"):
+            r = by_gain[gain]
+            row.append(r["note"] or f"{r['rho']:+.2f} (p = {r['p']:.2g})")
+        row.append(str(by_gain["gain_mean"]["n"]))
+        rows.append(row)
+    doc.table(["score", "rho vs mean gain", "rho vs smallest-size gain", "n pairs"], rows)

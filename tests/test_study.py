@@ -1,0 +1,194 @@
+"""The study runner: grid expansion, budgets, k-fold assignment, resume, refusals, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import ml_collections as mlc
+import numpy as np
+import pytest
+
+from jtl import study as study_lib
+from jtl.config import load_config
+from jtl.train import TargetData
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _study(**changes) -> mlc.ConfigDict:
+    s = study_lib.study_defaults()
+    s.name = "test"
+    s.cell_config = "configs/transfer.py"
+    s.sources = mlc.ConfigDict(
+        {"tiny": {"kind": "train", "config": "configs/tiny.py:steps=10,model=cnn_small"}}
+    )
+    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
+    s.strategies = ("scratch", "finetune_full")
+    s.sizes = ("5", "full")
+    s.seeds = (0, 1)
+    s.steps = 12
+    s.overrides = ("eval_every=6", "log_every=6", "checkpoint_every=6")
+    s.advise_sample = 0
+    for k, v in changes.items():
+        s[k] = v
+    study_lib.validate(s)
+    return s
+
+
+def test_expand_crosses_arms_sizes_seeds_with_kfold_only_for_small_sizes(tmp_path):
+    s = _study(
+        scratch_models=mlc.ConfigDict({"": "", "wide": "width=0.5"}), scratch_schedule_mult=2.0
+    )
+    cells = study_lib.expand(s, tmp_path)
+    # 3 arms (scratch, scratch/wide, finetune_full) x 2 sizes x 2 seeds
+    assert len(cells) == 12
+    assert Counter(c.arm for c in cells) == {"scratch": 4, "scratch/wide": 4, "finetune_full": 4}
+    small = [c for c in cells if c.size == "5/class"]
+    full = [c for c in cells if c.size == "full"]
+    assert sorted({c.fold for c in small}) == [0, 1]  # the fold rotates with the seed
+    assert {c.fold for c in full} == {-1}
+    assert all("num_folds=3" in c.overrides for c in small)
+    assert not any("num_folds=3" in c.overrides for c in full)
+    # scratch gets scratch_schedule_mult x the steps; transfer arms the plain budget
+    steps = {c.arm: c.config().total_steps for c in cells}
+    assert steps == {"scratch": 24, "scratch/wide": 24, "finetune_full": 12}
+    ft = next(c for c in cells if c.strategy == "finetune_full")
+    assert ft.config().init.checkpoint == str(tmp_path / "sources" / "tiny")
+    assert next(c for c in cells if c.arm == "scratch/wide").config().model.kwargs.width == 0.5
+    assert len({c.id for c in cells}) == len(cells)
+    cmd = cells[0].command(tmp_path)
+    assert cmd[:3] == ["jtl", "train", "--config"] and "--workdir" in cmd
+    assert "--config.num_folds=3" in cmd
+
+
+def test_sizes_by_target_and_steps_by_size(tmp_path):
+    s = _study(
+        targets=mlc.ConfigDict({"digits": "target=digits", "lfw": "target=lfw_subset"}),
+        sizes=("5", "50", "full"),
+        sizes_by_target=mlc.ConfigDict({"lfw": ("5", "full")}),
+        steps_by_size=mlc.ConfigDict({"full": 30}),
+        seeds=(0,),
+    )
+    cells = study_lib.expand(s, tmp_path)
+    sizes = {t: sorted({c.size for c in cells if c.target == t}) for t in ("digits", "lfw")}
+    assert sizes == {"digits": ["5/class", "50/class", "full"], "lfw": ["5/class", "full"]}
+    assert {c.config().total_steps for c in cells if c.size == "full"} == {30}
+    assert {c.config().total_steps for c in cells if c.size == "5/class"} == {12}
+
+
+def test_kfold_splits_the_labelled_budget_and_folds_partition_it():
+    config = load_config(f"{REPO}/configs/transfer.py:target=digits,per_class=9")
+    plain = TargetData(config)
+    folds = []
+    for fold in range(3):
+        config = load_config(
+            f"{REPO}/configs/transfer.py:target=digits,per_class=9", ["num_folds=3", f"fold={fold}"]
+        )
+        folds.append(TargetData(config))
+    budget = np.sort(plain.train_idx)
+    for d in folds:
+        assert len(d.train_idx) == 60 and len(d.val_idx) == 30  # 6 + 3 per class, 10 classes
+        np.testing.assert_array_equal(np.sort(np.concatenate([d.train_idx, d.val_idx])), budget)
+    vals = np.concatenate([d.val_idx for d in folds])
+    np.testing.assert_array_equal(np.sort(vals), budget)  # each example validates exactly once
+    labels = plain.dataset.labels("train")
+    assert np.bincount(labels[folds[0].val_idx], minlength=10).tolist() == [3] * 10
+    with pytest.raises(ValueError, match="fold=3"):
+        TargetData(
+            load_config(f"{REPO}/configs/transfer.py:per_class=9", ["num_folds=3", "fold=3"])
+        )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sizes": ("ten",)}, "size 'ten'"),
+        ({"seeds": ()}, "seeds is empty"),
+        ({"sources": mlc.ConfigDict()}, "need a pretrained source"),
+        ({"steps_by_size": mlc.ConfigDict({"7": 3})}, "steps_by_size"),
+    ],
+)
+def test_bad_study_configs_name_the_field(change, message):
+    with pytest.raises(study_lib.StudyError, match=message):
+        _study(**change)
+
+
+def test_workdir_of_a_different_study_is_refused(tmp_path):
+    study_lib.record_study(tmp_path, "a", _study())
+    study_lib.record_study(tmp_path, "a", _study())  # same study: resumes
+    before = (tmp_path / "study.json").read_text()
+    with pytest.raises(study_lib.StudyError, match="differs in: seeds"):
+        study_lib.record_study(tmp_path, "a", _study(seeds=(0, 1, 2)))
+    assert (tmp_path / "study.json").read_text() == before
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeypatch):
+    s = _study(strategies=("scratch",), sizes=("full",), seeds=(0, 1))
+    root = tmp_path / "study"
+    cells = study_lib.expand(s, root)
+    assert len(cells) == 2
+    ran, failed = study_lib.run_cells(cells[:1], root)
+    assert (ran, failed) == (1, [])
+    first = json.loads((cells[0].workdir(root) / "summary.json").read_text())
+
+    # Kill the second cell right after its step-6 checkpoint.
+    from jtl import checkpoint
+
+    real_save = checkpoint.RunCheckpoints.save
+
+    def save_then_die(self, step, state, meta):
+        real_save(self, step, state, meta)
+        if step == 6:
+            self.wait()
+            raise _Killed("simulated kill")
+
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", save_then_die)
+    ran, failed = study_lib.run_cells(cells, root)
+    assert ran == 1 and len(failed) == 1 and "simulated kill" in failed[0][1]
+    assert not (cells[1].workdir(root) / "summary.json").exists()
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", real_save)
+
+    ran, failed = study_lib.run_cells(cells, root)  # only the killed cell runs, from step 6
+    assert (ran, failed) == (1, [])
+    second = json.loads((cells[1].workdir(root) / "summary.json").read_text())
+    assert second["resumed_from_step"] == 6 and second["steps_run"] == 12
+    assert json.loads((cells[0].workdir(root) / "summary.json").read_text()) == first
+    assert study_lib.run_cells(cells, root) == (0, [])  # all finished: nothing re-runs
+
+    rows = study_lib.collect(cells, root)
+    assert [r["seed"] for r in rows] == [0, 1]
+    r = rows[1]
+    assert r["steps"] == 12 and r["images_seen"] == 12 * 32
+    assert r["train_flops"] and r["train_flops"] > 0
+    assert [p[0] for p in r["curve"]["val"]] == [6, 12]  # no duplicated records after resume
+
+
+def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
+    from jtl.train import train
+
+    # lr=0 and GroupNorm (no batch statistics): validation accuracy cannot improve after the
+    # first evaluation, so patience 1 stops at the second one.
+    overrides = [
+        "optim.lr=0.0",
+        "eval_every=2",
+        "checkpoint_every=100",
+        "early_stopping_patience=1",
+    ]
+    config = load_config(f"{REPO}/configs/tiny.py:steps=20,norm=group", overrides)
+    first = train(config, tmp_path)
+    assert first["early_stopping"] == {
+        "stopped_step": 4,
+        "best_step": 2,
+        "best_accuracy": pytest.approx(first["val_accuracy"]),
+    }
+    assert first["steps_run"] == 4 and first["images_seen"] == 4 * config.batch_size
+    again = train(config, tmp_path)  # resumes at the stop: no more training
+    assert again["steps_run"] == 4 and again["resumed_from_step"] == 4
+    assert again["test_accuracy"] == pytest.approx(first["test_accuracy"])
+    assert again["early_stopping"]["stopped_step"] == 4
