@@ -7,6 +7,8 @@ momentum) in jtl's jitted sharded step and in PyTorch eager (same batch); the mo
 utilization against a measured matmul peak; and the input pipeline's time per batch relative
 to the step (grain pipeline on MNIST resized to 32x32x3 with crop|flip).
 PyTorch is only needed for this benchmark (`pip install torch==2.13.0`).
+`JTL_CPU_CONV=xla` runs jtl with XLA's own convolution backward instead of jtl's CPU default
+(matmul weight gradients, jtl/models/conv.py); docs/speed.md has measured numbers.
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ def main() -> None:
         f"ResNet-18 (CIFAR stem, 32x32x3), batch {args.batch}, {jax.device_count()} XLA "
         f"device(s), {os.cpu_count()} cores"
     )
+    from jtl.models.conv import cpu_matmul_wgrad_enabled
+
+    path = "matmul weight grads" if cpu_matmul_wgrad_enabled() else "XLA conv backward"
+    print(f"  jtl conv path: {path} (JTL_CPU_CONV=xla|matmul)")
     print(f"  jtl step      {jtl_t:7.2f} s  ({args.batch / jtl_t:6.1f} img/s)")
     print(f"  PyTorch step  {torch_t:7.2f} s  ({args.batch / torch_t:6.1f} img/s)")
     print(f"  jtl / PyTorch time ratio: {jtl_t / torch_t:.2f}  (< 1 means jtl is faster)")

@@ -22,6 +22,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from jtl.paths import as_path
 
 WEIGHT_COLLECTIONS = ("params", "batch_stats")
 
@@ -41,7 +44,7 @@ class RunCheckpoints:
     """Save every N steps and at the end, keep K, asynchronously; resume from the latest."""
 
     def __init__(self, directory: str | Path, keep: int = 2, save_every: int = 0) -> None:
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
         self.save_every = save_every
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -87,9 +90,9 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def checkpoints_dir(path: str | Path) -> Path:
-    """Accepts a run workdir, an import dir, or a `checkpoints/` dir itself."""
-    path = Path(path).absolute()
+def checkpoints_dir(path: str | Path) -> epath.Path:
+    """Accepts a run workdir, an import dir, or a `checkpoints/` dir itself (local or gs://)."""
+    path = as_path(path)
     if (path / "checkpoints").is_dir():
         return path / "checkpoints"
     if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):

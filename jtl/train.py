@@ -21,6 +21,7 @@ import ml_collections as mlc
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
@@ -30,6 +31,7 @@ from jtl.early_stopping import EarlyStopping
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
+from jtl.paths import as_path
 from jtl.strategies import Plan, plan_strategy
 
 State = dict[str, Any]
@@ -222,7 +224,7 @@ def compiled_flops(compiled: Any) -> float | None:
 # ----------------------------------------------------------------------------- run
 
 
-def _check_workdir(workdir: Path, config: mlc.ConfigDict) -> None:
+def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
     """Refuse to resume a workdir that holds a different experiment (never mix results)."""
     existing = workdir / "config.json"
     if not existing.exists():
@@ -240,7 +242,7 @@ def _check_workdir(workdir: Path, config: mlc.ConfigDict) -> None:
         )
 
 
-def _log_and_write(workdir: Path, name: str, text: str) -> None:
+def _log_and_write(workdir: epath.Path, name: str, text: str) -> None:
     logging.info("%s:\n%s", name, text)
     if jax.process_index() == 0:
         (workdir / name).write_text(text + "\n")
@@ -277,7 +279,7 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
     return int(trainable), int(sum(sizes) - trainable)
 
 
-def _write_summary(workdir: Path, summary: dict[str, Any]) -> None:
+def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
@@ -286,7 +288,7 @@ def _write_summary(workdir: Path, summary: dict[str, Any]) -> None:
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
     t_start = time.time()
-    workdir = Path(workdir).absolute()
+    workdir = as_path(workdir)  # epath: local dirs absolute, gs:// kept as given
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config.distributed or "auto")
     _check_workdir(workdir, config)
@@ -453,6 +455,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         if last:  # with early stopping, the best evaluated weights are what the run reports
             state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
         if checkpoints.should_save(step) or last:
+            writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
             checkpoints.save(step, state, meta_for(step))
         if bar is not None:
             bar.update(1)

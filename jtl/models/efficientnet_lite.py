@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jtl.models.conv import conv_general_dilated
+
 he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BN_MOMENTUM = 0.99
@@ -88,6 +90,7 @@ def same_conv(
         use_bias=False,
         kernel_init=he_init,
         dtype=dtype,
+        conv_general_dilated=conv_general_dilated,  # CPU: matmul weight grads (groups: XLA's)
         name=name,
     )(x)
 

@@ -3,7 +3,8 @@
 `make_norm(name, dtype)` returns `(conv, norm)`:
 
 - `conv(features, kernel_size, ...)` builds the convolution that goes with the norm
-  (`StdConv` for `"group_ws"`; a bias only when there is no norm to absorb it);
+  (`StdConv` for `"group_ws"`; a bias only when there is no norm to absorb it; on CPU its weight
+  gradient runs as matmuls, see `jtl.models.conv`);
 - `norm(train, zero_init=False, name=None)` builds the normalization layer (`zero_init` sets the
   scale to zero, used for the last norm of a residual branch).
 
@@ -21,6 +22,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jtl.models.conv import conv_general_dilated
 
 NORMS = ("batch", "group", "group_ws", "none")
 # Residual nets need a norm (He init + no norm diverges with depth): "none" is for cnn_small only.
@@ -122,7 +125,9 @@ def make_norm(kind: str, dtype: Any = jnp.float32) -> tuple[ConvFn, NormFn]:
     check_norm(kind)
     dtype = jnp.dtype(dtype)
     conv_cls = StdConv if kind == "group_ws" else nn.Conv
-    conv = functools.partial(conv_cls, use_bias=kind == "none", dtype=dtype)
+    conv = functools.partial(
+        conv_cls, use_bias=kind == "none", dtype=dtype, conv_general_dilated=conv_general_dilated
+    )
 
     def norm(train: bool, *, zero_init: bool = False, name: str | None = None) -> nn.Module:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones

@@ -1,0 +1,151 @@
+"""Convolution for flax `nn.Conv(conv_general_dilated=...)`: XLA's, except the CPU weight gradient.
+
+Why: XLA's CPU backend computes the weight gradient of a convolution (the backward "filter"
+convolution) far below its matmul speed; measured here for ResNet-18 at batch 64, 32x32x64 3x3:
+~1.7 s at ~3 GFLOP/s, against ~70 ms for the forward conv of the same size (docs/speed.md).
+The same gradient written as one matmul per kernel tap,
+
+    dW[i, j] = sum_{n, h, w} x_pad[n, h*s + i, w*s + j, :]^T  dy[n, h, w, :],
+
+runs at matmul speed. On CPU, plain convolutions (NHWC/HWIO, no groups, no dilation) therefore
+get a `custom_vjp` whose forward pass and input gradient are XLA's own and whose weight gradient
+is those matmuls: the same sums in a different order (float32 agreement ~1e-6 relative). Every
+other backend, and every other kind of convolution, is `lax.conv_general_dilated` unchanged.
+
+`JTL_CPU_CONV=xla` (read when a step is traced) switches the CPU path off, for comparisons.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def cpu_matmul_wgrad_enabled() -> bool:
+    """The CPU weight-gradient path is on: CPU backend and not switched off by JTL_CPU_CONV."""
+    return os.environ.get("JTL_CPU_CONV", "matmul") != "xla" and jax.default_backend() == "cpu"
+
+
+def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:
+    if ndim != 4:
+        return False
+    if dimension_numbers is None:  # lax's default is NCHW/OIHW
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return tuple(map(tuple, dimension_numbers)) == tuple(map(tuple, _NHWC))
+    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
+
+
+def weight_grad(
+    x: jax.Array, dy: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int], pads: Pads
+) -> jax.Array:
+    """d(conv(x, w))/dw contracted with `dy`, as one (Cin x NHW) @ (NHW x Cout) matmul per tap."""
+    kh, kw = kernel_hw
+    sh, sw = strides
+    n, _, _, ci = x.shape
+    ho, wo, co = dy.shape[1:]
+    zero = jnp.zeros((), x.dtype)
+    xp = lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    dyf = dy.reshape(-1, co)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            xs = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, ci),
+                (1, sh, sw, 1),
+            )
+            taps.append(
+                lax.dot_general(
+                    xs.reshape(-1, ci),
+                    dyf,
+                    (((0,), (0,)), ((), ())),
+                    preferred_element_type=jnp.float32,
+                )
+            )
+    return jnp.stack(taps).reshape(kh, kw, ci, co)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_matmul_wgrad(
+    x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads
+) -> jax.Array:
+    """NHWC/HWIO convolution whose weight gradient is `weight_grad` (see the module docstring)."""
+    return _conv(x, w, strides, pads)
+
+
+def _fwd(x: jax.Array, w: jax.Array, strides: tuple[int, int], pads: Pads) -> Any:
+    return _conv(x, w, strides, pads), (x, w)
+
+
+def _bwd(strides: tuple[int, int], pads: Pads, res: Any, g: jax.Array) -> tuple[Any, Any]:
+    x, w = res
+    # XLA's own input gradient: the transpose of the (linear in x) convolution.
+    (dx,) = jax.linear_transpose(lambda x_: _conv(x_, w, strides, pads), x)(g)
+    dw = weight_grad(x, g, w.shape[:2], strides, pads).astype(w.dtype)
+    return dx, dw
+
+
+conv_matmul_wgrad.defvjp(_fwd, _bwd)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """Drop-in for `lax.conv_general_dilated` (see the module docstring for when it differs)."""
+    plain = (
+        _is_nhwc(dimension_numbers, lhs.ndim)
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and preferred_element_type is None
+        and lhs.dtype == rhs.dtype
+    )
+    if plain and cpu_matmul_wgrad_enabled():
+        strides = tuple(int(s) for s in window_strides)
+        if isinstance(padding, str):
+            pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+        else:
+            pads = padding
+        pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+        return conv_matmul_wgrad(lhs, rhs, strides, pads)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )

@@ -1,0 +1,26 @@
+"""Workdir paths through `etils.epath`: local directories and remote URIs (gs://, s3://) alike.
+
+`pathlib.Path("gs://bucket/run")` collapses the `//` and `.absolute()` glues the cwd on, so the
+trainer, metrics and checkpoints take their paths from here instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from etils import epath
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_remote(path: Any) -> bool:
+    """True for URIs like `gs://bucket/dir`: no appends, no local-only tools (TensorBoard)."""
+    return bool(_URI.match(os.fspath(path) if not isinstance(path, str) else path))
+
+
+def as_path(path: Any) -> epath.Path:
+    """An `epath.Path`: local paths made absolute, remote URIs kept exactly as given."""
+    p = epath.Path(path)
+    return p if is_remote(p) else p.absolute()
