@@ -38,8 +38,8 @@ SIZES = {
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(
-        arg, strategy="scratch", per_class=20, steps=150, seed=0, init="", seq_len=64,
-        batch=32, lr=1e-3, size="minilm", eval_every=0,
+        arg, strategy="scratch", per_class=20, steps=40, seed=0, init="", seq_len=64,
+        batch=16, lr=1e-3, size="minilm", eval_every=0, val_fraction=0.05,
     )  # fmt: skip
     if a.size not in SIZES:
         raise ValueError(f"size={a.size!r}: use one of {sorted(SIZES)}")
@@ -49,7 +49,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.seq_len = a.seq_len
     c.train_per_class = a.per_class
     c.train_fraction = 1.0
-    c.val_fraction = 0.1
+    c.val_fraction = a.val_fraction
     c.model.name = "bert"
     c.model.kwargs = mlc.ConfigDict(dict(SIZES[a.size]))
     c.batch_size = a.batch
