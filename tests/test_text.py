@@ -89,6 +89,7 @@ def test_text_batches_resumable_and_padded():
 # ----------------------------------------------------------------------------- real data
 
 
+@pytest.mark.needs_data
 def test_real_austen_builder(tmp_path):
     _need_austen()
     from jtl.data import registry
@@ -167,6 +168,8 @@ def _fake_bert_import(tmp_path) -> Path:
     return out, arrays
 
 
+@pytest.mark.slow
+@pytest.mark.needs_data
 def test_text_train_scratch_and_finetune_from_import(tmp_path):
     _need_austen()
     from jtl.checkpoint import flatten
