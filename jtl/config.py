@@ -37,6 +37,7 @@ def base_config() -> mlc.ConfigDict:
     c.image_size = 28
     c.channels = 1
     c.augment = ""  # e.g. "crop(2)|flip|rotate(10)|scale(0.9,1.1)"
+    c.seq_len = 0  # text data sets (austen): tokens per example, 0 = as stored (128)
 
     c.batch_size = 128  # global
     c.eval_batch_size = 500

@@ -20,6 +20,7 @@ from scipy.special import log_softmax
 
 from jtl import probe, sharding
 from jtl.data import pipeline
+from jtl.data import text as text_data
 from jtl.data.sources import cache_dir
 
 
@@ -36,6 +37,7 @@ def split_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of every example of `split` (cached)."""
     source = data.dataset.splits[split]
+    text = getattr(data, "text", False)
     key = probe.cache_key(
         ckpt=_checkpoint_identity(config.init.checkpoint) if config.init.checkpoint else "random",
         seed=config.seed if not config.init.checkpoint else None,
@@ -45,6 +47,7 @@ def split_features(
         n=len(source),
         size=config.image_size,
         channels=config.channels,
+        **({"seq_len": config.seq_len} if text else {}),
     )
     path = (
         cache_dir()
@@ -62,18 +65,29 @@ def split_features(
     if not v.get("batch_stats"):
         v = {"params": v["params"]}
 
+    def shard(x: Any) -> Any:  # an image array, or a dict of token arrays
+        if isinstance(x, dict):
+            return sharding.shard_batch(x, mesh)
+        return sharding.shard_batch({"x": x}, mesh)["x"]
+
     def compute() -> tuple[np.ndarray, np.ndarray]:
         t = time.time()
-        batches = pipeline.eval_batches(
-            source,
-            np.arange(len(source)),
-            batch_size=config.eval_batch_size,
-            image_size=config.image_size,
-            channels=config.channels,
-        )
-        out = probe.extract_features(
-            lambda vv, x: fn(vv, sharding.shard_batch({"x": x}, mesh)["x"]), v, batches
-        )
+        if text:
+            batches = text_data.eval_batches(
+                source,
+                np.arange(len(source)),
+                batch_size=config.eval_batch_size,
+                seq_len=config.seq_len,
+            )
+        else:
+            batches = pipeline.eval_batches(
+                source,
+                np.arange(len(source)),
+                batch_size=config.eval_batch_size,
+                image_size=config.image_size,
+                channels=config.channels,
+            )
+        out = probe.extract_features(lambda vv, x: fn(vv, shard(x)), v, batches)
         logging.info(
             "Extracted %s features %s in %.1fs -> %s", split, out[0].shape, time.time() - t, path
         )

@@ -19,14 +19,9 @@ def _load_image(path: str | Path) -> np.ndarray:
 def predict(checkpoint: str | Path, image: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
     """Top-`top` (class name, probability) pairs for one uint8 HWC image."""
     info = source_model.describe(checkpoint)
-    if info.kind == "import":
-        from jtl.models.efficientnet_lite import preprocess_imagenet
-
-        x = preprocess_imagenet(image)[None]
-    else:
-        from jtl.data.augment import fit_image, normalize
-
-        x = normalize(fit_image(image, info.image_size, info.channels))[None]
+    # The source's own input scaling (ImageNet mean/std for torchvision ResNets, (x-127)/128
+    # for Lite0, [-1, 1] for jtl runs): recorded in import.json, see jtl.source_model.
+    x = source_model.prepare_image(info, image)[None]
     _, model, variables = source_model.load(checkpoint, x)
     logits = np.asarray(model.apply(variables, x, train=False))[0]
     probs = np.exp(logits - logits.max())

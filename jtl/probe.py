@@ -70,9 +70,11 @@ def extract_features(
     apply_features: Any, variables: dict, batches: Iterable[dict]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Runs the frozen backbone over padded eval batches; returns (features, labels)."""
+    from jtl.data.pipeline import model_inputs
+
     feats, labels = [], []
     for batch in batches:
-        f = np.asarray(apply_features(variables, batch["image"]))
+        f = np.asarray(apply_features(variables, model_inputs(batch)))
         keep = np.asarray(batch["mask"]) > 0
         feats.append(f[keep])
         labels.append(np.asarray(batch["label"])[keep])

@@ -2,6 +2,19 @@
 
 One answer for every tool that starts from a checkpoint (`jtl predict`, `jtl advise`): a
 `jtl import` output describes itself in `import.json`, a run workdir in `config.json`.
+
+Input scaling (`SourceModel.preprocess`) differs by where the weights come from, and a wrong
+one silently degrades predictions and transferability scores:
+
+| preprocess | models | input |
+|---|---|---|
+| `lite0` | imported EfficientNet-Lite0 | crop 224/256, bicubic resize, (x - 127) / 128 |
+| `torchvision` | imported torchvision ResNets | resize 256, crop 224, (x/255 - mean) / std |
+| `minus_one_one` | jtl runs | resize to the run's size, (x - 127.5) / 127.5 |
+| `wordpiece` | imported BERT / MiniLM | text (token ids), not images |
+
+`import.json` records it (`preprocess`); imports written before it existed get it from the model
+name (`resnet*` -> torchvision, `efficientnet_lite0` -> lite0).
 """
 
 from __future__ import annotations
@@ -16,6 +29,10 @@ import numpy as np
 
 from jtl import checkpoint as ckpt
 
+PREPROCESS = ("lite0", "torchvision", "minus_one_one", "wordpiece")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
 
 @dataclasses.dataclass
 class SourceModel:
@@ -26,6 +43,84 @@ class SourceModel:
     class_names: list[str]
     image_size: int
     channels: int
+    preprocess: str = "minus_one_one"
+
+    @property
+    def is_text(self) -> bool:
+        return self.preprocess == "wordpiece"
+
+
+def preprocess_for_model(model: str) -> str:
+    """The input scaling of an import that did not record one (by model name)."""
+    if model.startswith("resnet"):
+        return "torchvision"
+    if model.startswith("efficientnet_lite"):
+        return "lite0"
+    if model in ("bert", "minilm_l6"):
+        return "wordpiece"
+    return "minus_one_one"
+
+
+def preprocess_torchvision(image: np.ndarray, image_size: int = 224) -> np.ndarray:
+    """uint8 HWC -> float32 [S, S, 3] as torchvision's ImageNet weights were evaluated.
+
+    Resize the shorter side to `image_size * 256 / 224` (bilinear), center crop `image_size`,
+    scale to [0, 1], subtract the ImageNet mean and divide by its std per channel.
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"preprocess_torchvision expects a uint8 image, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = image[..., :3]
+    h, w = image.shape[:2]
+    short = int(round(image_size * 256 / 224))
+    nh, nw = (
+        (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
+    )
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+    top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    crop = resized[top : top + image_size, left : left + image_size].astype(np.float32) / 255.0
+    return (crop - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def prepare_image(info: SourceModel, image: np.ndarray) -> np.ndarray:
+    """One uint8 HWC image -> the float32 model input [S, S, C] this source expects."""
+    if info.is_text:
+        raise ValueError(
+            f"{info.model} is a text model (preprocess 'wordpiece'); it takes token ids, not images"
+        )
+    if info.preprocess == "lite0":
+        from jtl.models.efficientnet_lite import preprocess_imagenet
+
+        return preprocess_imagenet(image, info.image_size)
+    if info.preprocess == "torchvision":
+        return preprocess_torchvision(image, info.image_size)
+    from jtl.data.augment import fit_image, normalize
+
+    return normalize(fit_image(image, info.image_size, info.channels))
+
+
+def rescale_batch(info: SourceModel, x: np.ndarray) -> np.ndarray:
+    """A batch in jtl's pipeline scale ([-1, 1], resized) -> this source's input scale.
+
+    For `jtl advise`, which reads the target through jtl's data pipeline: the pixel values are
+    mapped exactly (x255 = 127.5 x + 127.5); crops are the pipeline's (the whole image).
+    """
+    if info.is_text:
+        raise ValueError(f"{info.model} is a text model; image batches do not apply")
+    x = np.asarray(x, np.float32)
+    if info.preprocess == "torchvision":
+        return ((x + 1.0) / 2.0 - IMAGENET_MEAN) / IMAGENET_STD
+    if info.preprocess == "lite0":
+        from jtl.models.efficientnet_lite import MEAN_RGB, STDDEV_RGB
+
+        return (x * 127.5 + 127.5 - MEAN_RGB) / STDDEV_RGB
+    return x
 
 
 def describe(directory: str | Path) -> SourceModel:
@@ -43,6 +138,7 @@ def describe(directory: str | Path) -> SourceModel:
             names,
             int(meta.get("image_size", 224)),
             3,
+            meta.get("preprocess") or preprocess_for_model(meta["model"]),
         )
     if (directory / "config.json").exists():
         from jtl.data import registry

@@ -27,6 +27,8 @@ from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl import sharding
 from jtl.data import pipeline, registry, subsets
+from jtl.data import text as text_data
+from jtl.data.pipeline import model_inputs
 from jtl.early_stopping import EarlyStopping
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
@@ -77,12 +79,33 @@ class TargetData:
         self.test_idx = np.arange(len(self.dataset.splits["test"]))
         self.image_size = config.image_size
         self.channels = config.channels
+        # Text (e.g. austen): batches of token arrays instead of images; see jtl.data.text.
+        self.text = self.dataset.modality == "text"
+        self.seq_len = int(config.seq_len or 0)
 
     @property
     def num_classes(self) -> int:
         return self.dataset.num_classes
 
+    def example_inputs(self) -> Any:
+        """One model input (batch of 1) for `model.init`: an image, or a dict of token arrays."""
+        if self.text:
+            t = self.seq_len or self.dataset.image_shape[0]
+            return {"input_ids": jnp.zeros((1, t), jnp.int32), "attention_mask": jnp.ones((1, t))}
+        return jnp.zeros((1, self.image_size, self.image_size, self.channels), jnp.float32)
+
     def train_batches(self, config: mlc.ConfigDict, start_step: int) -> Iterator[dict]:
+        if self.text:
+            return text_data.train_batches(
+                self.dataset.splits["train"],
+                self.train_idx,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                seq_len=self.seq_len,
+                start_step=start_step,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
         return pipeline.train_batches(
             self.dataset.splits["train"],
             self.train_idx,
@@ -101,6 +124,15 @@ class TargetData:
             source, idx = self.dataset.splits["train"], self.val_idx
         else:
             source, idx = self.dataset.splits[split], self.test_idx
+        if self.text:
+            return text_data.eval_batches(
+                source,
+                idx,
+                batch_size=batch_size,
+                seq_len=self.seq_len,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
         return pipeline.eval_batches(
             source,
             idx,
@@ -134,7 +166,7 @@ def make_train_step(
             variables = {"params": params}
             if has_bs:
                 variables["batch_stats"] = state["batch_stats"]
-            logits, updates = plan.apply_train(model, variables, batch["image"], has_bs)
+            logits, updates = plan.apply_train(model, variables, model_inputs(batch), has_bs)
             loss = cross_entropy(logits, batch["label"]).mean()
             loss = loss + plan.penalty(params)
             return loss, (logits, updates.get("batch_stats", state["batch_stats"]))
@@ -184,7 +216,7 @@ def jit_train_step(
 
 def make_eval_step(model: Any) -> Callable[[dict, dict], dict]:
     def step(variables: dict, batch: dict) -> dict:
-        logits = model.apply(variables, batch["image"], train=False)
+        logits = model.apply(variables, model_inputs(batch), train=False)
         mask = batch["mask"]
         loss = cross_entropy(logits, batch["label"])
         correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
@@ -266,8 +298,12 @@ def build_model(config: mlc.ConfigDict, num_classes: int) -> Any:
     return get_model(config.model.name, num_classes, **kwargs)
 
 
-def _init_variables(model: Any, config: mlc.ConfigDict) -> dict[str, Any]:
-    dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+def _init_variables(model: Any, config: mlc.ConfigDict, example: Any = None) -> dict[str, Any]:
+    """Fresh variables; `example` is one model input (default: an image of the config's size)."""
+    if example is not None:
+        dummy = example
+    else:
+        dummy = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
     rng = jax.random.PRNGKey(config.seed)
     variables = jax.jit(lambda r: model.init(r, dummy, train=False))(rng)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -309,7 +345,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         data.num_classes,
     )
     model = build_model(config, data.num_classes)
-    variables = _init_variables(model, config)
+    variables = _init_variables(model, config, data.example_inputs())
     base = {
         "dataset": config.dataset,
         "model": config.model.name,

@@ -1,5 +1,7 @@
 """tfds builders for the offline data sets and for a user's own data (npz, ImageFolder).
 
+Images and text (`austen`: passages with their token ids) alike.
+
 They are ordinary `tfds.core.GeneratorBasedBuilder`s prepared in ArrayRecord format with
 `tfds.features.Tensor` images, so they are written and read without TensorFlow and behave
 exactly like catalog data sets (`builder.as_data_source(split)` gives random access).
@@ -113,11 +115,68 @@ class JtlLfwSubset(_NpzSplitBuilder):
     RAW = "lfw_subset"
 
 
-OFFLINE_BUILDERS: dict[str, type[ArrayBuilder]] = {
+class JtlAusten(tfds.core.GeneratorBasedBuilder):
+    """Jane Austen's six novels, passage -> novel (Debian `r-cran-janeaustenr`).
+
+    Passages, split and tokenization are described in `jtl.data.text`: ~48-word passages of
+    whole lines, contiguous 20-passage blocks with every fifth block held out as test, token ids
+    from all-MiniLM-L6-v2's WordPiece vocabulary (max 128) stored next to the text.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    CLASS_NAMES: ClassVar[list[str]] = list(sources.AUSTEN_NOVELS.values())
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        from jtl.data import text
+
+        seq = (text.MAX_LEN,)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=(
+                "Which Jane Austen novel a ~48-word passage comes from (Debian r-cran-janeaustenr "
+                "1.0.0-1); block split, MiniLM WordPiece ids (max 128)."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "text": tfds.features.Text(),
+                    "input_ids": tfds.features.Tensor(shape=seq, dtype=np.int32),
+                    "attention_mask": tfds.features.Tensor(shape=seq, dtype=np.int32),
+                    "label": tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+                }
+            ),
+            supervised_keys=("text", "label"),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator]:
+        del dl_manager
+        from jtl.data import text
+
+        splits = text.austen_splits(sources.read_austen(sources.require("austen")))
+        return {split: self._generate_examples(t, y) for split, (t, y) in splits.items()}
+
+    def _generate_examples(self, texts: list[str], labels: np.ndarray) -> Iterator[tuple]:
+        from jtl.data import text
+
+        ids, mask = text.tokenize_minilm(texts)
+        for i, passage in enumerate(texts):
+            yield (
+                i,
+                {
+                    "text": passage,
+                    "input_ids": ids[i],
+                    "attention_mask": mask[i],
+                    "label": int(labels[i]),
+                },
+            )
+
+
+OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "mnist": JtlMnist,
     "fashion_mnist": JtlFashionMnist,
     "digits": JtlDigits,
     "lfw_subset": JtlLfwSubset,
+    "austen": JtlAusten,
 }
 
 

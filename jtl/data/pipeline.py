@@ -22,9 +22,25 @@ import numpy as np
 from jtl.data import augment as aug
 
 _FOREVER = 1 << 62
+# Batch keys of text data sets (jtl.data.text), passed to the model as one dict.
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # A training subset whose resized uint8 images fit in this many bytes is kept in memory.
 PREFIT_BYTES = 1 << 30
 _CHUNK = 1024
+
+
+def model_inputs(batch: dict[str, Any]) -> Any:
+    """What a model takes from a batch: the image array, or the dict of token arrays (text).
+
+    Every jtl classifier is called as `model.apply(variables, model_inputs(batch), train=...)`,
+    so one trainer serves images (`Classifier`) and text (`BertClassifier`).
+    """
+    if "image" in batch:
+        return batch["image"]
+    inputs = {k: batch[k] for k in TEXT_KEYS if k in batch}
+    if "input_ids" not in inputs:
+        raise KeyError(f"batch has neither 'image' nor 'input_ids' (keys: {sorted(batch)})")
+    return inputs
 
 
 def read_records(source: Any, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """Data set names -> prepared tfds data sources, one code path for offline and catalog data.
 
     load("mnist")               offline builder (raw files from a package registry)
+    load("austen")              offline text: Jane Austen passages (token ids + text)
     load("npz:/data/my.npz")    a user's arrays
     load("folder:/data/imgs")   a user's ImageFolder tree
     load("cifar10")             any tfds catalog name (needs internet the first time)
@@ -115,20 +116,27 @@ def _cached_arrays(
 
 @dataclasses.dataclass
 class Dataset:
-    """A prepared data set: metadata plus random-access splits of `{"image", "label"}` records."""
+    """A prepared data set: metadata plus random-access splits of `{"image", "label"}` records.
+
+    Text data sets (`modality == "text"`) hold `jtl.data.text.TextSource` splits of
+    `{"input_ids", "attention_mask", "label"}`; their `image_shape` is `(seq_len,)`.
+    """
 
     name: str
     num_classes: int
     class_names: list[str]
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     splits: dict[str, Any]
     builder: Any = None
     _labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    modality: str = "image"
 
     def labels(self, split: str) -> np.ndarray:
         """The split's int64 labels, read once (in bulk) and cached: for splits and subsets."""
         source = self.splits[split]
-        if isinstance(source, ArraySource):
+        if isinstance(source, ArraySource) or isinstance(
+            getattr(source, "labels", None), np.ndarray
+        ):
             return source.labels
         if split not in self._labels:
             self._labels[split] = _read_labels(source)
@@ -176,6 +184,35 @@ def _supervised_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
     )
 
 
+def _text_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
+    """A text split in memory, decoded from ArrayRecord once and cached beside it (.npz)."""
+    from jtl.data.text import TextSource
+
+    path = Path(builder.data_dir) / f"jtl_text_{split}.npz"
+    if not path.exists():
+        source = builder.as_data_source(split=split)
+        records = source.__getitems__(list(range(len(source))))
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(
+            tmp,
+            input_ids=np.stack([r["input_ids"] for r in records]),
+            attention_mask=np.stack([r["attention_mask"] for r in records]),
+            labels=np.array([r["label"] for r in records], np.int64),
+            texts=np.array([bytes(r["text"]).decode("utf-8") for r in records]),
+        )
+        tmp.replace(path)
+    with np.load(path) as f:
+        return TextSource(f["input_ids"], f["attention_mask"], f["labels"], f["texts"].tolist())
+
+
+def _load_text(name: str, builder: tfds.core.DatasetBuilder) -> Dataset:
+    label_feature = builder.info.features["label"]
+    names = list(label_feature.names)
+    splits = {s: _text_split(builder, s) for s in ("train", "test") if s in builder.info.splits}
+    seq_len = splits["train"].seq_len
+    return Dataset(name, len(names), names, (seq_len,), splits, builder, modality="text")
+
+
 def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Prepares (once) and opens a data set by name; see the module docstring for the forms."""
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
@@ -192,6 +229,8 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
             "afterwards), or save the data as "
             f"npz:/path.npz. ({e})"
         ) from e
+    if "input_ids" in builder.info.features:
+        return _load_text(name, builder)
     image_key, label_key = _supervised_keys(builder)
     label_feature = builder.info.features[label_key]
     class_names = list(getattr(label_feature, "names", []) or [])

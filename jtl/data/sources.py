@@ -31,6 +31,22 @@ FASHION_FILES = {
     "t10k-images-idx3-ubyte.gz": "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
     "t10k-labels-idx1-ubyte.gz": "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
 }
+# Debian r-cran-janeaustenr 1.0.0-1: the package's lazy-load data base (R serialization,
+# zlib-compressed chunks indexed by a gzipped .rdx), pinned by the sha256 of both files.
+AUSTEN_FILES = {
+    "Rdata.rdb": "8fb5198960d0da724b1562f96e4221e5c1b41ff455000280b02c55980c3d8f21",
+    "Rdata.rdx": "cab8cbe4ce965d3b42b35c03383bafccc0eb78151f70e4748ead45270470c22f",
+}
+AUSTEN_DIR = "usr/lib/R/site-library/janeaustenr/data"
+# R object name -> class name, in the order of publication.
+AUSTEN_NOVELS = {
+    "sensesensibility": "Sense & Sensibility",
+    "prideprejudice": "Pride & Prejudice",
+    "mansfieldpark": "Mansfield Park",
+    "emma": "Emma",
+    "northangerabbey": "Northanger Abbey",
+    "persuasion": "Persuasion",
+}
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -43,6 +59,8 @@ FETCH_COMMANDS = {
     "dpkg-deb -x dataset-fashion-mnist_*.deb DIR",
     "digits": "pip install scikit-learn  (sklearn.datasets.load_digits)",
     "lfw_subset": "pip install scikit-image  (skimage.data.lfw_subset)",
+    "austen": "apt-get update && apt-get download r-cran-janeaustenr && "
+    "dpkg-deb -x r-cran-janeaustenr_*.deb DIR  (needs pip install rdata to read)",
 }
 OFFLINE_NAMES = tuple(FETCH_COMMANDS)
 
@@ -115,19 +133,70 @@ def _fetch_mnist(tmp: Path) -> None:
     _verify(out, MNIST_FILES)
 
 
-def _fetch_fashion(tmp: Path) -> None:
+def _extract_deb(package: str, tmp: Path) -> None:
+    """`apt-get download PACKAGE` (after `apt-get update` if needed), unpacked into tmp/pkg."""
     try:
-        _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp)
+        _run(["apt-get", "download", package], cwd=tmp)
     except RuntimeError:
         _run(["apt-get", "update"], cwd=tmp)
-        _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp)
-    deb = next(tmp.glob("dataset-fashion-mnist_*.deb"))
+        _run(["apt-get", "download", package], cwd=tmp)
+    deb = next(tmp.glob(f"{package}_*.deb"))
     _run(["dpkg-deb", "-x", str(deb), str(tmp / "pkg")], cwd=tmp)
+
+
+def _fetch_fashion(tmp: Path) -> None:
+    _extract_deb("dataset-fashion-mnist", tmp)
     out = tmp / "out"
     out.mkdir()
     for fname in FASHION_FILES:
         shutil.copy(tmp / "pkg" / "usr/share/datasets/fashion-mnist" / fname, out / fname)
     _verify(out, FASHION_FILES)
+
+
+def _fetch_austen(tmp: Path) -> None:
+    _extract_deb("r-cran-janeaustenr", tmp)
+    out = tmp / "out"
+    out.mkdir()
+    for fname in AUSTEN_FILES:
+        shutil.copy(tmp / "pkg" / AUSTEN_DIR / fname, out / fname)
+    _verify(out, AUSTEN_FILES)
+    read_austen(out)  # fails here, not at build time, if the files do not parse
+
+
+def read_austen(directory: Path) -> dict[str, list[str]]:
+    """The six novels as lists of text lines (R character vectors), keyed by R object name.
+
+    R's lazy-load format: `Rdata.rdx` is a gzipped serialized list whose `variables` map each
+    object name to (offset, length) in `Rdata.rdb`; each chunk there is a 4-byte big-endian
+    uncompressed length followed by a zlib stream of the serialized object (read by `rdata`).
+    """
+    import warnings
+    import zlib
+
+    try:
+        import rdata
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "reading the Jane Austen novels needs the `rdata` package: pip install rdata"
+        ) from None
+
+    def parse(raw: bytes) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return rdata.conversion.convert(rdata.parser.parse_data(raw))
+
+    index = parse(gzip.decompress((directory / "Rdata.rdx").read_bytes()))
+    rdb = (directory / "Rdata.rdb").read_bytes()
+    novels = {}
+    for name, (offset, length) in index["variables"].items():
+        chunk = rdb[int(offset) : int(offset) + int(length)]
+        raw = zlib.decompress(chunk[4:])
+        if len(raw) != int.from_bytes(chunk[:4], "big"):
+            raise ChecksumError(f"{directory}: chunk {name!r} has the wrong length")
+        novels[str(name)] = [str(line) for line in parse(raw)]
+    if set(novels) != set(AUSTEN_NOVELS):
+        raise ChecksumError(f"{directory}: novels {sorted(novels)}, expected {list(AUSTEN_NOVELS)}")
+    return {name: novels[name] for name in AUSTEN_NOVELS}
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -182,6 +251,7 @@ _FETCHERS: dict[str, Callable[[Path], None]] = {
     "fashion_mnist": _fetch_fashion,
     "digits": _fetch_digits,
     "lfw_subset": _fetch_lfw,
+    "austen": _fetch_austen,
 }
 _MARKER = ".complete"
 
@@ -191,6 +261,7 @@ _EXPECTED_FILES = {
     "fashion_mnist": tuple(FASHION_FILES),
     "digits": ("data.npz",),
     "lfw_subset": ("data.npz",),
+    "austen": tuple(AUSTEN_FILES),
 }
 # (train, test) sizes of the two small sets, checked after fetching.
 _SPLIT_SIZES = {"digits": (1347, 450), "lfw_subset": (150, 50)}

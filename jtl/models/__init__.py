@@ -1,5 +1,10 @@
 """Model registry: `get_model(name, num_classes, **kwargs) -> Classifier`.
 
+Image models register a backbone builder (wrapped in `Classifier`); text models (`bert`,
+`minilm_l6`) register a whole-classifier builder `(num_classes, **kwargs) -> BertClassifier`,
+which follows the same contract (`backbone`/`head` params, `block_names()`, `features`,
+`__call__(x, train=..., inference_blocks=...)` with `x` a dict of token arrays).
+
 Each registered name maps to a backbone builder; `**kwargs` (norm, width, stem, dtype, ...) go to
 that builder, and a kwarg it does not take is an error (a typo in a config must not silently fall
 back to a default).
@@ -16,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from jtl.models.bert import bert_classifier
 from jtl.models.classifier import Classifier
 from jtl.models.cnn import cnn_small
 from jtl.models.efficientnet_lite import efficientnet_lite0
@@ -24,6 +30,7 @@ from jtl.models.resnet import cifar_resnet, imagenet_resnet, resnet18, resnet20,
 
 __all__ = [
     "NORMS",
+    "TEXT_MODELS",
     "Classifier",
     "get_model",
     "list_models",
@@ -45,6 +52,12 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet101": functools.partial(imagenet_resnet, 101),
     "efficientnet_lite0": efficientnet_lite0,
 }
+# Builders of a whole classifier (num_classes, **kwargs); kwargs are BertConfig fields.
+_CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "bert": bert_classifier,  # defaults: the all-MiniLM-L6-v2 architecture
+    "minilm_l6": bert_classifier,
+}
+TEXT_MODELS = tuple(_CLASSIFIERS)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -53,14 +66,14 @@ def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
     The backbone must follow the `Classifier` contract: `block_names()`, top-level submodules
     `stem, block1..blockN`, `__call__(x, train, inference_blocks)` -> float32 features [B, D].
     """
-    if name in _REGISTRY:
+    if name in _REGISTRY or name in _CLASSIFIERS:
         raise ValueError(f"Model {name!r} is already registered")
     _REGISTRY[name] = builder
 
 
 def list_models() -> list[str]:
     """Registered model names (sorted)."""
-    return sorted(_REGISTRY)
+    return sorted([*_REGISTRY, *_CLASSIFIERS])
 
 
 def _check_kwargs(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
@@ -79,8 +92,13 @@ def _check_kwargs(name: str, builder: Callable[..., nn.Module], kwargs: dict[str
         )
 
 
-def get_model(name: str, num_classes: int, **kwargs: Any) -> Classifier:
-    """`Classifier(backbone=<name>(**kwargs), num_classes)`; ValueError on unknown name/kwarg."""
+def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """`Classifier(backbone=<name>(**kwargs), num_classes)` (a `BertClassifier` for text
+    models); ValueError on unknown name/kwarg."""
+    if name in _CLASSIFIERS:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        return _CLASSIFIERS[name](int(num_classes), **kwargs)
     if name not in _REGISTRY:
         raise ValueError(f"Unknown model {name!r}; valid models: {', '.join(list_models())}")
     if int(num_classes) < 1:

@@ -9,12 +9,22 @@ pooling of all-MiniLM-L6-v2) inside the backbone so features are sentence embedd
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["BertClassifier", "BertConfig", "BertEncoder", "mean_pool", "minilm_l6_config"]
+__all__ = [
+    "BertClassifier",
+    "BertConfig",
+    "BertEncoder",
+    "bert_classifier",
+    "mean_pool",
+    "minilm_l6_config",
+    "unpack_inputs",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,11 +155,39 @@ class BertEncoder(nn.Module):
         return ["stem"] + [f"block{i + 1}" for i in range(self.config.num_layers)]
 
 
+TextInputs = Mapping[str, jax.Array] | jax.Array
+
+
+def unpack_inputs(
+    x: TextInputs, attention_mask: jax.Array | None, token_type_ids: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """`(input_ids, attention_mask, token_type_ids)` from a text batch dict or from arrays.
+
+    A dict is what jtl's trainer passes (`{"input_ids", "attention_mask"[, "token_type_ids"]}`,
+    see `jtl.data.pipeline.model_inputs`); arrays keep the Hugging Face calling style. Without a
+    mask every token counts.
+    """
+    if isinstance(x, Mapping):
+        ids = x["input_ids"]
+        attention_mask = x.get("attention_mask", attention_mask)
+        token_type_ids = x.get("token_type_ids", token_type_ids)
+    else:
+        ids = x
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(ids)
+    return ids, attention_mask, token_type_ids
+
+
 class BertClassifier(nn.Module):
     """`backbone` (encoder + mean pooling -> [B, H]) then zero-init `head` -> logits [B, C].
 
     The backbone is the `BertEncoder` itself (its mean-pooled `embed`), so params are
-    `params/backbone/{stem,block1,...}` and `params/head/{kernel,bias}` like jtl's `Classifier`.
+    `params/backbone/{stem,block1,...}` and `params/head/{kernel,bias}` like jtl's `Classifier`,
+    and it follows the same calling contract: `model(x, train=..., inference_blocks=...)` and
+    `model.apply(v, x, method="features")`, with `x` a dict of `input_ids`/`attention_mask`
+    (or `input_ids` then `attention_mask` positionally). `train` and `inference_blocks` are
+    accepted for the contract and change nothing: the model has no dropout and no BatchNorm
+    (fine-tuning without dropout; a deliberate simplification for short CPU runs).
     """
 
     backbone: BertEncoder
@@ -165,23 +203,42 @@ class BertClassifier(nn.Module):
 
     def features(
         self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array,
+        x: TextInputs,
+        attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
+        train: bool = False,
+        inference_blocks: Sequence[str] = (),
     ) -> jax.Array:
         """Mean-pooled sentence embeddings [B, H] in float32."""
-        return self.backbone.embed(input_ids, attention_mask, token_type_ids).astype(jnp.float32)
+        del train, inference_blocks
+        ids, mask, types = unpack_inputs(x, attention_mask, token_type_ids)
+        return self.backbone.embed(ids, mask, types).astype(jnp.float32)
 
     def __call__(
         self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array,
+        x: TextInputs,
+        attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
+        train: bool = False,
+        inference_blocks: Sequence[str] = (),
     ) -> jax.Array:
         """Logits [B, num_classes] in float32."""
-        return self.head(self.features(input_ids, attention_mask, token_type_ids))
+        return self.head(self.features(x, attention_mask, token_type_ids, train, inference_blocks))
 
     @nn.nowrap
     def block_names(self) -> list[str]:
         """The backbone's block names in depth order (`stem`, `block1`, ...)."""
         return self.backbone.block_names()
+
+
+def bert_classifier(num_classes: int, **config: Any) -> BertClassifier:
+    """`BertClassifier` over `BertEncoder(BertConfig(**config))`; defaults = all-MiniLM-L6-v2.
+
+    The keyword names are `BertConfig`'s (hidden_size, num_layers, num_heads, ...); an unknown
+    one is an error.
+    """
+    fields = {f.name for f in dataclasses.fields(BertConfig)}
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise ValueError(f"unknown BERT config keys {unknown}; valid: {sorted(fields)}")
+    return BertClassifier(BertEncoder(BertConfig(**config)), num_classes=int(num_classes))
