@@ -181,3 +181,36 @@ def fingerprint(config: mlc.ConfigDict, ignore: Sequence[str] = ("progress", "cp
     for k in ignore:
         d.pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(
+    old: dict[str, Any],
+    config: mlc.ConfigDict,
+    ignore: Sequence[str] = ("progress", "cpu_devices"),
+) -> list[str]:
+    """Dotted keys where a saved `config.json` and `config` describe different experiments.
+
+    A field jtl added after the run was saved does not count while `config` holds its default
+    (it cannot have changed the old run), so adding a config field never orphans old results.
+    """
+    new = _flat(to_dict(config))
+    before = _flat({k: v for k, v in old.items() if not k.startswith("_")})
+    defaults = _flat(to_dict(base_config()))
+    diff = []
+    for key in sorted(set(new) | set(before)):
+        if key.split(".")[0] in ignore or before.get(key) == new.get(key):
+            continue
+        if key not in before and key in defaults and new.get(key) == defaults[key]:
+            continue
+        diff.append(key)
+    return diff

@@ -278,7 +278,7 @@ def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
     summary, cfg = workdir / "summary.json", workdir / "config.json"
     if not (summary.exists() and cfg.exists()):
         return False
-    return json.loads(cfg.read_text()).get("_fingerprint") == config_lib.fingerprint(config)
+    return not config_lib.config_diff(json.loads(cfg.read_text()), config)
 
 
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:

@@ -261,12 +261,8 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
     existing = workdir / "config.json"
     if not existing.exists():
         return
-    old = json.loads(existing.read_text())
-    if old.get("_fingerprint") != config_lib.fingerprint(config):
-        new = config_lib.to_dict(config)
-        diff = sorted(
-            k for k in set(old) | set(new) if not k.startswith("_") and old.get(k) != new.get(k)
-        )
+    diff = config_lib.config_diff(json.loads(existing.read_text()), config)
+    if diff:
         raise WorkdirConflictError(
             f"{workdir} already holds a run with a different config (differs in: "
             f"{', '.join(diff) or 'details'}). Nothing was changed; use a new --workdir, or the "

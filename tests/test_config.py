@@ -61,3 +61,19 @@ def test_every_config_loads_and_documents_its_command(name):
 
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert "jtl " in doc and "Expected" in doc, f"{name}: docstring must hold command and result"
+
+
+def test_config_diff_ignores_fields_added_later_at_their_default():
+    from jtl.config import base_config, config_diff, to_dict
+
+    c = base_config()
+    saved = to_dict(c)
+    del saved["early_stopping_patience"]  # a run saved before this field existed
+    del saved["strategy_args"]["l2sp_alpha"]
+    assert config_diff(saved, c) == []
+    c.early_stopping_patience = 3
+    c.optim.lr = 0.5
+    assert config_diff(saved, c) == ["early_stopping_patience", "optim.lr"]
+    c.early_stopping_patience, c.optim.lr = 0, 0.1
+    c.progress = False  # display only: never a different experiment
+    assert config_diff(to_dict(base_config()), c) == []
