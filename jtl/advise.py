@@ -62,7 +62,14 @@ def recommend(
     )
     reasons.append(f"LogME {pretrained['logme']:.3f} vs {random['logme']:.3f} for random features")
     reasons.append(f"{per_class:.0f} training examples per class")
-    helpful = gap > 0.02 and logme_gap > 0
+    knn_gap = pretrained["knn_accuracy"] - random["knn_accuracy"]
+    reasons.append(
+        f"k-NN accuracy {pretrained['knn_accuracy']:.3f} vs {random['knn_accuracy']:.3f} for "
+        "random features"
+    )
+    # Either classifier on the features (probe or k-NN) must beat random features by 2 points,
+    # and the evidence (LogME) must agree: one noisy probe split alone does not decide.
+    helpful = logme_gap > 0 and max(gap, knn_gap) > 0.02
     if not helpful:
         reasons.append(
             "pretrained features are no better than random ones here: expect no gain (or negative "

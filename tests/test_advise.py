@@ -22,6 +22,14 @@ def test_advise_prefers_trained_features(tmp_path):
 
 
 def test_recommendation_is_scratch_when_features_are_no_better_than_random():
-    same = {"probe_accuracy": 0.5, "logme": -1.0}
+    same = {"probe_accuracy": 0.5, "logme": -1.0, "knn_accuracy": 0.4}
     strategy, reasons = advise.recommend(same, dict(same), per_class=50, chance=0.1)
     assert strategy == "scratch" and "no better than random" in reasons[-1]
+
+
+def test_knn_gap_counts_when_the_probe_split_is_noisy():
+    random = {"probe_accuracy": 0.93, "logme": 0.25, "knn_accuracy": 0.82}
+    trained = {"probe_accuracy": 0.94, "logme": 0.56, "knn_accuracy": 0.90}
+    assert advise.recommend(trained, random, per_class=20, chance=0.1)[0] != "scratch"
+    trained["logme"] = 0.2  # LogME must agree
+    assert advise.recommend(trained, random, per_class=20, chance=0.1)[0] == "scratch"
