@@ -192,3 +192,20 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     assert again["steps_run"] == 4 and again["resumed_from_step"] == 4
     assert again["test_accuracy"] == pytest.approx(first["test_accuracy"])
     assert again["early_stopping"]["stopped_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "spec, cells",
+    [
+        ("configs/studies/mnist_source.py", 144),
+        ("configs/studies/mnist_source.py:quick", 16),
+        ("configs/studies/imagenet_source.py", 48),
+        ("configs/studies/imagenet_source.py:quick", 6),
+    ],
+)
+def test_reference_studies_expand_into_valid_train_configs(spec, cells, tmp_path):
+    study = study_lib.load_study(spec)
+    grid = study_lib.expand(study, tmp_path)
+    assert len(grid) == cells
+    for cell in grid:
+        cell.config()  # every cell's config loads (unknown keys or bad args would fail here)
