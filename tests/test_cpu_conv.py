@@ -1,4 +1,4 @@
-"""The CPU convolution (matmul weight gradients) computes what XLA's convolution computes."""
+"""The CPU convolutions (matmul weight gradients, shift-sum depthwise) compute what XLA's do."""
 
 import flax.linen as nn
 import jax
@@ -50,12 +50,44 @@ def test_conv_matches_xla_values_and_gradients(size, cin, cout, k, s, pad):
     np.testing.assert_allclose(w, w_ref, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(w_ref))))
 
 
+DEPTHWISE_CASES = [  # (size, channels, kernel, stride, padding)
+    (8, 5, 3, 1, "SAME"),
+    (9, 4, 3, 2, ((0, 1), (0, 1))),  # TF "SAME" at stride 2, odd size
+    (8, 6, 5, 2, ((1, 2), (1, 2))),
+    (7, 3, 5, 1, "VALID"),
+]
+
+
+@pytest.mark.parametrize("size, c, k, s, pad", DEPTHWISE_CASES)
+def test_depthwise_matches_xla_values_and_gradients(monkeypatch, size, c, k, s, pad):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, c)), jnp.float32)
+    m = nn.Conv(
+        c, (k, k), (s, s), padding=pad, feature_group_count=c, use_bias=False,
+        conv_general_dilated=conv_lib.conv_general_dilated,
+    )  # fmt: skip
+    v = m.init(jax.random.PRNGKey(0), x)
+    out = {}
+    for mode in ("xla", "matmul"):
+        monkeypatch.setenv("JTL_CPU_CONV", mode)
+        jaxpr = str(jax.make_jaxpr(m.apply)(v, x))
+        uses_xla = mode == "xla" or jax.default_backend() != "cpu"
+        assert ("conv_general_dilated" in jaxpr) == uses_xla
+        out[mode] = (m.apply(v, x), _grads(m, v, x))
+    (y_ref, (gv_ref, gx_ref)), (y, (gv, gx)) = out["xla"], out["matmul"]
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    gw, gw_ref = gv["params"]["kernel"], gv_ref["params"]["kernel"]
+    np.testing.assert_allclose(gw, gw_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_other_convolutions_are_xla_unchanged():
     x = jnp.ones((2, 8, 8, 4), jnp.float32)
-    for kw in ({"feature_group_count": 4}, {"kernel_dilation": (2, 2)}):
-        m = nn.Conv(4, (3, 3), conv_general_dilated=conv_lib.conv_general_dilated, **kw)
+    for features, kw in ((4, {"feature_group_count": 2}), (8, {"feature_group_count": 4}),
+                         (4, {"kernel_dilation": (2, 2)})):  # fmt: skip
+        m = nn.Conv(features, (3, 3), conv_general_dilated=conv_lib.conv_general_dilated, **kw)
         v = m.init(jax.random.PRNGKey(0), x)
-        assert "custom_vjp" not in str(jax.make_jaxpr(m.apply)(v, x))
+        jaxpr = str(jax.make_jaxpr(m.apply)(v, x))
+        assert "custom_vjp" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
 def test_switch_off_with_env(monkeypatch):
@@ -65,13 +97,22 @@ def test_switch_off_with_env(monkeypatch):
     assert conv_lib.cpu_matmul_wgrad_enabled() == (jax.default_backend() == "cpu")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_resnet_training_gradients_unchanged(monkeypatch, dtype):
-    """ResNet-18 (CIFAR stem, BatchNorm, strided + projection convs): loss and every gradient."""
-    model = get_model("resnet18", 10, stem="cifar", norm="batch", dtype=dtype)
+@pytest.mark.parametrize(
+    "name, kwargs, dtype, size",
+    [
+        ("resnet18", {"stem": "cifar", "norm": "batch"}, "float32", 16),
+        ("resnet18", {"stem": "cifar", "norm": "batch"}, "bfloat16", 16),
+        # depthwise 3x3/5x5 at strides 1 and 2; 64 px so train-mode BatchNorm is not fed 1x1
+        # maps of 4 examples (ill-conditioned: it amplifies float rounding in either path)
+        ("efficientnet_lite0", {}, "float32", 64),
+    ],
+)
+def test_training_gradients_unchanged(monkeypatch, name, kwargs, dtype, size):
+    """ResNet-18 (strided + projection convs) and Lite0 (depthwise): loss and every gradient."""
+    model = get_model(name, 10, dtype=dtype, **kwargs)
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(4, 16, 16, 3)), jnp.float32)
-    y = jnp.arange(4) % 10
+    x = jnp.asarray(rng.normal(size=(8, size, size, 3)), jnp.float32)
+    y = jnp.arange(8) % 10
     variables = model.init(jax.random.PRNGKey(0), x)
 
     def loss(params):
@@ -82,14 +123,14 @@ def test_resnet_training_gradients_unchanged(monkeypatch, dtype):
             mutable=["batch_stats"],
         )
         logits = logits.astype(jnp.float32)
-        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(4), y])
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(8), y])
 
     out = {}
     for mode in ("xla", "matmul"):
         monkeypatch.setenv("JTL_CPU_CONV", mode)
         out[mode] = jax.jit(jax.value_and_grad(loss))(variables["params"])
     (loss_ref, g_ref), (loss_val, g) = out["xla"], out["matmul"]
-    assert float(loss_val) == float(loss_ref)
+    np.testing.assert_allclose(float(loss_val), float(loss_ref), rtol=1e-6)
     tol = 1e-4 if dtype == "float32" else 3e-2
     for (path, a), b in zip(
         jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_ref), strict=True
