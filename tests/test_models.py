@@ -123,6 +123,25 @@ def test_inference_blocks_keep_their_stats():
     assert not np.allclose(nbs["block1"]["norm"]["mean"], bs["block1"]["norm"]["mean"])
 
 
+@pytest.mark.parametrize("momentum", [0.99, 0.5])
+def test_lite0_bn_momentum(momentum):
+    """Every Lite0 BatchNorm keeps `momentum` of its running mean per train step (default 0.99)."""
+    kw = {} if momentum == 0.99 else {"bn_momentum": momentum}
+    model = get_model("efficientnet_lite0", 3, **kw)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    v = _init(model, x[:1])
+    _, new = _apply(model, v, x, train=True, mutable=["batch_stats"])
+    old_stem = v["batch_stats"]["backbone"]["stem"]["bn"]["mean"]
+    new_stem = new["batch_stats"]["backbone"]["stem"]["bn"]["mean"]
+    conv = {"params": {"kernel": v["params"]["backbone"]["stem"]["conv"]["kernel"]}}
+    pre = nn.Conv(32, (3, 3), (2, 2), padding=((0, 1), (0, 1)), use_bias=False).apply(conv, x)
+    batch_mean = jnp.mean(pre, axis=(0, 1, 2))
+    expected = momentum * old_stem + (1 - momentum) * batch_mean
+    np.testing.assert_allclose(new_stem, expected, rtol=1e-4, atol=1e-5)
+    dw = new["batch_stats"]["backbone"]["block5"]["dw_bn"]["mean"]
+    assert not np.allclose(dw, v["batch_stats"]["backbone"]["block5"]["dw_bn"]["mean"])
+
+
 def test_group_norm_needs_no_batch_stats():
     model = get_model("cnn_small", 3, norm="group_ws")
     v = _init(model, _x(1, 8))

@@ -90,15 +90,15 @@ def same_conv(
         use_bias=False,
         kernel_init=he_init,
         dtype=dtype,
-        conv_general_dilated=conv_general_dilated,  # CPU: matmul weight grads (groups: XLA's)
+        conv_general_dilated=conv_general_dilated,  # CPU: matmul weight grads, shift-sum depthwise
         name=name,
     )(x)
 
 
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def _bn(train: bool, dtype: Any, name: str, momentum: float = BN_MOMENTUM) -> nn.BatchNorm:
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=BN_MOMENTUM,
+        momentum=momentum,
         epsilon=BN_EPSILON,
         dtype=dtype,
         name=name,
@@ -112,11 +112,12 @@ class ConvBN(nn.Module):
     kernel: int
     stride: int = 1
     dtype: Any = jnp.float32
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = same_conv(x, self.features, self.kernel, self.stride, dtype=self.dtype, name="conv")
-        return jax.nn.relu6(_bn(train, self.dtype, "bn")(x))
+        return jax.nn.relu6(_bn(train, self.dtype, "bn", self.bn_momentum)(x))
 
 
 class MBConv(nn.Module):
@@ -129,6 +130,7 @@ class MBConv(nn.Module):
     stride: int
     expand_ratio: int
     dtype: Any = jnp.float32
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -136,13 +138,13 @@ class MBConv(nn.Module):
         mid = self.in_features * self.expand_ratio
         if self.expand_ratio != 1:
             x = same_conv(x, mid, 1, dtype=self.dtype, name="expand_conv")
-            x = jax.nn.relu6(_bn(train, self.dtype, "expand_bn")(x))
+            x = jax.nn.relu6(_bn(train, self.dtype, "expand_bn", self.bn_momentum)(x))
         x = same_conv(
             x, mid, self.kernel, self.stride, groups=mid, dtype=self.dtype, name="dw_conv"
         )
-        x = jax.nn.relu6(_bn(train, self.dtype, "dw_bn")(x))
+        x = jax.nn.relu6(_bn(train, self.dtype, "dw_bn", self.bn_momentum)(x))
         x = same_conv(x, self.out_features, 1, dtype=self.dtype, name="project_conv")
-        x = _bn(train, self.dtype, "project_bn")(x)
+        x = _bn(train, self.dtype, "project_bn", self.bn_momentum)(x)
         if self.stride == 1 and self.in_features == self.out_features:
             x = x + inputs
         return x
@@ -161,9 +163,13 @@ class EfficientNetLite(nn.Module):
     """Backbone: `stem`, `block1..block16` (MBConv), `block17` (head conv) -> pooled [B, 1280].
 
     `inference_blocks` names top-level blocks run in inference mode even when `train=True`.
+    `bn_momentum` (TF's 0.99 by default) keeps that much of the old running statistics per
+    step: after 100 steps 37% of the initial ones remain, so short CPU schedules (and scratch
+    runs, whose initial statistics are meaningless) want ~0.9.
     """
 
     dtype: Any = jnp.float32
+    bn_momentum: float = BN_MOMENTUM
 
     @nn.nowrap
     def block_names(self) -> list[str]:
@@ -176,18 +182,21 @@ class EfficientNetLite(nn.Module):
         self, x: jax.Array, train: bool = False, inference_blocks: Sequence[str] = ()
     ) -> jax.Array:
         mode = lambda name: train and name not in inference_blocks
-        x = ConvBN(STEM_WIDTH, 3, 2, dtype=self.dtype, name="stem")(x, mode("stem"))
+        m = self.bn_momentum
+        x = ConvBN(STEM_WIDTH, 3, 2, dtype=self.dtype, bn_momentum=m, name="stem")(x, mode("stem"))
         specs = lite0_block_specs()
         for i, (cin, cout, k, s, e) in enumerate(specs, start=1):
-            x = MBConv(cin, cout, k, s, e, dtype=self.dtype, name=f"block{i}")(x, mode(f"block{i}"))
+            x = MBConv(cin, cout, k, s, e, self.dtype, m, name=f"block{i}")(x, mode(f"block{i}"))
         last = f"block{len(specs) + 1}"
-        x = ConvBN(HEAD_WIDTH, 1, dtype=self.dtype, name=last)(x, mode(last))
+        x = ConvBN(HEAD_WIDTH, 1, dtype=self.dtype, bn_momentum=m, name=last)(x, mode(last))
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def efficientnet_lite0(dtype: Any = jnp.float32) -> EfficientNetLite:
+def efficientnet_lite0(
+    dtype: Any = jnp.float32, bn_momentum: float = BN_MOMENTUM
+) -> EfficientNetLite:
     """EfficientNet-Lite0 backbone (4.69M params with a 1000-class head); see module docstring."""
-    return EfficientNetLite(dtype=dtype)
+    return EfficientNetLite(dtype=dtype, bn_momentum=float(bn_momentum))
 
 
 def preprocess_imagenet(image: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
