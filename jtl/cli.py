@@ -207,7 +207,10 @@ def cmd_study(argv: Sequence[str]) -> int:
     from jtl.train import enable_compilation_cache
 
     enable_compilation_cache()
-    command = "jtl study " + " ".join(shlex.quote(a) for a in argv)
+    # The command that (re)runs the whole study, not this invocation's `--only`/`--cell`.
+    command = f"jtl study --config {shlex.quote(args.config)} --workdir {shlex.quote(args.workdir)}"
+    if args.parallel > 1:
+        command += f" --parallel {args.parallel}"
     out = study_lib.run_study(
         args.config, args.workdir, args.parallel, cell_index, args.only, command
     )

@@ -122,9 +122,7 @@ def validate(study: mlc.ConfigDict) -> None:
         unknown = set(study[field]) - set(study.targets)
         if unknown:
             raise StudyError(f"{field} names {sorted(unknown)}, not in targets")
-    sizes = set(map(str, study.sizes)) | {
-        str(s) for v in study.sizes_by_target.values() for s in v
-    }
+    sizes = set(map(str, study.sizes)) | {str(s) for v in study.sizes_by_target.values() for s in v}
     unknown = set(study.steps_by_size) - sizes
     if unknown:
         raise StudyError(f"steps_by_size has sizes {sorted(unknown)} not in sizes {study.sizes}")
@@ -388,14 +386,55 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
     return failed
 
 
+class StudyClock:
+    """Wall time spent on a study, summed over invocations and saved as it goes.
+
+    `timing.json` is rewritten after every finished cell, so a killed or resumed study still
+    reports the time it took in total (`runs` lists each invocation's start and seconds).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "timing.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("wall_time_s", 0.0)
+        self.data.setdefault("runs", [])
+        self.run: dict[str, Any] | None = None
+        self.last = time.time()
+
+    @property
+    def wall_time_s(self) -> float:
+        return float(self.data["wall_time_s"])
+
+    def start(self) -> None:
+        """Counts from now (call when work starts: sources, cells)."""
+        self.last = time.time()
+        self.run = {"start": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": 0.0, "cells_run": 0}
+        self.data["runs"].append(self.run)
+
+    def tick(self, cells_done: int = 0) -> None:
+        """Adds the time since the last tick and saves."""
+        if self.run is None:
+            return
+        now = time.time()
+        self.data["wall_time_s"] += now - self.last
+        self.run["seconds"] += now - self.last
+        self.run["cells_run"] += cells_done
+        self.last = now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+
 def run_cells(
-    cells: Sequence[Cell], root: Path, parallel: int = 1
+    cells: Sequence[Cell], root: Path, parallel: int = 1, clock: StudyClock | None = None
 ) -> tuple[int, list[tuple[Cell, str]]]:
     """Runs unfinished cells; returns (cells run, failures). A failure never stops the rest."""
     todo = [c for c in cells if not is_finished(c.workdir(root), c.config())]
     logging.info("%d of %d cells to run", len(todo), len(cells))
     if parallel > 1:
-        return len(todo), _run_parallel(todo, root, parallel)
+        failed = _run_parallel(todo, root, parallel)
+        if clock is not None:
+            clock.tick(cells_done=len(todo) - len(failed))
+        return len(todo), failed
     failed = []
     for i, cell in enumerate(todo):
         t = time.time()
@@ -404,8 +443,12 @@ def run_cells(
         except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
             logging.exception("cell %s failed", cell.id)
             failed.append((cell, f"{type(e).__name__}: {e}"))
+            if clock is not None:
+                clock.tick()  # a failed cell's time was spent too
             continue
         print(f"[study] {i + 1}/{len(todo)} {cell.id} ({time.time() - t:.0f}s)", flush=True)
+        if clock is not None:
+            clock.tick(cells_done=1)
     return len(todo), failed
 
 
@@ -520,7 +563,6 @@ def run_study(
     `only`: "all", "sources", "cells" (sources must exist), "report" (from finished cells).
     `cell_index`: run just that cell (a cluster array job), then stop without a report.
     """
-    t0 = time.time()
     root = Path(workdir).absolute()
     study = load_study(spec)
     record_study(root, spec, study)
@@ -533,19 +575,19 @@ def run_study(
         _, failed = run_cells([cells[cell_index]], root)
         return {"cells": 1, "failed": [(c.id, why) for c, why in failed]}
     failed: list[tuple[Cell, str]] = []
-    ran = 0
+    clock = StudyClock(root)
+    todo = only != "report" and any(not is_finished(c.workdir(root), c.config()) for c in cells)
+    if todo:
+        clock.start()
     if only in ("all", "sources"):
         prepare_sources(study, root)
+        clock.tick()
     if only in ("all", "cells"):
-        ran, failed = run_cells(cells, root, parallel)
+        _, failed = run_cells(cells, root, parallel, clock)
     if only == "sources":
         return {"cells": 0, "failed": []}
-    timing_path = root / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"wall_time_s": 0.0}
-    if ran:
-        timing["wall_time_s"] += time.time() - t0
-        timing_path.write_text(json.dumps(timing) + "\n")
     advise = advise_scores(study, root, cells)
+    clock.tick()
     rows = collect(cells, root)
     from jtl.report import build_report
 
@@ -554,7 +596,8 @@ def run_study(
         "title": study.title or study.name,
         "command": command or f"jtl study --config {spec} --workdir {workdir}",
         "machine": machine_description(),
-        "wall_time_s": timing["wall_time_s"],
+        "wall_time_s": clock.wall_time_s,
+        "wall_time_runs": len(clock.data["runs"]),
         "cells": len(cells),
         "finished_cells": len(rows),
         "failed_cells": [f"{c.id}: {why}" for c, why in failed],

@@ -254,6 +254,14 @@ def test_advise_vs_gain_spearman_matches_scipy():
     assert out["spearman"]["nce"]["gain_mean"]["note"] == "n/a (constant input)"
 
 
+def test_spearman_p_is_exact_for_few_pairs():
+    """n = 3, perfect order: 2 of the 6 orderings reach |rho| = 1, so p = 1/3 (not scipy's 0)."""
+    r = sr.spearman([0.1, 0.5, 0.9], [1.0, 2.0, 7.0])
+    assert r["rho"] == pytest.approx(1.0) and r["p"] == pytest.approx(1 / 3)
+    r = sr.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5])  # rho = 0.8: 16 of 120 orderings as extreme
+    assert r["rho"] == pytest.approx(0.8) and r["p"] == pytest.approx(16 / 120)
+
+
 def test_advise_vs_gain_needs_three_pairs():
     advise, _, agg = advise_pairs(2)
     r = sr.advise_vs_gain(advise, agg)["spearman"]["logme"]["gain_mean"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -15,6 +16,9 @@ from jtl.report.aggregate import _at, _best, sizes_of
 SCORES = ("logme", "leep", "nce", "hscore", "knn_accuracy")
 
 
+EXACT_MAX_N = 7  # two-sided permutation p-value (all n! orderings) up to this many pairs
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     """Spearman rank correlation with its p-value and n; a note instead when undefined."""
     n = len(x)
@@ -25,7 +29,13 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.spearmanr(x, y)
-    return {"rho": float(res.statistic), "p": float(res.pvalue), "n": n, "note": None}
+    rho, p = float(res.statistic), float(res.pvalue)
+    if n <= EXACT_MAX_N:  # the t approximation says p = 0 for rho = 1 at n = 3; exact is 1/3
+        rx, ry = stats.rankdata(x), stats.rankdata(y)
+        perms = np.array(list(itertools.permutations(ry)))
+        rhos = np.array([np.corrcoef(rx, q)[0, 1] for q in perms])
+        p = float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
+    return {"rho": rho, "p": p, "n": n, "note": None}
 
 
 def advise_vs_gain(

@@ -116,7 +116,12 @@ def build_report(
     doc.ul(
         [
             f"machine: {study.get('machine', '')}",
-            f"wall time: {_fmt_time(study.get('wall_time_s'))}",
+            f"wall time: {_fmt_time(study.get('wall_time_s'))}"
+            + (
+                f" (summed over {study['wall_time_runs']} invocations: resumed)"
+                if (study.get("wall_time_runs") or 0) > 1
+                else ""
+            ),
             f"study: {study.get('name', '')}, {len(rows)} finished cells",
         ]
     )
