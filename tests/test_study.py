@@ -133,8 +133,12 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
     root = tmp_path / "study"
     cells = study_lib.expand(s, root)
     assert len(cells) == 2
-    ran, failed = study_lib.run_cells(cells[:1], root)
+    clock = study_lib.StudyClock(root)  # one invocation of `jtl study`
+    clock.start()
+    ran, failed = study_lib.run_cells(cells[:1], root, clock=clock)
     assert (ran, failed) == (1, [])
+    timing = json.loads((root / "timing.json").read_text())  # saved per cell, not at the end
+    assert timing["runs"][0]["cells_run"] == 1 and timing["wall_time_s"] > 0
     first = json.loads((cells[0].workdir(root) / "summary.json").read_text())
 
     # Kill the second cell right after its step-6 checkpoint.
@@ -154,8 +158,13 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
     assert not (cells[1].workdir(root) / "summary.json").exists()
     monkeypatch.setattr(checkpoint.RunCheckpoints, "save", real_save)
 
-    ran, failed = study_lib.run_cells(cells, root)  # only the killed cell runs, from step 6
+    clock = study_lib.StudyClock(root)  # a second invocation resumes; its time adds up
+    clock.start()
+    ran, failed = study_lib.run_cells(cells, root, clock=clock)  # the killed cell, from step 6
     assert (ran, failed) == (1, [])
+    timing = json.loads((root / "timing.json").read_text())
+    assert [r["cells_run"] for r in timing["runs"]] == [1, 1]
+    assert timing["wall_time_s"] == pytest.approx(sum(r["seconds"] for r in timing["runs"]))
     second = json.loads((cells[1].workdir(root) / "summary.json").read_text())
     assert second["resumed_from_step"] == 6 and second["steps_run"] == 12
     assert json.loads((cells[0].workdir(root) / "summary.json").read_text()) == first
@@ -199,8 +208,9 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     [
         ("configs/studies/mnist_source.py", 144),
         ("configs/studies/mnist_source.py:quick", 16),
-        ("configs/studies/imagenet_source.py", 48),
+        ("configs/studies/imagenet_source.py", 36),
         ("configs/studies/imagenet_source.py:quick", 6),
+        ("configs/studies/austen_minilm.py", 12),
     ],
 )
 def test_reference_studies_expand_into_valid_train_configs(spec, cells, tmp_path):

@@ -160,9 +160,13 @@ def convert_file(
 
 def package_weights(model_name: str) -> Path:
     """The weights file a registry package ships for `model_name` (see the Makefile)."""
+    from jtl.interop.bert import find_minilm_files
     from jtl.interop.convert import find_efficientnet_lite0_weights
 
-    finders = {"efficientnet_lite0": find_efficientnet_lite0_weights}
+    finders = {
+        "efficientnet_lite0": find_efficientnet_lite0_weights,
+        "minilm_l6": lambda: find_minilm_files()["weights"],
+    }
     if model_name not in finders:
         raise ValueError(
             f"no packaged weights for {model_name!r}; packaged: {sorted(finders)}. Pass a file."
