@@ -2,10 +2,9 @@
 
 Arguments (`configs/lite0_transfer.py:key=value,...`): target, strategy, per_class (0 = use
 fraction), fraction, init (a `jtl import` output dir), steps, size, seed, batch, lr, model,
-bn_momentum
-(Lite0's BatchNorm; 0.9 here for every arm: with TF's 0.99, 100 steps leave 37% of the initial
-running statistics in place, which breaks a scratch run's evaluation and keeps ImageNet's
-statistics for grayscale digits).
+bn_momentum (Lite0's BatchNorm; 0.9 here for every arm: with TF's 0.99, 100 steps leave 37% of
+the initial running statistics in place, which breaks a scratch run's evaluation and keeps
+ImageNet's statistics for grayscale digits).
 
 Run (after importing the weights, see README):
     jtl import --from "$W" --model efficientnet_lite0 --out runs/lite0_imagenet
@@ -15,9 +14,9 @@ init=runs/lite0_imagenet
     jtl train --workdir runs/lite0_lfw_scratch \
       --config configs/lite0_transfer.py:target=lfw_subset,strategy=scratch
 
-Expected: the `imagenet_source` study runs these cells (digits, fashion_mnist, lfw_subset at
-10 and 100 per class, 2 seeds); docs/results.md ("Study: imagenet_source") has the measured
-table, wall time and plots on a 2-core CPU.
+Expected: the `imagenet_source` study runs these cells (digits and fashion_mnist at 10 and 100
+per class, lfw_subset at 10 per class and full, 2 seeds); docs/results.md ("Study:
+imagenet_source") has the measured table, wall time and plots on a 2-core CPU.
 """
 
 import ml_collections as mlc

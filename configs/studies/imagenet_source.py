@@ -14,8 +14,12 @@ Run:
     jtl study --config configs/studies/imagenet_source.py --workdir runs/study_imagenet
     jtl study --config configs/studies/imagenet_source.py:quick --workdir runs/study_imagenet_q
 
-Expected: see docs/results.md ("Study: imagenet_source") for the measured table, wall time
-and plots on a 2-core CPU.
+Expected (measured 2026-11-23, 2-core CPU, 31 min, 36 cells; test %, mean over 2 seeds/folds;
+docs/results.md "Study: imagenet_source" has the tables and plots):
+    digits 10/class: scratch 83.1, finetune_full 81.1, linear_probe 72.8;
+           100/class: scratch 89.6, finetune_full 89.8, linear_probe 93.0
+    fashion_mnist 10/class: 62.0, 64.3, 62.8;  100/class: 69.9, 74.7, 79.1
+    lfw_subset 10/class: 91.0, 96.0, 91.0;  full: 99.0, 100.0, 100.0
 """
 
 import ml_collections as mlc
