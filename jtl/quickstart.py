@@ -2,7 +2,7 @@
 
 Runs `configs/studies/mnist_source.py:quick`: pretrains a ResNet-20 on MNIST (the source),
 then trains on digits (similar target) and Fashion-MNIST (dissimilar target) at 10 examples
-per class and at full size, from scratch, by linear probe, by full fine-tuning and by LP-FT,
+per class and at full size, from scratch, by linear probe and by full fine-tuning (12 cells),
 all with the same step budget, and writes the study report (report.md, a self-contained
 report.html, results.csv/json, plots). Re-running skips finished cells.
 """

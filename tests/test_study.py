@@ -207,7 +207,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     "spec, cells",
     [
         ("configs/studies/mnist_source.py", 144),
-        ("configs/studies/mnist_source.py:quick", 16),
+        ("configs/studies/mnist_source.py:quick", 12),
         ("configs/studies/imagenet_source.py", 36),
         ("configs/studies/imagenet_source.py:quick", 6),
         ("configs/studies/austen_minilm.py", 12),
