@@ -13,8 +13,11 @@ Run (the `:quick` variant is what `make quickstart` runs):
     jtl study --config configs/studies/mnist_source.py --workdir runs/study_mnist
     jtl study --config configs/studies/mnist_source.py:quick --workdir runs/study_mnist_quick
 
-Expected: see docs/results.md ("Study: mnist_source") for the measured table, wall time
-and plots on a 2-core CPU.
+Expected (2-core CPU; docs/results.md "Study: mnist_source" has the tables and plots): test %
+at 10/class, full: digits scratch 80.1, 93.6 vs finetune_full 93.1, 96.7 and lp_ft 92.3, 97.1;
+fashion_mnist scratch 61.2, 69.4 vs lp_ft 64.1, 77.3; lfw_subset every arm 84.7-90.0, 96-100.
+Wall time: seed 0 alone (`:seeds=1`, 48 cells) 30.5 min on an idle machine, so ~84 min for the
+3 seeds; the quick variant 7.4 min.
 """
 
 import ml_collections as mlc
