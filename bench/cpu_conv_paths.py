@@ -3,10 +3,11 @@
     .venv/bin/python bench/cpu_conv_paths.py [--model efficientnet_lite0] [--size 64]
         [--batch 32] [--steps 3]
 
-Builds the same jitted training step twice in one process, once with jtl's CPU default
-(matmul weight gradients; depthwise convs as shift-sums, jtl/models/conv.py) and once with
-`JTL_CPU_CONV=xla`, and prints seconds per step, forward images/s and the ratio. Lite0
-(depthwise-heavy) shows the depthwise path; `--model resnet18` the weight-gradient path.
+Builds jtl's own sharded training step (`jtl.train.jit_train_step`, as the trainer runs it)
+twice in one process, once with jtl's CPU default (matmul weight gradients; depthwise convs as
+shift-sums, jtl/models/conv.py) and once with `JTL_CPU_CONV=xla`, and prints seconds per
+step, forward images/s and the ratio. Lite0 (depthwise-heavy) shows the depthwise path;
+`--model resnet18` the weight-gradient path.
 """
 
 from __future__ import annotations
@@ -16,47 +17,45 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-
-
-def timed(fn, *args, steps: int) -> float:
-    out = fn(*args)
-    jax.block_until_ready(out)
-    t = time.perf_counter()
-    for _ in range(steps):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / steps
 
 
 def measure(model_name: str, size: int, batch: int, steps: int) -> tuple[float, float]:
-    """(seconds per SGD training step, seconds per forward pass) with the current conv path."""
+    """(seconds per jtl training step, seconds per forward pass) with the current conv path."""
+    import ml_collections as mlc
+
+    from jtl import sharding
+    from jtl.config import base_config
     from jtl.models import get_model
+    from jtl.optim import make_optimizer, trainable_mask
+    from jtl.strategies import Plan
+    from jtl.train import init_state, jit_train_step
 
     model = get_model(model_name, 10)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(batch, size, size, 3)), jnp.float32)
-    y = jnp.arange(batch) % 10
-    variables = model.init(jax.random.PRNGKey(0), x[:1])
-    tx = optax.sgd(0.01, momentum=0.9)
-
-    def loss(params, stats):
-        logits, new = model.apply(
-            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
-        )
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
-
-    @jax.jit
-    def step(params, stats, opt):
-        (_, new), g = jax.value_and_grad(loss, has_aux=True)(params, stats)
-        updates, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, updates), new["batch_stats"], opt
-
-    forward = jax.jit(lambda v: model.apply(v, x, train=False))
-    p, s = variables["params"], variables["batch_stats"]
-    return timed(step, p, s, tx.init(p), steps=steps), timed(forward, variables, steps=steps)
+    x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)
+    y = (np.arange(batch) % 10).astype(np.int32)
+    v = model.init(jax.random.PRNGKey(0), x[:1])
+    optim = mlc.ConfigDict(base_config().optim.to_dict())
+    tx, _ = make_optimizer(v["params"], optim, 1000)
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(init_state(v["params"], v["batch_stats"], tx), mesh)
+    b = sharding.shard_batch({"image": x, "label": y}, mesh)
+    step = jit_train_step(
+        model, tx, trainable_mask(v["params"], optim), Plan(variables=v, optim=optim), mesh
+    )
+    forward = jax.jit(lambda variables: model.apply(variables, b["image"], train=False))
+    state, m = step(state, b)  # compile; the step donates its state, so thread it through
+    jax.block_until_ready((m, forward(v)))
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = step(state, b)
+    jax.block_until_ready(m)
+    t_step = (time.perf_counter() - t) / steps
+    t = time.perf_counter()
+    for _ in range(steps):
+        out = forward(v)
+    jax.block_until_ready(out)
+    return t_step, (time.perf_counter() - t) / steps
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Lite0, random init), linear probe on cached Lite0 features, and full fine-tuning
 LR x0.1); every arm gets the same 100 steps of batch 32 at base LR 0.05 (fine-tuning:
 backbone 0.005). Sizes of at most 100 per class use 3-fold cross-validation inside the
 labelled budget. On CPU, Lite0's depthwise convs run as fused shift-sums (docs/speed.md):
-~10x faster than XLA's grouped conv, which is what makes this study fit a 2-core budget.
+6-10x faster than XLA's grouped conv, which is what makes this study fit a 2-core budget.
 
 Run:
     jtl study --config configs/studies/imagenet_source.py --workdir runs/study_imagenet
