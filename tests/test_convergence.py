@@ -74,6 +74,11 @@ def test_stall_stops_and_a_resume_mid_run_ends_identical(tmp_path, monkeypatch):
     es = whole["early_stopping"]
     assert es["stopped_step"] < whole["max_steps"] and es["best_step"] < 12 < es["stopped_step"]
     assert whole["best_step"] == es["best_step"]
+    # The last checkpoint holds the reported (best) weights: what a sweep tests after selection.
+    from jtl.study_sweep import evaluate_test
+
+    again = evaluate_test(config, tmp_path / "whole")
+    assert again["test_accuracy"] == whole["test_accuracy"]
 
     real_save = checkpoint.RunCheckpoints.save
 
