@@ -4,13 +4,14 @@
 `scratch_schedule_mult` times more; verdicts from such a study are labelled "equal-step budget,
 not converged" in the report, whatever the curves look like.
 
-`budget = "converged"`: every cell validates every `convergence.eval_every_epochs` epochs (or
-`eval_every_steps` steps) and stops once `patience` evaluations brought no improvement of more
-than `min_delta`, reporting its best evaluated weights. `max_epochs` (per size:
-`max_epochs_by_size`) caps it, in epochs of the cell's training subset; scratch gets
-`scratch_schedule_mult` times the cap (He et al.'s longer schedule). With `max_epochs = 0` the cap
-is the step budget. A cell that hits its cap while still improving records `converged: false`
-and the report says "inconclusive" instead of a verdict.
+`budget = "converged"`: every cell validates every `convergence.eval_every_epochs` epochs (per
+size: `eval_every_epochs_by_size`; or every `eval_every_steps` steps) and stops once `patience`
+evaluations brought no improvement of more than `min_delta`, reporting its best evaluated
+weights. `max_epochs` (per size: `max_epochs_by_size`) caps it, in epochs of the cell's
+training subset; scratch gets `scratch_schedule_mult` times the cap (He et al.'s longer
+schedule). With `max_epochs = 0` the cap is the step budget. A cell that hits its cap while
+still improving records `converged: false` and the report says "inconclusive" instead of a
+verdict.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def convergence_defaults() -> mlc.ConfigDict:
             "max_epochs": 30.0,  # the cap, in epochs of the training subset; 0 = the step budget
             "max_epochs_by_size": mlc.ConfigDict(),  # size label -> cap (tiny sizes need more)
             "eval_every_epochs": 1.0,  # validation frequency in epochs ...
+            "eval_every_epochs_by_size": mlc.ConfigDict(),  # size label -> epochs (tiny sizes)
             "eval_every_steps": 0,  # ... or in steps (> 0 wins)
             "checkpoint_every": 500,  # steps; a killed cell resumes from here
         }
@@ -73,5 +75,6 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
     if int(c.eval_every_steps) > 0:
         out.append(f"eval_every={int(c.eval_every_steps)}")
     else:
-        out.append(f"eval_every_epochs={float(c.eval_every_epochs)}")
+        every = float(c.eval_every_epochs_by_size.get(str(size), c.eval_every_epochs))
+        out.append(f"eval_every_epochs={every}")
     return out
