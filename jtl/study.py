@@ -527,11 +527,19 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "best_step": s.get("best_step"),
                 "epochs_run": s.get("epochs_run"),
                 "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,
+                **_probe_choice(s),
                 **sweep,
                 "curve": _curve(cell.workdir(root)),
             }
         )
     return rows
+
+
+def _probe_choice(summary: dict[str, Any]) -> dict[str, Any]:
+    """A linear probe's own validation choice (probe kind and L2), shown with the sweeps."""
+    if "probe" not in summary:
+        return {}
+    return {"chosen": {"probe": summary["probe"], "l2": summary.get("probe_hyper")}}
 
 
 def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path:

@@ -93,8 +93,12 @@ def test_tuning_section_and_cost_include_the_sweep(tmp_path):
         r.update(chosen={"lr": lr}, sweep_trials=4, sweep_spread=0.05 if r["arm"] == "scratch"
                  else 0.02, tuning_wall_time_s=8.0, tuning_images_seen=4 * r["images_seen"],
                  tuning_train_flops=4e9)  # fmt: skip
-    md, data = _build(tmp_path, rows)
+    probe = grid("easy", {"linear_probe": {"full": 0.8}}, flops=None)
+    for r in probe:  # not swept: its own L2 choice on validation is shown instead
+        r.update(budget="closed_form", chosen={"probe": "logistic", "l2": 0.001}, probe_grid=2)
+    md, data = _build(tmp_path, rows + probe)
     tuning = md.split("## Tuning")[1].split("## Cost")[0]
+    assert "| linear_probe | full | probe logistic, l2 0.001 ×3 | 1 (own L2 grid) | – |" in tuning
     assert "| easy | scratch | 10/class | lr 0.01; lr 0.1 ×2 | 4 | 5.0 |" in tuning
     assert "| scratch | 9 | 5.0 | 5.0 |" in tuning and "| finetune_full | 9 | 2.0 | 2.0 |" in tuning
     cost = md.split("## Cost")[1]

@@ -255,19 +255,19 @@ def _tuning_section(doc: _Doc, agg: Sequence[dict], rows: Sequence[dict]) -> Non
     )
     table = []
     for a in agg:
-        if a.get("chosen"):
-            counts: dict[str, int] = {}
-            for values in a["chosen"]:
-                key = ", ".join(f"{k} {v:g}" for k, v in values.items())
-                counts[key] = counts.get(key, 0) + 1
-            chosen = "; ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
+        if not a.get("chosen"):
+            continue
+        counts: dict[str, int] = {}
+        for values in a["chosen"]:
+            key = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in values.items())  # fmt: skip
+            counts[key] = counts.get(key, 0) + 1
+        chosen = "; ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
+        if a.get("sweep_trials"):
             trials = _fmt(a.get("sweep_trials"), ".0f")
             spread = _fmt(None if a["sweep_spread"] is None else 100 * a["sweep_spread"], ".1f")
-        elif a.get("probe_grid"):
-            chosen = f"own L2 grid ({a['probe_grid']:.0f} probes) on validation"
-            trials, spread = "1", "–"
-        else:
-            continue
+        else:  # a linear probe: one run, its own L2 grid chosen on validation
+            trials, spread = "1 (own L2 grid)", "–"
         table.append([a["target"], a["arm"], a["size"], chosen, trials, spread])
     doc.table(["target", "arm", "size", "chosen (per seed/fold)", "trials", "spread (points)"],
               table)  # fmt: skip
