@@ -46,6 +46,8 @@ def resolve_budget(config: mlc.ConfigDict, train_examples: int) -> mlc.ConfigDic
     out = mlc.ConfigDict(config.to_dict())
     if config.max_epochs > 0:
         out.total_steps = max(1, math.ceil(config.max_epochs * spe))
+        # A tiny subset's cap can be shorter than the configured warmup: warm up over the cap.
+        out.optim.warmup_steps = min(int(config.optim.warmup_steps), out.total_steps)
     if config.eval_every_epochs > 0:
         out.eval_every = max(1, round(config.eval_every_epochs * spe))
     logging.info(

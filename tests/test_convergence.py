@@ -37,6 +37,8 @@ def test_resolve_budget_turns_epochs_into_steps():
     c = _config("max_epochs=8")
     r = resolve_budget(c, 100)  # 100 examples / batch 32 = 3.125 steps per epoch
     assert r.total_steps == 25 and r.eval_every == 3
+    warm = resolve_budget(_config("max_epochs=1", "optim.warmup_steps=20"), 100)
+    assert (warm.total_steps, warm.optim.warmup_steps) == (4, 4)
     plain = load_config(f"{REPO}/configs/tiny.py")
     assert resolve_budget(plain, 100) is plain  # equal-step runs are untouched
 
