@@ -127,6 +127,11 @@ def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, sp
     assert row["sweep_trials"] == 2 and row["sweep_spread"] == pytest.approx(abs(vals[1] - vals[0]))
     assert row["tuning_images_seen"] == 2 * row["images_seen"]
 
+    from jtl.report import build_report
+
+    md = build_report({"name": "sweep"}, [row], tmp_path / "report")["md"].read_text()
+    assert f"| digits | scratch | 5/class | lr {chosen['lr']:g} | 2 |" in md.split("## Tuning")[1]
+
     # Finished and selected: a re-run changes nothing and reads no test data.
     n_events = len(events)
     assert study_lib.run_cells(cells, root) == (0, [])
