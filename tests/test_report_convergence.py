@@ -106,3 +106,13 @@ def test_tuning_section_and_cost_include_the_sweep(tmp_path):
     assert "| scratch | 9 | 2.0 s | 3,200 | 1e+09 | 4 | 8.0 s | 12,800 | 4e+09 | 72.0 s |" in cost
     (c,) = [c for c in data["cost"] if c["arm"] == "scratch"]
     assert c["total_tuning_wall_time_s"] == pytest.approx(72.0)
+
+
+def test_summary_spells_out_three_reasons_and_counts_the_rest():
+    rows = grid("easy", EASY)
+    for r in rows:
+        r["converged"] = False
+    agg = sr.aggregate(rows)
+    text = sr.summarize(agg, "easy", sr.crossover_by_target(agg)["easy"], [])
+    crossover = text.split("Crossover: no verdict, ")[1]
+    assert crossover.count("inconclusive: ") == 3 and "and 3 more arm/size group(s)" in crossover

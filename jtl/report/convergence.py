@@ -47,7 +47,11 @@ def size_blockers(agg: Sequence[dict[str, Any]], target: str, size: str) -> list
     return blockers(_at(agg, target, size))
 
 
-def join(reasons: Sequence[str]) -> str:
+def join(reasons: Sequence[str], limit: int = 0) -> str:
+    """Reasons joined by "; ", the first `limit` only (0 = all) and a count of the rest."""
+    if limit and len(reasons) > limit:
+        rest = len(reasons) - limit
+        return "; ".join([*reasons[:limit], f"and {rest} more arm/size group(s) not converged"])
     return "; ".join(reasons)
 
 

@@ -15,6 +15,8 @@ from jtl.report.analysis import welch_p_two_sided
 from jtl.report.convergence import join, size_blockers, target_blockers
 from jtl.report.document import _ex, _pct
 
+LIMIT = 3  # reasons spelled out per summary sentence; the tables and flags list them all
+
 
 def _size_sentence(agg: Sequence[dict], target: str, size: str) -> str:
     s, t = _best(_at(agg, target, size, True)), _best(_at(agg, target, size, False))
@@ -49,7 +51,7 @@ def _crossover_sentence(cross: dict[str, Any], smallest: str) -> str:
     largest, gap = cross["largest_size"], 100 * cross["gap_at_largest"]
     if cross.get("inconclusive"):
         return (
-            f"Crossover: no verdict, {join(cross['inconclusive'])} (measured at {largest}: "
+            f"Crossover: no verdict, {join(cross['inconclusive'], LIMIT)} (measured at {largest}: "
             f"scratch − transfer = {gap:+.1f} points)."
         )
     if not cross["reached"]:
@@ -105,9 +107,9 @@ def summarize(
         )
         first = f"Negative transfer: {items}"
         if reasons:
-            first += f"; elsewhere negative transfer: {join(reasons)}"
+            first += f"; elsewhere negative transfer: {join(reasons, LIMIT)}"
     elif reasons:
-        first = f"Negative transfer: {join(reasons)}"
+        first = f"Negative transfer: {join(reasons, LIMIT)}"
     else:
         first = "No transfer arm is significantly below scratch at any size"
     sentences.append(f"{first}; cost: {_cost_sentence(agg, target)}.")
