@@ -114,5 +114,5 @@ def test_summary_spells_out_three_reasons_and_counts_the_rest():
         r["converged"] = False
     agg = sr.aggregate(rows)
     text = sr.summarize(agg, "easy", sr.crossover_by_target(agg)["easy"], [])
-    crossover = text.split("Crossover: no verdict, ")[1]
+    crossover = text.split("Crossover: no verdict, ")[1].split("(measured at")[0]
     assert crossover.count("inconclusive: ") == 3 and "and 3 more arm/size group(s)" in crossover
