@@ -74,6 +74,8 @@ def test_equal_step_budget_says_so_instead_of_a_verdict(tmp_path):
         assert "equal-step budget, not converged" in text
         assert not [v for v in VERDICTS if v in text], text
     assert "raise max_epochs" not in md  # not a convergence cap: the budget was equal steps
+    flags = md.split("### Negative transfer")[1].split("### Overfitting")[0]
+    assert "None detected" not in flags and "no verdict elsewhere: equal-step budget" in flags
     assert data["crossover"]["easy"]["inconclusive"] == ["equal-step budget, not converged"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from jtl.report.advisor import SCORES
 from jtl.report.aggregate import targets_of
-from jtl.report.convergence import join
+from jtl.report.convergence import blockers, join
 from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
 from jtl.report.plots import plot_accuracy, plot_learning_curves
 
@@ -90,7 +90,13 @@ def _results_sections(
                 for f in negative
             ],
         )
-    else:
+    reasons = blockers(agg)
+    if reasons:  # pairs with an unconverged arm carry no verdict, flagged or not
+        doc.p(
+            "Only pairs of converged arms can be flagged; no verdict elsewhere: "
+            f"{join(reasons, 3)}."
+        )
+    elif not negative:
         doc.p("None detected.")
     doc.h(3, "Overfitting")
     doc.p(
