@@ -47,9 +47,14 @@ def base_config() -> mlc.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.progress = True
-    # > 0: stop when validation accuracy has not improved for this many evaluations and report
-    # the best evaluated model (its step is recorded in summary.json).
+    # Converged budgets (jtl/early_stopping.py). > 0: stop when validation accuracy has not
+    # improved by more than `min_delta` for this many evaluations and report the best evaluated
+    # model; summary.json records `converged` (false = hit the cap while still improving).
     c.early_stopping_patience = 0
+    c.min_delta = 0.0
+    c.max_epochs = 0.0  # > 0: the cap in epochs of the training subset (sets total_steps)
+    c.eval_every_epochs = 0.0  # > 0: validate every this many epochs (sets eval_every)
+    c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study_sweep.py)
 
     # Compute dtype of activations (float32 or bfloat16); params, optimizer state and the loss
     # stay float32. bfloat16 pays off on TPU and recent GPUs, not on CPU.

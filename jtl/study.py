@@ -10,10 +10,13 @@ only rebuilds the report.
 
 Fair budgets: every strategy gets the same optimizer steps at a size (`steps`, or
 `steps_by_size`), scratch gets `scratch_schedule_mult` times more (He et al. needed longer
-schedules to catch up). Sizes of at most `kfold.max_per_class` examples per class use k-fold
-cross-validation inside the labelled budget: replicate r trains with seed `seeds[r]` on all
-folds but `r % k` and validates on that one, so the spread covers data splits and seeds, and
-the test set never takes part in model selection.
+schedules to catch up); or, with `budget = "converged"`, every cell trains until validation
+stalls, capped by `convergence.max_epochs` (jtl/study_budget.py). `sweep` gives every arm the
+same hyperparameter grid, chosen on validation only (jtl/study_sweep.py). Sizes of at most
+`kfold.max_per_class` examples per class use k-fold cross-validation inside the labelled
+budget: replicate r trains with seed `seeds[r]` on all folds but `r % k` and validates on that
+one, so the spread covers data splits and seeds, and the test set never takes part in model
+selection.
 
 The cell-config contract: every `cell_config` accepts the arguments `target, strategy,
 per_class, fraction, init, steps, seed` (see configs/transfer.py); anything else goes through
@@ -37,6 +40,8 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
+from jtl import study_sweep as sweep_lib
+from jtl.study_budget import budget_overrides, convergence_defaults, validate_budget
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_ARG_KINDS = ("train", "import", "checkpoint")
@@ -73,7 +78,19 @@ def study_defaults() -> mlc.ConfigDict:
     s.overrides = ()  # config overrides for every cell
     s.target_overrides = mlc.ConfigDict()  # target -> config overrides for its cells
     s.kfold = mlc.ConfigDict({"folds": 3, "max_per_class": 100})  # folds < 2: off
-    s.early_stopping_patience = 0
+    s.early_stopping_patience = 0  # equal-step budgets only: stop early on validation
+    # "equal_steps" (the `steps` budget above) or "converged": every cell trains until
+    # validation accuracy stalls (`convergence`: patience, min_delta, max_epochs[_by_size] cap,
+    # scratch x scratch_schedule_mult, eval_every_epochs or eval_every_steps); see
+    # jtl/study_budget.py. The report gives no verdict from a cell that hit its cap.
+    s.budget = "equal_steps"
+    s.convergence = convergence_defaults()
+    # Equal tuning budget: values per axis (lr, weight_decay); their product is every SGD arm's
+    # grid, chosen on validation only (jtl/study_sweep.py). Linear probes are not swept (they
+    # pick their L2 on validation internally). sweep_by_strategy: strategy -> its own grid,
+    # with the same number of trials.
+    s.sweep = sweep_lib.sweep_defaults()
+    s.sweep_by_strategy = mlc.ConfigDict()
     s.advise_sample = 500  # target examples scored per (source, target); 0 = no advisor
     return s
 
@@ -126,6 +143,9 @@ def validate(study: mlc.ConfigDict) -> None:
     unknown = set(study.steps_by_size) - sizes
     if unknown:
         raise StudyError(f"steps_by_size has sizes {sorted(unknown)} not in sizes {study.sizes}")
+    for problem in (validate_budget(study), sweep_lib.validate_sweep(study)):
+        if problem:
+            raise StudyError(problem)
 
 
 # ----------------------------------------------------------------------------- grid
@@ -165,6 +185,7 @@ class Cell:
     fold: int
     spec: str
     overrides: tuple[str, ...]
+    trial: str = ""  # sweep trial label (e.g. "lr0.1"); "" = not a trial
 
     def workdir(self, root: Path) -> Path:
         return Path(root) / "cells" / self.id
@@ -243,25 +264,23 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                     overrides += list(study.strategy_overrides.get(strategy, ()))
                     if kfold:
                         overrides += [f"num_folds={folds}", f"fold={fold}"]
-                    if study.early_stopping_patience:
-                        overrides.append(f"early_stopping_patience={study.early_stopping_patience}")
+                    overrides += budget_overrides(study, strategy, str(size))
                     arm_dir = arm.replace("/", "-").replace("@", "-")
                     rep = f"seed{seed}" + (f"_fold{fold}" if kfold else "")
-                    cells.append(
-                        Cell(
-                            id=f"{target}/{arm_dir}/{str(size).replace('%', 'pct')}/{rep}",
-                            target=target,
-                            source=source,
-                            strategy=strategy,
-                            model=model,
-                            arm=arm,
-                            size=size_label(size),
-                            seed=int(seed),
-                            fold=fold,
-                            spec=f"{cell_config}:" + ",".join(a for a in args if a),
-                            overrides=tuple(overrides),
-                        )
+                    cell = Cell(
+                        id=f"{target}/{arm_dir}/{str(size).replace('%', 'pct')}/{rep}",
+                        target=target,
+                        source=source,
+                        strategy=strategy,
+                        model=model,
+                        arm=arm,
+                        size=size_label(size),
+                        seed=int(seed),
+                        fold=fold,
+                        spec=f"{cell_config}:" + ",".join(a for a in args if a),
+                        overrides=tuple(overrides),
                     )
+                    cells += sweep_lib.trial_cells(study, cell)
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise StudyError("two cells share a directory: make target and model labels distinct")
@@ -466,19 +485,23 @@ def _curve(workdir: Path) -> dict[str, list[list[float]]]:
 
 
 def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
-    """One row per finished cell: its identity, summary numbers, cost and curves."""
+    """One row per finished cell: its identity, summary numbers, cost, convergence and curves.
+
+    A swept cell gives one row, from the trial chosen on validation (jtl.study_sweep), once
+    its whole grid has finished and been selected.
+    """
     rows = []
     for cell in cells:
-        path = cell.workdir(root) / "summary.json"
-        if not path.exists():
+        result = sweep_lib.cell_result(cell, root)
+        if result is None:
             continue
-        s = json.loads(path.read_text())
+        cell_id, s, sweep = result
         flops = s.get("flops_per_step")
         steps_run = s.get("steps_run", s.get("steps", 0))
         num_classes = s.get("num_classes") or 0
         rows.append(
             {
-                "cell": cell.id,
+                "cell": cell_id,
                 "target": cell.target,
                 "source": cell.source,
                 "strategy": cell.strategy,
@@ -498,10 +521,25 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "images_seen": int(s.get("images_seen", 0)),
                 "train_flops": flops * steps_run if flops else None,
                 "early_stopped_step": (s.get("early_stopping") or {}).get("stopped_step"),
+                # Runs from before converged budgets were equal-step runs.
+                "budget": s.get("budget", "equal_steps"),
+                "converged": bool(s.get("converged", False)),
+                "best_step": s.get("best_step"),
+                "epochs_run": s.get("epochs_run"),
+                "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,
+                **_probe_choice(s),
+                **sweep,
                 "curve": _curve(cell.workdir(root)),
             }
         )
     return rows
+
+
+def _probe_choice(summary: dict[str, Any]) -> dict[str, Any]:
+    """A linear probe's own validation choice (probe kind and L2), shown with the sweeps."""
+    if "probe" not in summary:
+        return {}
+    return {"chosen": {"probe": summary["probe"], "l2": summary.get("probe_hyper")}}
 
 
 def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path:
@@ -587,6 +625,7 @@ def run_study(
     if only == "sources":
         return {"cells": 0, "failed": []}
     advise = advise_scores(study, root, cells)
+    sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, then test it
     clock.tick()
     rows = collect(cells, root)
     from jtl.report import build_report
@@ -602,6 +641,9 @@ def run_study(
         "finished_cells": len(rows),
         "failed_cells": [f"{c.id}: {why}" for c, why in failed],
         "advise": advise,
+        "budget": study.budget,
+        "convergence": config_lib.to_dict(study.convergence) if study.budget == "converged" else {},
+        "sweep": {s: sweep_lib.grid(study, s) for s in study.strategies},
     }
     paths = build_report(meta, rows, root)
     return {"cells": len(cells), "finished": len(rows), "failed": meta["failed_cells"], **paths}

@@ -29,7 +29,7 @@ from jtl import sharding
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
 from jtl.data.pipeline import model_inputs
-from jtl.early_stopping import EarlyStopping
+from jtl.early_stopping import EarlyStopping, resolve_budget
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
@@ -314,7 +314,7 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
 def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
+    logging.info("Finished: test accuracy %s (%s)", summary["test_accuracy"], workdir)
 
 
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -332,6 +332,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     data = TargetData(config)
+    config = resolve_budget(config, len(data.train_idx))  # max_epochs / eval_every_epochs -> steps
     logging.info(
         "Data %s: %d train / %d val / %d test examples, %d classes",
         config.dataset,
@@ -371,6 +372,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "trainable_params": int(result["feature_dim"] + 1) * data.num_classes,
             "frozen_params": n_total,
             "flops_per_step": None,
+            # A convex fit solved to its optimum, its L2 chosen on validation: converged.
+            "budget": "closed_form",
+            "converged": True,
             "train_time_s": result["feature_time_s"] + result["probe_fit_time_s"],
             "wall_time_s": time.time() - t_start,
         }
@@ -402,7 +406,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         logging.info(
             "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
         )
-    early = EarlyStopping(config.early_stopping_patience, meta)
+    early = EarlyStopping(config.early_stopping_patience, meta, config.min_delta, workdir)
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -487,6 +491,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         if last:  # with early stopping, the best evaluated weights are what the run reports
             state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
         if checkpoints.should_save(step) or last:
+            early.persist()  # the best weights this checkpoint's metadata names
             writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
             checkpoints.save(step, state, meta_for(step))
         if bar is not None:
@@ -497,8 +502,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     checkpoints.wait()
     checkpoints.close()
 
-    final = {split: evaluate_split(eval_variables(state), split) for split in ("val", "test")}
-    if start_step < config.total_steps:
+    early.prune()
+    # eval_test=False (sweep trials): the test split is not read; the study evaluates only the
+    # trial chosen on validation, from its checkpoint (jtl.study_sweep).
+    splits = ("val", "test") if config.eval_test else ("val",)
+    final = {split: evaluate_split(eval_variables(state), split) for split in splits}
+    final.setdefault("test", {"loss": None, "accuracy": None})
+    if start_step < config.total_steps and config.eval_test:
         writer.write(step, "test", loss=final["test"]["loss"], accuracy=final["test"]["accuracy"])
     writer.close()
     n_trainable, n_frozen = _count(params, mask)
@@ -512,6 +522,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "steps_run": int(step),
         "images_seen": int(step * config.batch_size),
         **early.meta(),
+        **early.summary(config, step, len(data.train_idx)),
         "trainable_params": n_trainable,
         "frozen_params": n_frozen,
         "flops_per_step": flops_log[-1] if flops_log else None,
@@ -519,7 +530,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "resumed_from_step": start_step,
         **plan.info,
     }
-    extra = plan.finish(sharding.to_host(state), evaluate_split)
+    extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}
     if extra:  # keep the trained model's own numbers next to what the strategy reports
         summary["trained_val_accuracy"] = summary["val_accuracy"]
         summary["trained_test_accuracy"] = summary["test_accuracy"]

@@ -41,6 +41,7 @@ def row(target, arm, size, seed, acc, *, strategy=None, source="imagenet", model
         "seed": seed, "fold": fold, "test_accuracy": acc, "val_accuracy": acc,
         "test_loss": 2 - acc, "val_loss": 2 - acc, "steps": 100, "wall_time_s": wall,
         "images_seen": 100 * 32, "train_flops": flops, "early_stopped_step": None,
+        "budget": "converged", "converged": True,
         "curve": curve_ if curve_ is not None else curve(acc),
     }  # fmt: skip
 

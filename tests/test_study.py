@@ -195,7 +195,9 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         "stopped_step": 4,
         "best_step": 2,
         "best_accuracy": pytest.approx(first["val_accuracy"]),
+        "bad_evals": 1,
     }
+    assert first["converged"] is True and first["budget"] == "converged"
     assert first["steps_run"] == 4 and first["images_seen"] == 4 * config.batch_size
     again = train(config, tmp_path)  # resumes at the stop: no more training
     assert again["steps_run"] == 4 and again["resumed_from_step"] == 4
@@ -208,6 +210,8 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     [
         ("configs/studies/mnist_source.py", 144),
         ("configs/studies/mnist_source.py:quick", 12),
+        ("configs/studies/mnist_source.py:protocol=converged", 384),
+        ("configs/studies/mnist_source.py:quick,protocol=converged", 28),
         ("configs/studies/imagenet_source.py", 36),
         ("configs/studies/imagenet_source.py:quick", 6),
         ("configs/studies/austen_minilm.py", 12),
@@ -219,3 +223,19 @@ def test_reference_studies_expand_into_valid_train_configs(spec, cells, tmp_path
     assert len(grid) == cells
     for cell in grid:
         cell.config()  # every cell's config loads (unknown keys or bad args would fail here)
+
+
+def test_converged_budget_sets_caps_scratch_longer_and_eval_by_size(tmp_path):
+    conv = mlc.ConfigDict(study_lib.study_defaults().convergence.to_dict())
+    conv.max_epochs, conv.patience, conv.min_delta = 4.0, 3, 0.01
+    conv.max_epochs_by_size = mlc.ConfigDict({"5": 50.0})
+    conv.eval_every_epochs_by_size = mlc.ConfigDict({"5": 5.0})
+    s = _study(budget="converged", convergence=conv, scratch_schedule_mult=2.0)
+    cells = study_lib.expand(s, tmp_path)
+    by = {(c.arm, c.size): c.config() for c in cells}
+    full, small = by[("finetune_full", "full")], by[("scratch", "5/class")]
+    assert (full.max_epochs, full.early_stopping_patience, full.min_delta) == (4.0, 3, 0.01)
+    assert full.eval_every_epochs == 1.0 and by[("scratch", "full")].max_epochs == 8.0
+    assert (small.max_epochs, small.eval_every_epochs) == (100.0, 5.0)  # scratch x2 the cap
+    with pytest.raises(study_lib.StudyError, match="budget="):
+        _study(budget="forever")

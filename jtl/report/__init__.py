@@ -12,7 +12,13 @@ target. Accuracies are fractions in the data and shown as percentages; gaps are 
 
 The arm(s) with strategy "scratch" (source "none") are the baseline; every other arm transfers.
 
-Modules, imports one way: `aggregate` (reduce cells, lookups, cost per arm) <- `analysis`
+Verdicts come only from arms that converged: a cell on an equal-step budget, or one that hit its
+`max_epochs` cap still improving, turns every verdict resting on it into "inconclusive: ARM not
+converged at SIZE (raise max_epochs)" or "equal-step budget, not converged" (`convergence`).
+Swept cells carry their chosen hyperparameters, grid spread and tuning cost (Tuning, Cost).
+
+Modules, imports one way: `aggregate` (reduce cells, lookups, cost per arm) <- `convergence`
+(which aggregates may carry a verdict) <- `analysis`
 (crossover, negative transfer, overfitting), `curves`, `advisor` <- `document` (Markdown/HTML
 writer, formatting, accuracy table), `summary`, `plots` <- `sections` <- `build`.
 """

@@ -65,9 +65,29 @@ def aggregate(rows: Sequence[dict[str, Any]], metric: str = "test_accuracy") -> 
                 "images_seen": _mean_or_none([r.get("images_seen") for r in runs]),
                 "train_flops": _mean_or_none([r.get("train_flops") for r in runs]),
                 "steps": _mean_or_none([r.get("steps") for r in runs]),
+                # A verdict needs every replicate converged (jtl.report.convergence).
+                "converged": all(bool(r.get("converged")) for r in runs),
+                "not_converged": sum(1 for r in runs if not r.get("converged")),
+                "budget": _budget(runs),
+                "epochs_run": _mean_or_none([r.get("epochs_run") for r in runs]),
+                "chosen": [r["chosen"] for r in runs if r.get("chosen")],
+                "sweep_trials": _mean_or_none([r.get("sweep_trials") for r in runs]),
+                "sweep_spread": _mean_or_none([r.get("sweep_spread") for r in runs]),
+                "probe_grid": _mean_or_none([r.get("probe_grid") for r in runs]),
             }
         )
     return sorted(out, key=lambda a: (a["target"], a["train_examples"], _arm_key(a)))
+
+
+def _budget(runs: Sequence[dict[str, Any]]) -> str | None:
+    kinds = {r.get("budget") for r in runs}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _with_tuning(r: dict[str, Any], key: str) -> Any:
+    """A cell's cost including its whole sweep (its own cost when it was not swept)."""
+    v = r.get(f"tuning_{key}")
+    return r.get(key) if v is None and not r.get("sweep_trials") else v
 
 
 def _arm_key(a: dict[str, Any]) -> tuple:
@@ -123,6 +143,13 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "images_seen": _mean_or_none([r.get("images_seen") for r in runs]),
                 "train_flops": _mean_or_none([r.get("train_flops") for r in runs]),
                 "total_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in runs)),
+                "trials": _mean_or_none([r.get("sweep_trials") or 1 for r in runs]),
+                "tuning_wall_time_s": _mean_or_none([_with_tuning(r, "wall_time_s") for r in runs]),
+                "tuning_images_seen": _mean_or_none([_with_tuning(r, "images_seen") for r in runs]),
+                "tuning_train_flops": _mean_or_none([_with_tuning(r, "train_flops") for r in runs]),
+                "total_tuning_wall_time_s": float(
+                    sum(_with_tuning(r, "wall_time_s") or 0.0 for r in runs)
+                ),
             }
         )
     return sorted(out, key=_arm_key)

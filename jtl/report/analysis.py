@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from jtl.report.aggregate import TIE, _at, _best, _isnan, sizes_of, targets_of
+from jtl.report.convergence import blockers, target_blockers
 
 # --------------------------------------------------------------------------- crossover
 
@@ -86,7 +87,11 @@ def best_curves(agg: Sequence[dict[str, Any]], target: str) -> tuple[list[dict],
 def crossover_by_target(
     agg: Sequence[dict[str, Any]], tolerance: float | None = None
 ) -> dict[str, dict[str, Any]]:
-    """`crossover` per target on the best-scratch vs best-transfer envelopes."""
+    """`crossover` per target on the best-scratch vs best-transfer envelopes.
+
+    `inconclusive` lists why no crossover verdict may be stated: any arm of the target that did
+    not converge (its number is a lower bound, so it might lead either envelope).
+    """
     out = {}
     for target in targets_of(agg):
         scratch, transfer = best_curves(agg, target)
@@ -103,6 +108,7 @@ def crossover_by_target(
             }
             continue
         out[target] = crossover(scratch, transfer, tolerance)
+        out[target]["inconclusive"] = target_blockers(agg, target)
         out[target]["arms"] = {
             p["size"]: {"scratch": s["arm"], "transfer": t["arm"]}
             for p, s, t in _zip_sizes(out[target]["per_size"], scratch, transfer)
@@ -145,6 +151,9 @@ def negative_transfer(
     only the initialization differs), else the best scratch arm at that size. With n >= 2 on
     both sides: one-sided Welch t-test p < alpha. With a single run on either side no test is
     possible: a gap above `unconfirmed_gap` (2 points) is flagged "unconfirmed (1 run)".
+    A pair where either arm did not converge is never a verdict: a gap that would be flagged
+    gets the status "inconclusive: ARM not converged at SIZE (raise max_epochs)" (or
+    "equal-step budget, not converged") and `verdict: False`.
     """
     flags = []
     for target in targets_of(agg):
@@ -164,6 +173,9 @@ def negative_transfer(
                     status = "unconfirmed (1 run)" if gap < -unconfirmed_gap else None
                 if status is None:
                     continue
+                reasons = blockers([t, s])
+                if reasons:
+                    status = "; ".join(reasons)
                 flags.append(
                     {
                         "target": target,
@@ -178,6 +190,7 @@ def negative_transfer(
                         "n_transfer": t["n"],
                         "n_scratch": s["n"],
                         "status": status,
+                        "verdict": not reasons,
                     }
                 )
     return flags

@@ -14,6 +14,7 @@ import numpy as np
 from jtl.report.advisor import advise_vs_gain
 from jtl.report.aggregate import aggregate, arms_of, cost_table, targets_of
 from jtl.report.analysis import crossover_by_target, negative_transfer, overfitting_flags
+from jtl.report.convergence import budget_label
 from jtl.report.curves import learning_curves
 from jtl.report.document import _Doc, _fmt_time
 from jtl.report.sections import (
@@ -21,6 +22,7 @@ from jtl.report.sections import (
     _cost_section,
     _curve_section,
     _results_sections,
+    _tuning_section,
 )
 from jtl.report.summary import summarize
 
@@ -45,6 +47,10 @@ CSV_FIELDS = (
     "images_seen",
     "train_flops",
     "early_stopped_step",
+    "budget",
+    "converged",
+    "best_step",
+    "epochs_run",
 )
 
 
@@ -123,6 +129,7 @@ def build_report(
                 else ""
             ),
             f"study: {study.get('name', '')}, {len(rows)} finished cells",
+            f"budget: {budget_label(agg)}",
         ]
     )
 
@@ -136,6 +143,7 @@ def build_report(
     if rows:
         _results_sections(doc, agg, crosses, paths, negative, over_summary, len(over_cells), rows)
         _curve_section(doc, curves, paths, arms_of(agg))
+        _tuning_section(doc, agg, rows)
         _cost_section(doc, costs, study)
         _advisor_section(doc, advisor)
 

@@ -125,7 +125,10 @@ def _ex(n: float) -> str:
 
 
 def accuracy_table(agg: Sequence[dict[str, Any]], target: str) -> tuple[list[str], list[list]]:
-    """Header and rows (arms x sizes) of mean ± std (n) test accuracy; best per column bold."""
+    """Header and rows (arms x sizes) of mean ± std (n) test accuracy; best per column bold.
+
+    A cell whose runs did not all converge is marked "†" (not converged: a lower bound).
+    """
     sizes = sizes_of(agg, target)
     cell = {(a["arm"], a["size"]): a for a in agg if a["target"] == target}
     best = {s: max(a["mean"] for a in _at(agg, target, s)) for s in sizes}
@@ -141,7 +144,8 @@ def accuracy_table(agg: Sequence[dict[str, Any]], target: str) -> tuple[list[str
             if a is None:
                 r.append("–")
             else:
-                r.append((f"{_pct(a)} (n={a['n']})", a["mean"] >= best[s] - TIE))
+                mark = "" if a.get("converged") else " †"
+                r.append((f"{_pct(a)} (n={a['n']}){mark}", a["mean"] >= best[s] - TIE))
         rows.append(r)
     return header, rows
 

@@ -42,7 +42,7 @@ def plot_accuracy(
             if np.any(e > 0):
                 ax.fill_between(x, y - e, y + e, color=colors[arm], alpha=0.15)
         c = crosses.get(target, {})
-        if c.get("reached"):
+        if c.get("reached") and not c.get("inconclusive"):  # no verdict from unconverged arms
             ax.axvline(c["train_examples"], color="k", ls=":", lw=1)
             ax.annotate(
                 f"scratch catches up\n({c['size']})",

@@ -8,6 +8,7 @@ from typing import Any
 
 from jtl.report.advisor import SCORES
 from jtl.report.aggregate import targets_of
+from jtl.report.convergence import blockers, join
 from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
 from jtl.report.plots import plot_accuracy, plot_learning_curves
 
@@ -28,8 +29,16 @@ def _results_sections(
         doc.h(3, t)
         doc.table(*accuracy_table(agg, t))
         c = crosses[t]
+        if c.get("inconclusive"):
+            doc.p(f"† not converged. {join(c['inconclusive'])}.")
         if c.get("reached") is None:
             doc.p(f"Crossover: {c.get('note')}.")
+        elif c.get("inconclusive"):
+            doc.p(
+                f"Crossover: no verdict ({join(c['inconclusive'])}); measured gap at "
+                f"{c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
+                "(scratch − transfer)."
+            )
         elif c["reached"]:
             doc.p(
                 f"Crossover: scratch stays within the pooled standard error of the best "
@@ -50,7 +59,8 @@ def _results_sections(
     doc.p(
         "A transfer arm below scratch (same model, else the best scratch arm) at a size: "
         "one-sided Welch t-test p < 0.05 with n >= 2 on both sides; with a single run, a gap "
-        "of more than 2 points is listed as unconfirmed."
+        "of more than 2 points is listed as unconfirmed. Where either arm did not converge "
+        "the status says inconclusive instead: not a verdict."
     )
     if negative:
         doc.table(
@@ -80,7 +90,13 @@ def _results_sections(
                 for f in negative
             ],
         )
-    else:
+    reasons = blockers(agg)
+    if reasons:  # pairs with an unconverged arm carry no verdict, flagged or not
+        doc.p(
+            "Only pairs of converged arms can be flagged; no verdict elsewhere: "
+            f"{join(reasons, 3)}."
+        )
+    elif not negative:
         doc.p("None detected.")
     doc.h(3, "Overfitting")
     doc.p(
@@ -146,28 +162,39 @@ def _cost_section(doc: _Doc, costs: Sequence[dict], study: dict[str, Any]) -> No
         "Mean per cell over all targets and sizes of each arm; FLOPs '–' where not counted "
         "(e.g. linear probe)."
     )
-    doc.table(
-        [
-            "arm",
-            "cells",
-            "wall time / cell",
-            "images seen / cell",
-            "training FLOPs / cell",
-            "total wall time",
-        ],
-        [
-            [
-                c["arm"],
-                str(c["cells"]),
-                _fmt_time(c["wall_time_s"]),
-                _fmt(c["images_seen"], ",.0f"),
-                _fmt(c["train_flops"], ".3g"),
-                _fmt_time(c["total_wall_time_s"]),
+    swept = any((c.get("trials") or 1) > 1 for c in costs)
+    header = ["arm", "cells", "wall time / cell", "images seen / cell", "training FLOPs / cell"]
+    if swept:
+        header += ["trials / cell", "wall time incl. tuning", "images incl. tuning",
+                   "FLOPs incl. tuning"]  # fmt: skip
+    header.append("total wall time" + (" incl. tuning" if swept else ""))
+    rows = []
+    for c in costs:
+        row = [
+            c["arm"],
+            str(c["cells"]),
+            _fmt_time(c["wall_time_s"]),
+            _fmt(c["images_seen"], ",.0f"),
+            _fmt(c["train_flops"], ".3g"),
+        ]
+        if swept:
+            row += [
+                _fmt(c.get("trials"), ".0f"),
+                _fmt_time(c.get("tuning_wall_time_s")),
+                _fmt(c.get("tuning_images_seen"), ",.0f"),
+                _fmt(c.get("tuning_train_flops"), ".3g"),
             ]
-            for c in costs
-        ],
+        total = c["total_tuning_wall_time_s"] if swept else c["total_wall_time_s"]
+        rows.append([*row, _fmt_time(total)])
+    doc.table(header, rows)
+    if swept:
+        doc.p(
+            "Incl. tuning: every trial of the cell's sweep plus the test evaluation of the "
+            "chosen one; the other columns are the chosen run alone."
+        )
+    cells_total = sum(
+        c["total_tuning_wall_time_s"] if swept else c["total_wall_time_s"] for c in costs
     )
-    cells_total = sum(c["total_wall_time_s"] for c in costs)
     doc.p(
         f"Total study wall time: {_fmt_time(study.get('wall_time_s'))} "
         f"(sum over cells: {_fmt_time(cells_total)})."
@@ -218,3 +245,47 @@ def _advisor_section(doc: _Doc, advisor: dict[str, Any]) -> None:
         row.append(str(by_gain["gain_mean"]["n"]))
         rows.append(row)
     doc.table(["score", "rho vs mean gain", "rho vs smallest-size gain", "n pairs"], rows)
+
+
+def _tuning_section(doc: _Doc, agg: Sequence[dict], rows: Sequence[dict]) -> None:
+    """Chosen hyperparameters per cell and each arm's sensitivity to them (validation only)."""
+    if not any(r.get("sweep_trials") for r in rows):
+        return
+    doc.h(2, "Tuning")
+    doc.p(
+        "Every swept arm got the same grid size; each cell's trial was chosen on validation "
+        "accuracy only (the k-fold validation fold at tiny sizes) and only the chosen trial was "
+        "evaluated on test. Spread: max − min validation accuracy across the grid, in points "
+        "(mean over seeds and folds). Linear probes are not swept: they pick their L2 strength "
+        "on validation from their own grid."
+    )
+    table = []
+    for a in agg:
+        if not a.get("chosen"):
+            continue
+        counts: dict[str, int] = {}
+        for values in a["chosen"]:
+            key = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in values.items())  # fmt: skip
+            counts[key] = counts.get(key, 0) + 1
+        chosen = "; ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
+        if a.get("sweep_trials"):
+            trials = _fmt(a.get("sweep_trials"), ".0f")
+            spread = _fmt(None if a["sweep_spread"] is None else 100 * a["sweep_spread"], ".1f")
+        else:  # a linear probe: one run, its own L2 grid chosen on validation
+            trials, spread = "1 (own L2 grid)", "–"
+        table.append([a["target"], a["arm"], a["size"], chosen, trials, spread])
+    doc.table(["target", "arm", "size", "chosen (per seed/fold)", "trials", "spread (points)"],
+              table)  # fmt: skip
+    by_arm: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("sweep_spread") is not None:
+            by_arm.setdefault(r["arm"], []).append(100 * r["sweep_spread"])
+    doc.p("Sensitivity per arm: validation-accuracy spread across its grid over all its cells.")
+    doc.table(
+        ["arm", "cells", "mean spread (points)", "max spread (points)"],
+        [
+            [arm, str(len(v)), f"{sum(v) / len(v):.1f}", f"{max(v):.1f}"]
+            for arm, v in by_arm.items()
+        ],
+    )

@@ -1,4 +1,9 @@
-"""Generated sentences per target: fine-tune or scratch, from which size on, and at what cost."""
+"""Generated sentences per target: fine-tune or scratch, from which size on, and at what cost.
+
+Verdicts ("wins", "catches up", "negative transfer") are stated only from arms that converged;
+otherwise the sentence gives the measured numbers and why there is no verdict
+(jtl.report.convergence).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ from typing import Any
 
 from jtl.report.aggregate import TIE, _at, _best, sizes_of
 from jtl.report.analysis import welch_p_two_sided
+from jtl.report.convergence import join, size_blockers, target_blockers
 from jtl.report.document import _ex, _pct
+
+LIMIT = 3  # reasons spelled out per summary sentence; the tables and flags list them all
 
 
 def _size_sentence(agg: Sequence[dict], target: str, size: str) -> str:
@@ -20,6 +28,12 @@ def _size_sentence(agg: Sequence[dict], target: str, size: str) -> str:
     gap = 100 * (t["mean"] - s["mean"])
     p = welch_p_two_sided(t["values"], s["values"])
     p_text = f", Welch p = {p:.2g}" if p is not None else ", 1 run: no test"
+    reasons = size_blockers(agg, target, size)
+    if reasons:  # measured numbers, no verdict
+        return (
+            f"{head} {t['arm']} reached {_pct(t)} % and {s['arm']} {_pct(s)} % test accuracy; "
+            f"{join(reasons)}."
+        )
     if abs(t["mean"] - s["mean"]) <= TIE:
         return f"{head} {t['arm']} and {s['arm']} tie at {_pct(t)} % vs {_pct(s)} % test accuracy."
     win, lose = (t, s) if gap > 0 else (s, t)
@@ -35,6 +49,11 @@ def _crossover_sentence(cross: dict[str, Any], smallest: str) -> str:
     if cross.get("reached") is None:
         return f"Crossover: {cross.get('note', 'n/a')}."
     largest, gap = cross["largest_size"], 100 * cross["gap_at_largest"]
+    if cross.get("inconclusive"):
+        return (
+            f"Crossover: no verdict, {join(cross['inconclusive'], LIMIT)} (measured at {largest}: "
+            f"scratch − transfer = {gap:+.1f} points)."
+        )
     if not cross["reached"]:
         return (
             f"Scratch does not catch up within the sizes run: at {largest} the best scratch "
@@ -78,7 +97,8 @@ def summarize(
     sizes = sizes_of(agg, target)
     sentences = [_size_sentence(agg, target, size) for size in dict.fromkeys([sizes[0], sizes[-1]])]
     sentences.append(_crossover_sentence(cross, sizes[0]))
-    neg = [f for f in negative if f["target"] == target]
+    neg = [f for f in negative if f["target"] == target and f.get("verdict", True)]
+    reasons = target_blockers(agg, target)
     if neg:
         items = ", ".join(
             f"{f['arm']} at {f['size']} ({100 * f['gap']:+.1f} points vs {f['scratch_arm']}, "
@@ -86,6 +106,10 @@ def summarize(
             for f in neg
         )
         first = f"Negative transfer: {items}"
+        if reasons:
+            first += f"; elsewhere negative transfer: {join(reasons, LIMIT)}"
+    elif reasons:
+        first = f"Negative transfer: {join(reasons, LIMIT)}"
     else:
         first = "No transfer arm is significantly below scratch at any size"
     sentences.append(f"{first}; cost: {_cost_sentence(agg, target)}.")

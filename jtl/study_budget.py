@@ -1,0 +1,80 @@
+"""A study's training budget: equal optimizer steps per arm, or every arm trained to convergence.
+
+`budget = "equal_steps"`: every arm gets `steps` (or `steps_by_size`) optimizer steps, scratch
+`scratch_schedule_mult` times more; verdicts from such a study are labelled "equal-step budget,
+not converged" in the report, whatever the curves look like.
+
+`budget = "converged"`: every cell validates every `convergence.eval_every_epochs` epochs (per
+size: `eval_every_epochs_by_size`; or every `eval_every_steps` steps) and stops once `patience`
+evaluations brought no improvement of more than `min_delta`, reporting its best evaluated
+weights. `max_epochs` (per size: `max_epochs_by_size`) caps it, in epochs of the cell's
+training subset; scratch gets `scratch_schedule_mult` times the cap (He et al.'s longer
+schedule). With `max_epochs = 0` the cap is the step budget. A cell that hits its cap while
+still improving records `converged: false` and the report says "inconclusive" instead of a
+verdict.
+"""
+
+from __future__ import annotations
+
+import ml_collections as mlc
+
+BUDGETS = ("equal_steps", "converged")
+
+
+def convergence_defaults() -> mlc.ConfigDict:
+    """The `study.convergence` block (read only when `study.budget == "converged"`)."""
+    return mlc.ConfigDict(
+        {
+            "patience": 5,  # evaluations without improvement before stopping
+            "min_delta": 0.0,  # an improvement must exceed this (validation accuracy, fraction)
+            "max_epochs": 30.0,  # the cap, in epochs of the training subset; 0 = the step budget
+            "max_epochs_by_size": mlc.ConfigDict(),  # size label -> cap (tiny sizes need more)
+            "eval_every_epochs": 1.0,  # validation frequency in epochs ...
+            "eval_every_epochs_by_size": mlc.ConfigDict(),  # size label -> epochs (tiny sizes)
+            "eval_every_steps": 0,  # ... or in steps (> 0 wins)
+            "checkpoint_every": 500,  # steps; a killed cell resumes from here
+        }
+    )
+
+
+def validate_budget(study: mlc.ConfigDict) -> str | None:
+    """An error message for a budget the runner cannot apply, else None."""
+    if study.budget not in BUDGETS:
+        return f"budget={study.budget!r}: use one of {BUDGETS}"
+    if study.budget != "converged":
+        return None
+    c = study.convergence
+    if int(c.patience) < 1:
+        return "convergence.patience must be >= 1 (evaluations without improvement)"
+    if float(c.max_epochs) < 0 or any(float(v) <= 0 for v in c.max_epochs_by_size.values()):
+        return "convergence.max_epochs (and max_epochs_by_size) must be > 0 epochs (0: step cap)"
+    if float(c.eval_every_epochs) <= 0 and int(c.eval_every_steps) <= 0:
+        return "convergence: set eval_every_epochs > 0 or eval_every_steps > 0"
+    if study.early_stopping_patience:
+        return "early_stopping_patience is for equal-step budgets; converged uses convergence.*"
+    return None
+
+
+def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[str]:
+    """Config overrides that put one cell on the study's budget (empty for equal steps)."""
+    if study.budget != "converged":
+        if study.early_stopping_patience:
+            return [f"early_stopping_patience={study.early_stopping_patience}"]
+        return []
+    c = study.convergence
+    cap = float(c.max_epochs_by_size.get(str(size), c.max_epochs))
+    if strategy == "scratch":
+        cap *= float(study.scratch_schedule_mult)
+    out = [
+        f"early_stopping_patience={int(c.patience)}",
+        f"min_delta={float(c.min_delta)}",
+        f"checkpoint_every={int(c.checkpoint_every)}",
+    ]
+    if cap > 0:
+        out.append(f"max_epochs={cap}")
+    if int(c.eval_every_steps) > 0:
+        out.append(f"eval_every={int(c.eval_every_steps)}")
+    else:
+        every = float(c.eval_every_epochs_by_size.get(str(size), c.eval_every_epochs))
+        out.append(f"eval_every_epochs={every}")
+    return out

@@ -1,0 +1,265 @@
+"""Equal tuning budget per arm: a small hyperparameter grid, chosen on validation only.
+
+`study.sweep` (or `study.sweep_by_strategy.STRATEGY`) lists values per axis (`lr`,
+`weight_decay`); their product is every arm's grid, and every swept arm must get the same
+number of trials. Each trial is an ordinary cell with its own workdir
+(`cells/TARGET/ARM/SIZE/seedS[_foldF]/lr0.1_wd0.0005`): resumable, skipped when finished.
+
+Trials run with `eval_test=False`, so training a trial never reads the test split. Once every
+trial of a cell has finished, `finalize` picks the trial with the best validation accuracy (the
+k-fold validation fold at tiny sizes; ties go to the first trial in grid order), and only then
+evaluates that one trial on test, from its final checkpoint (which holds its best evaluated
+weights), writing `selected.json` beside the trials. The report reads the chosen values, each
+arm's spread of validation accuracy across its grid, and the tuning cost (all trials).
+
+Linear-probe arms are not swept: SGD hyperparameters mean nothing to them, and they already
+choose their L2 strength on validation from their own grid (jtl/probe.py); they count as one
+run whose internal validation grid is their tuning budget, and the report says so. LP-FT's
+fine-tuning stage is swept like any other SGD arm. WiSE-FT picks its mixing coefficient with
+test numbers beside it and is refused in a sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+from absl import logging
+
+from jtl import config as config_lib
+
+# sweep axis -> the cell-config key it sets
+AXES = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
+NOT_SWEPT = ("linear_probe",)
+SELECTED = "selected.json"
+
+
+def sweep_defaults() -> mlc.ConfigDict:
+    """The `study.sweep` block: values per axis; empty tuples = no sweep."""
+    return mlc.ConfigDict({axis: () for axis in AXES})
+
+
+def grid(study: mlc.ConfigDict, strategy: str) -> list[dict[str, float]]:
+    """The trials of one arm as {axis: value} dicts, in grid order; [] when not swept."""
+    if strategy in NOT_SWEPT:
+        return []
+    spec = study.sweep_by_strategy.get(strategy, study.sweep)
+    axes = [(axis, tuple(spec.get(axis) or ())) for axis in AXES]
+    axes = [(axis, values) for axis, values in axes if values]
+    if not axes:
+        return []
+    names = [a for a, _ in axes]
+    return [dict(zip(names, v, strict=True)) for v in itertools.product(*(v for _, v in axes))]
+
+
+def trial_label(values: dict[str, float]) -> str:
+    short = {"lr": "lr", "weight_decay": "wd"}
+    return "_".join(f"{short[k]}{v:g}" for k, v in values.items())
+
+
+def validate_sweep(study: mlc.ConfigDict) -> str | None:
+    """An error message when arms would not get the same number of trials, else None."""
+    for name, spec in [("sweep", study.sweep), *study.sweep_by_strategy.items()]:
+        unknown = set(spec) - set(AXES)
+        if unknown:
+            return f"{name} has axes {sorted(unknown)}; sweepable: {sorted(AXES)}"
+    unknown = set(study.sweep_by_strategy) - set(study.strategies)
+    if unknown:
+        return f"sweep_by_strategy names {sorted(unknown)}, not in strategies"
+    counts = {s: len(grid(study, s)) for s in study.strategies if s not in NOT_SWEPT}
+    if any(counts.values()):
+        if len(set(counts.values())) > 1:
+            return f"every swept arm needs the same number of trials, got {counts}"
+        if "wise_ft" in counts:
+            return "wise_ft cannot be swept (it evaluates test while choosing alpha)"
+    return None
+
+
+def trial_cells(study: mlc.ConfigDict, cell: Any) -> list[Any]:
+    """`cell` itself when its arm is not swept, else one cell per trial of the grid."""
+    trials = grid(study, cell.strategy)
+    if not trials:
+        return [cell]
+    out = []
+    for values in trials:
+        label = trial_label(values)
+        sets = [f"{AXES[k]}={v!r}" for k, v in values.items()]
+        out.append(
+            dataclasses.replace(
+                cell,
+                id=f"{cell.id}/{label}",
+                trial=label,
+                overrides=(*cell.overrides, *sets, "eval_test=False"),
+            )
+        )
+    return out
+
+
+def group_id(cell: Any) -> str:
+    """The cell id a trial belongs to (its own id when it is not a trial)."""
+    return cell.id.rsplit("/", 1)[0] if cell.trial else cell.id
+
+
+def groups(cells: Sequence[Any]) -> dict[str, list[Any]]:
+    """Trials per swept cell, in grid order."""
+    out: dict[str, list[Any]] = defaultdict(list)
+    for c in cells:
+        if c.trial:
+            out[group_id(c)].append(c)
+    return dict(out)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fingerprint(workdir: Path) -> str | None:
+    cfg = _read(workdir / "config.json")
+    return cfg.get("_fingerprint") if cfg else None
+
+
+def select(summaries: Sequence[dict[str, Any]]) -> int:
+    """Index of the trial with the best validation accuracy (first in grid order on ties).
+
+    Reads `val_accuracy` only: trials never computed a test number to look at.
+    """
+    best = max(float(s["val_accuracy"]) for s in summaries)
+    return next(i for i, s in enumerate(summaries) if float(s["val_accuracy"]) == best)
+
+
+def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
+    import jax
+
+    from jtl import checkpoint as ckpt
+    from jtl import sharding
+    from jtl.early_stopping import resolve_budget
+    from jtl.train import TargetData, _init_variables, build_model, evaluate, make_eval_step
+
+    t = time.time()
+    mesh = sharding.make_mesh()
+    data = TargetData(config)
+    config = resolve_budget(config, len(data.train_idx))
+    model = build_model(config, data.num_classes)
+    variables = _init_variables(model, config, data.example_inputs())
+    variables, _ = ckpt.load_variables(workdir, variables, exclude=(), strict=True)
+    v = {"params": sharding.replicate(variables["params"], mesh)}
+    if variables.get("batch_stats"):
+        v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
+    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+    out = evaluate(eval_step, v, data, "test", config.eval_batch_size, mesh)
+    return {
+        "test_accuracy": out["accuracy"],
+        "test_loss": out["loss"],
+        "test_examples": out["examples"],
+        "test_eval_time_s": time.time() - t,
+    }
+
+
+def _train_flops(s: dict[str, Any]) -> float | None:
+    flops = s.get("flops_per_step")
+    return flops * s.get("steps_run", s.get("steps", 0)) if flops else None
+
+
+def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
+    """Chooses and test-evaluates every swept cell whose trials have all finished.
+
+    A cell whose `selected.json` already names the same finished trials (same config
+    fingerprints) is left as is, so re-running a finished study changes nothing.
+    """
+    out = []
+    for gid, trials in groups(cells).items():
+        summaries = [_read(c.workdir(root) / "summary.json") for c in trials]
+        if any(s is None for s in summaries):
+            continue  # the grid is not complete yet: no choice, no test number
+        fingerprints = [_fingerprint(c.workdir(root)) for c in trials]
+        path = Path(root) / "cells" / gid / SELECTED
+        old = _read(path)
+        if old and [t["fingerprint"] for t in old["trials"]] == fingerprints:
+            out.append(old)
+            continue
+        i = select(summaries)
+        chosen = trials[i]
+        config = config_lib.load_config(chosen.spec, [*chosen.overrides, "progress=False"])
+        test = evaluate_test(config, chosen.workdir(root))  # only now, and only this trial
+        flops = [_train_flops(s) for s in summaries]
+        record = {
+            "cell": gid,
+            "chosen": chosen.trial,
+            "values": grid_values(chosen),
+            "selected_on": "val_accuracy",
+            "trials": [
+                {
+                    "trial": c.trial,
+                    "values": grid_values(c),
+                    "val_accuracy": float(s["val_accuracy"]),
+                    "converged": s.get("converged"),
+                    "fingerprint": fp,
+                }
+                for c, s, fp in zip(trials, summaries, fingerprints, strict=True)
+            ],
+            "test": test,
+            "tuning": {
+                "trials": len(trials),
+                "wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in summaries)
+                + test["test_eval_time_s"],
+                "images_seen": sum(int(s.get("images_seen") or 0) for s in summaries),
+                "train_flops": sum(flops) if all(f is not None for f in flops) else None,
+            },
+        }
+        path.write_text(json.dumps(record, indent=1) + "\n")
+        logging.info(
+            "sweep %s: chose %s (val %.4f)", gid, chosen.trial, summaries[i]["val_accuracy"]
+        )
+        out.append(record)
+    return out
+
+
+def grid_values(cell: Any) -> dict[str, float]:
+    """{axis: value} of a trial cell, read back from its overrides."""
+    keys = {v: k for k, v in AXES.items()}
+    out = {}
+    for o in cell.overrides:
+        key, _, value = o.partition("=")
+        if key in keys:
+            out[keys[key]] = float(value)
+    return out
+
+
+def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(row id, summary, sweep fields) of a finished cell, or None.
+
+    A trial counts only when it is its cell's chosen one: the row then carries the trial's
+    summary with the test numbers evaluated after selection, the chosen values, the validation
+    accuracy of every trial and the tuning cost of the whole grid.
+    """
+    summary = _read(cell.workdir(root) / "summary.json")
+    if summary is None:
+        return None
+    if not cell.trial:
+        return cell.id, summary, {}
+    gid = group_id(cell)
+    sel = _read(Path(root) / "cells" / gid / SELECTED)
+    if sel is None or sel["chosen"] != cell.trial:
+        return None
+    t = sel["test"]
+    summary = {**summary, "test_accuracy": t["test_accuracy"], "test_loss": t["test_loss"]}
+    vals = [tr["val_accuracy"] for tr in sel["trials"]]
+    extra = {
+        "chosen": sel["values"],
+        "sweep_trials": len(sel["trials"]),
+        "sweep_val_accuracy": {tr["trial"]: tr["val_accuracy"] for tr in sel["trials"]},
+        "sweep_spread": max(vals) - min(vals),
+        "tuning_wall_time_s": sel["tuning"]["wall_time_s"],
+        "tuning_images_seen": sel["tuning"]["images_seen"],
+        "tuning_train_flops": sel["tuning"]["train_flops"],
+    }
+    return gid, summary, extra

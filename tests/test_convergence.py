@@ -1,0 +1,105 @@
+"""Converged budgets: the stall stop, the not-converged marking, epoch caps and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jtl.config import load_config
+from jtl.early_stopping import EarlyStopping, resolve_budget
+
+REPO = Path(__file__).resolve().parent.parent
+# 10 examples per class of digits at batch 32: 3.125 steps per epoch, validated every epoch.
+CONVERGE = ["train_per_class=10", "eval_every_epochs=1", "checkpoint_every=6"]
+
+
+def _config(*overrides: str):
+    return load_config(f"{REPO}/configs/tiny.py", [*CONVERGE, *overrides])
+
+
+def test_min_delta_and_patience_without_training():
+    state = {"params": {"w": 1.0}, "batch_stats": {}}
+    es = EarlyStopping(patience=2, min_delta=0.05)
+    assert not es.update(1, 0.50, state)  # the first evaluation is the best so far
+    assert not es.update(2, 0.54, state)  # +0.04 is not more than min_delta: 1 stall
+    assert not es.update(3, 0.58, state)  # +0.08 over the best: improvement, stalls reset
+    assert es.best_step == 3
+    assert not es.update(4, 0.60, state)  # +0.02: 1 stall
+    assert es.update(5, 0.62, state)  # +0.04: 2 stalls = patience -> stop
+    assert (es.stopped_step, es.best_step, es.meta()["early_stopping"]["bad_evals"]) == (5, 3, 2)
+    again = EarlyStopping(patience=2, resumed_meta=es.meta(), min_delta=0.05)
+    assert again.stopped and again.best_accuracy == 0.58  # the stop state survives a resume
+
+
+def test_resolve_budget_turns_epochs_into_steps():
+    c = _config("max_epochs=8")
+    r = resolve_budget(c, 100)  # 100 examples / batch 32 = 3.125 steps per epoch
+    assert r.total_steps == 25 and r.eval_every == 3
+    warm = resolve_budget(_config("max_epochs=1", "optim.warmup_steps=20"), 100)
+    assert (warm.total_steps, warm.optim.warmup_steps) == (4, 4)
+    plain = load_config(f"{REPO}/configs/tiny.py")
+    assert resolve_budget(plain, 100) is plain  # equal-step runs are untouched
+
+
+def test_cap_hit_while_improving_is_not_converged(tmp_path):
+    from jtl.train import train
+
+    s = train(_config("max_epochs=3", "early_stopping_patience=50"), tmp_path)
+    assert s["budget"] == "converged" and s["converged"] is False
+    assert s["steps_run"] == s["max_steps"] == 10  # ceil(3 x 3.125)
+    assert s["epochs_run"] == pytest.approx(3.2)
+    assert s["early_stopping"]["stopped_step"] is None
+
+
+def test_equal_step_runs_are_labelled_and_never_converged(tmp_path):
+    from jtl.train import train
+
+    s = train(load_config(f"{REPO}/configs/tiny.py", ["total_steps=4", "eval_every=2"]), tmp_path)
+    assert s["budget"] == "equal_steps" and s["converged"] is False and s["best_step"] == 4
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_stall_stops_and_a_resume_mid_run_ends_identical(tmp_path, monkeypatch):
+    """Best at step 9, killed at the step-12 checkpoint, stop at 18: the resumed run must
+    restore the step-9 weights from disk to report what the uninterrupted run reports."""
+    from jtl import checkpoint
+    from jtl.train import train
+
+    config = _config("max_epochs=12", "early_stopping_patience=3")
+    whole = train(config, tmp_path / "whole")
+    assert whole["converged"] is True and whole["budget"] == "converged"
+    es = whole["early_stopping"]
+    assert es["stopped_step"] < whole["max_steps"] and es["best_step"] < 12 < es["stopped_step"]
+    assert whole["best_step"] == es["best_step"]
+    # The last checkpoint holds the reported (best) weights: what a sweep tests after selection.
+    from jtl.study_sweep import evaluate_test
+
+    again = evaluate_test(config, tmp_path / "whole")
+    assert again["test_accuracy"] == whole["test_accuracy"]
+
+    real_save = checkpoint.RunCheckpoints.save
+
+    def save_then_die(self, step, state, meta):
+        real_save(self, step, state, meta)
+        if step == 12:
+            self.wait()
+            raise _Killed
+
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train(config, tmp_path / "killed")
+    monkeypatch.setattr(checkpoint.RunCheckpoints, "save", real_save)
+    resumed = train(config, tmp_path / "killed")
+    assert resumed["resumed_from_step"] == 12
+    for key in ("val_accuracy", "test_accuracy", "test_loss", "steps_run", "best_step",
+                "converged", "early_stopping"):  # fmt: skip
+        assert resumed[key] == whole[key], key
+    kept = sorted(p.name for p in (tmp_path / "killed" / "best_weights").iterdir())
+    assert kept == [f"{es['best_step']}.npz"]  # only the reported weights stay
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert summary["converged"] is True

@@ -1,0 +1,146 @@
+"""Equal tuning budgets: trials, validation-only selection, test read only after it, resume."""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections as mlc
+import numpy as np
+import pytest
+
+from jtl import study as study_lib
+from jtl import study_sweep as sweep_lib
+from tests.test_study import _study
+
+
+class TestSplitSpy:
+    """Wraps a test split: every record read is logged (and labels can be corrupted)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, source, events, corrupt=False):
+        self.source, self.events, self.corrupt = source, events, corrupt
+
+    def __len__(self):
+        return len(self.source)
+
+    def _fix(self, r):
+        if self.corrupt:
+            r = {**r, "label": (int(r["label"]) + 1) % 10}
+        return r
+
+    def __getitem__(self, i):
+        self.events.append(("test_read", 1))
+        return self._fix(self.source[i])
+
+    def __getitems__(self, idx):
+        self.events.append(("test_read", len(idx)))
+        get = getattr(self.source, "__getitems__", None)
+        records = get(idx) if get else [self.source[i] for i in idx]
+        return [self._fix(r) for r in records]
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Every data set loaded in-process gets a spied test split; selection is logged too."""
+    from jtl.data import registry
+
+    events: list[tuple] = []
+    state = {"corrupt": False}
+    real_load, real_select = registry.load, sweep_lib.select
+
+    def load(*a, **kw):
+        ds = real_load(*a, **kw)
+        ds.splits = {**ds.splits, "test": TestSplitSpy(ds.splits["test"], events, state["corrupt"])}
+        return ds
+
+    def select(summaries):
+        i = real_select(summaries)
+        events.append(("selected", i))
+        return i
+
+    monkeypatch.setattr(registry, "load", load)
+    monkeypatch.setattr(sweep_lib, "select", select)
+    return events, state
+
+
+def _sweep_study(**kw) -> mlc.ConfigDict:
+    # 5 per class uses 3-fold CV: the choice is made on the k-fold validation fold.
+    return _study(strategies=("scratch",), sizes=("5",), seeds=(0,),
+                  sweep=mlc.ConfigDict({"lr": (0.0, 0.05), "weight_decay": ()}), **kw)  # fmt: skip
+
+
+def test_grid_is_equal_per_arm_and_probes_are_not_swept(tmp_path):
+    s = _study(strategies=("scratch", "linear_probe", "finetune_full"),
+               sweep=mlc.ConfigDict({"lr": (0.01, 0.1), "weight_decay": (0.0, 5e-4)}))  # fmt: skip
+    cells = study_lib.expand(s, tmp_path)
+    per_arm = {a: [c for c in cells if c.arm == a and c.size == "full" and c.seed == 0]
+               for a in ("scratch", "linear_probe", "finetune_full")}  # fmt: skip
+    assert [len(v) for v in per_arm.values()] == [4, 1, 4]
+    trial = per_arm["finetune_full"][1]
+    assert trial.trial == "lr0.01_wd0.0005" and trial.id.endswith("/full/seed0/lr0.01_wd0.0005")
+    config = trial.config()
+    assert (config.optim.lr, config.optim.weight_decay, config.eval_test) == (0.01, 5e-4, False)
+    assert per_arm["linear_probe"][0].config().eval_test  # one ordinary run
+    bad = mlc.ConfigDict({"finetune_full": mlc.ConfigDict({"lr": (0.01,)})})
+    with pytest.raises(study_lib.StudyError, match="same number of trials"):
+        _study(sweep=mlc.ConfigDict({"lr": (0.01, 0.1)}), sweep_by_strategy=bad)
+
+
+def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, spy):
+    events, state = spy
+    root = tmp_path / "study"
+    cells = study_lib.expand(_sweep_study(), root)
+    assert [c.trial for c in cells] == ["lr0", "lr0.05"] and cells[0].fold == 0
+
+    # A partial grid (the study was killed after one trial): no choice, no row, no test read.
+    assert study_lib.run_cells(cells[:1], root) == (1, [])
+    assert sweep_lib.finalize(cells, root) == [] and study_lib.collect(cells, root) == []
+    first = (cells[0].workdir(root) / "summary.json").read_bytes()
+    # Re-running finishes only the missing trial and leaves the finished one as it was.
+    assert study_lib.run_cells(cells, root) == (1, [])
+    assert (cells[0].workdir(root) / "summary.json").read_bytes() == first
+    assert not [e for e in events if e[0] == "test_read"]  # trials never read the test split
+    for c in cells:
+        s = json.loads((c.workdir(root) / "summary.json").read_text())
+        assert s["test_accuracy"] is None
+        splits = {json.loads(line)["split"] for line in (c.workdir(root) / "metrics.jsonl").open()}
+        assert "test" not in splits
+
+    vals = [json.loads((c.workdir(root) / "summary.json").read_text())["val_accuracy"]
+            for c in cells]  # fmt: skip
+    assert vals[0] != vals[1]  # a real choice
+    best = int(np.argmax(vals))
+    (record,) = sweep_lib.finalize(cells, root)
+    k = events.index(("selected", best))  # the best validation accuracy wins
+    assert not [e for e in events[:k] if e[0] == "test_read"]
+    n_test = sum(n for kind, n in events[k:] if kind == "test_read")
+    n_ex = record["test"]["test_examples"]  # one pass over test (padded to whole batches)
+    assert 0 < n_ex <= n_test < 2 * n_ex
+    assert [t["val_accuracy"] for t in record["trials"]] == vals
+    chosen = {"lr": (0.0, 0.05)[best]}
+    assert (record["chosen"], record["values"]) == (cells[best].trial, chosen)
+
+    (row,) = study_lib.collect(cells, root)
+    assert row["cell"] == "digits/scratch/5/seed0_fold0" and row["chosen"] == chosen
+    assert row["test_accuracy"] == record["test"]["test_accuracy"]
+    assert row["sweep_trials"] == 2 and row["sweep_spread"] == pytest.approx(abs(vals[1] - vals[0]))
+    assert row["tuning_images_seen"] == 2 * row["images_seen"]
+
+    from jtl.report import build_report
+
+    md = build_report({"name": "sweep"}, [row], tmp_path / "report")["md"].read_text()
+    assert f"| digits | scratch | 5/class | lr {chosen['lr']:g} | 2 |" in md.split("## Tuning")[1]
+
+    # Finished and selected: a re-run changes nothing and reads no test data.
+    n_events = len(events)
+    assert study_lib.run_cells(cells, root) == (0, [])
+    assert sweep_lib.finalize(cells, root) == [record] and len(events) == n_events
+
+    # The choice is invariant to the test data: corrupt every test label and choose again.
+    (root / "cells" / row["cell"] / sweep_lib.SELECTED).unlink()
+    state["corrupt"] = True
+    (again,) = sweep_lib.finalize(cells, root)
+    assert again["chosen"] == record["chosen"] and again["trials"] == record["trials"]
+    assert again["test"]["test_accuracy"] != record["test"]["test_accuracy"]
+    assert np.isfinite(again["test"]["test_loss"])
