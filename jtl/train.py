@@ -29,6 +29,7 @@ from jtl import sharding
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
 from jtl.data.pipeline import model_inputs
+from jtl.dispatch import InFlight
 from jtl.early_stopping import EarlyStopping, resolve_budget
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
@@ -453,6 +454,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         }
 
     bar = _progress(config.total_steps, start_step, config.progress)
+    inflight = InFlight()  # a bounded dispatch queue: unbounded ones deadlock on CPU devices
     pending: list[dict] = []
     t_train = time.time()
     step = start_step
@@ -468,6 +470,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             compiled, flops = compile_step(tx, mask)
             flops_log.append(flops or 0.0)
         state, metrics = compiled(state, batch)
+        inflight.push(metrics)
         step += 1
         pending.append(metrics)
         if step < config.total_steps:

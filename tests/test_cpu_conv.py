@@ -1,5 +1,7 @@
 """The CPU convolutions (matmul weight gradients, shift-sum depthwise) compute what XLA's do."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,8 @@ def _grads(module, variables, x):
 
 
 @pytest.mark.parametrize("size, cin, cout, k, s, pad", CASES)
-def test_conv_matches_xla_values_and_gradients(size, cin, cout, k, s, pad):
+def test_conv_matches_xla_values_and_gradients(monkeypatch, size, cin, cout, k, s, pad):
+    monkeypatch.setenv("JTL_CPU_CONV", "matmul")
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, size, size, cin)), jnp.float32)
     ref = nn.Conv(cout, (k, k), (s, s), padding=pad, use_bias=False)
     ours = nn.Conv(
@@ -95,6 +98,43 @@ def test_switch_off_with_env(monkeypatch):
     assert not conv_lib.cpu_matmul_wgrad_enabled()
     monkeypatch.setenv("JTL_CPU_CONV", "matmul")
     assert conv_lib.cpu_matmul_wgrad_enabled() == (jax.default_backend() == "cpu")
+    monkeypatch.setenv("JTL_CPU_CONV", "fast")
+    with pytest.raises(ValueError, match="auto, matmul, xla"):
+        conv_lib.cpu_matmul_wgrad_enabled()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the probe is for XLA's CPU backend")
+@pytest.mark.parametrize("measured_faster", [True, False])
+def test_auto_follows_the_cached_probe(monkeypatch, tmp_path, measured_faster):
+    """`auto` takes the matmul weight gradient exactly when this machine's probe said so."""
+    monkeypatch.setenv("JTL_CPU_CONV", "auto")
+    monkeypatch.setenv("JTL_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(conv_lib, "_probe_memo", {})
+    record = {"xla_s": 1.0, "matmul_s": 0.5, "matmul_wgrad": measured_faster}
+    (tmp_path / "cpu_conv_probe.json").write_text(json.dumps({conv_lib._machine_key(): record}))
+    monkeypatch.setattr(conv_lib, "_time_wgrads", lambda: pytest.fail("re-measured a cached key"))
+    m = nn.Conv(4, (3, 3), use_bias=False, conv_general_dilated=conv_lib.conv_general_dilated)
+    x = jnp.ones((2, 6, 6, 3), jnp.float32)
+    v = m.init(jax.random.PRNGKey(0), x)
+    assert ("custom_vjp" in str(jax.make_jaxpr(m.apply)(v, x))) == measured_faster
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the probe is for XLA's CPU backend")
+def test_probe_measures_once_and_caches(monkeypatch, tmp_path):
+    monkeypatch.setattr(conv_lib, "_probe_memo", {})
+    calls = []
+    monkeypatch.setattr(conv_lib, "_time_wgrads", lambda: calls.append(1) or (2.0, 1.0))
+    cache = tmp_path / "probe.json"
+    assert conv_lib.probe_matmul_wgrad(cache) is True
+    monkeypatch.setattr(conv_lib, "_probe_memo", {})  # a new process: reads the file
+    assert conv_lib.probe_matmul_wgrad(cache) is True and calls == [1]
+    saved = json.loads(cache.read_text())[conv_lib._machine_key()]
+    assert saved == {"xla_s": 2.0, "matmul_s": 1.0, "matmul_wgrad": True}
+
+
+def test_probe_timing_runs():
+    t_xla, t_mm = conv_lib._time_wgrads(reps=1)
+    assert t_xla > 0 and t_mm > 0
 
 
 @pytest.mark.parametrize(

@@ -290,3 +290,27 @@ def test_registry():
     model = get_model("resnet20", 10, width=0.5)
     assert isinstance(model, Classifier)
     assert model.num_classes == 10 and model.backbone.width == 0.5
+
+
+@pytest.mark.parametrize("shape, window, pad", [
+    ((3, 8, 8, 4), (2, 2), "VALID"),
+    ((2, 6, 9, 3), (2, 3), ((0, 0), (0, 0))),
+    ((2, 7, 7, 3), (2, 2), "VALID"),  # not divisible: nn.max_pool
+    ((2, 8, 8, 3), (3, 3), ((1, 1), (1, 1))),  # overlapping + padded: nn.max_pool
+])  # fmt: skip
+def test_max_pool_matches_flax_values_and_untied_gradients(shape, window, pad):
+    from jtl.models.pooling import max_pool
+
+    # Distinct values: no ties, so both gradients route to the same element.
+    x = jax.random.permutation(jax.random.PRNGKey(0), np.prod(shape)).reshape(shape) * 0.01
+    strides = window if pad == "VALID" or pad == ((0, 0), (0, 0)) else (2, 2)
+    ours = lambda v: jnp.sum(jnp.sin(max_pool(v, window, strides, pad)))  # noqa: E731
+    ref = lambda v: jnp.sum(jnp.sin(nn.max_pool(v, window, strides=strides, padding=pad)))  # noqa: E731
+    np.testing.assert_array_equal(
+        max_pool(x, window, strides, pad), nn.max_pool(x, window, strides=strides, padding=pad)
+    )
+    np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(ref)(x), rtol=1e-6, atol=1e-7)
+    fast = tuple(window) == tuple(strides) and shape[1] % window[0] == 0
+    fast = fast and shape[2] % window[1] == 0 and pad != ((1, 1), (1, 1))
+    jaxpr = str(jax.make_jaxpr(jax.grad(ours))(x))
+    assert ("select_and_scatter" in jaxpr or "reduce_window" in jaxpr) != fast

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jtl.models.norm import check_norm, make_norm
+from jtl.models.pooling import max_pool
 from jtl.models.resnet import he_init, scaled
 
 
@@ -34,7 +35,7 @@ class ConvBlock(nn.Module):
         )
         x = nn.relu(norm(train, name="norm")(x))
         if self.pool:
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, (2, 2), strides=(2, 2))
         return x
 
 

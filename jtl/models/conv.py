@@ -19,18 +19,32 @@ over kernel taps of shifted slices times a per-channel weight, XLA fuses it into
 loop and autodiff yields elementwise gradients: ~32 ms and ~190 ms (docs/speed.md). On CPU,
 depthwise convolutions take that form; the sums are the same, in a different order.
 
-`JTL_CPU_CONV=xla` (read when a step is traced) switches both CPU paths off, for comparisons.
+Which weight gradient is faster depends on the CPU, so it is measured, not assumed. On an AVX2
+EPYC (docs/speed.md, 2026-11) XLA's filter convolutions ran at ~3 GFLOP/s and the matmuls won
+2.1x on ResNet-18; on an AVX-512 EPYC (Zen 5) XLA's own ran ResNet-18 2.2x and ResNet-20 3.5x
+*faster* than the matmuls. `JTL_CPU_CONV` (read when a step is traced) picks the path:
+
+- `auto` (default): the depthwise shift-sums, plus the matmul weight gradients only where a
+  one-time probe on this machine (`probe_matmul_wgrad`, ~1 s, cached per CPU model and jaxlib
+  in `$JTL_DATA_DIR/cpu_conv_probe.json`) measured them faster than XLA's;
+- `matmul`: both CPU paths, unconditionally;
+- `xla`: neither (XLA's convolutions everywhere), for comparisons.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import platform
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _NHWC = lax.ConvDimensionNumbers(
@@ -39,9 +53,111 @@ _NHWC = lax.ConvDimensionNumbers(
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 
+_MODES = ("auto", "matmul", "xla")
+_PROBE_FILE = "cpu_conv_probe.json"
+# (spatial size, channels in, channels out) at batch 32: a wide early ResNet layer, where XLA's
+# filter convolution was slowest on the AVX2 machine, and a narrow one as in cnn_small/ResNet-20.
+_PROBE_SHAPES = ((32, 64, 64), (14, 32, 48))
+_probe_memo: dict[str, bool] = {}
+
+
+def cpu_conv_mode() -> str:
+    """`JTL_CPU_CONV` (auto, matmul or xla); anything else is an error naming the choices."""
+    mode = os.environ.get("JTL_CPU_CONV", "auto") or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"JTL_CPU_CONV={mode!r}: use one of {', '.join(_MODES)}")
+    return mode
+
+
+def cpu_paths_enabled() -> bool:
+    """jtl's CPU convolutions apply at all: CPU backend and not switched off (JTL_CPU_CONV=xla)."""
+    return jax.default_backend() == "cpu" and cpu_conv_mode() != "xla"
+
+
 def cpu_matmul_wgrad_enabled() -> bool:
-    """The CPU weight-gradient path is on: CPU backend and not switched off by JTL_CPU_CONV."""
-    return os.environ.get("JTL_CPU_CONV", "matmul") != "xla" and jax.default_backend() == "cpu"
+    """Plain convs take the matmul weight gradient: forced (`matmul`) or measured faster."""
+    if not cpu_paths_enabled():
+        return False
+    return cpu_conv_mode() == "matmul" or probe_matmul_wgrad()
+
+
+def _machine_key() -> str:
+    """CPU model + ISA flags + jaxlib + XLA flags: what decides which weight gradient is faster."""
+    model, flags = platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = " ".join(sorted(f for f in line.split()[2:] if f.startswith("avx")))
+                break
+    except OSError:
+        pass
+    return f"{model} | {flags} | jaxlib {jax.lib.__version__} | {os.environ.get('XLA_FLAGS', '')}"
+
+
+def _time_wgrads(reps: int = 5) -> tuple[float, float]:
+    """Median seconds of XLA's and the matmul weight gradients over `_PROBE_SHAPES`, interleaved."""
+    rng = np.random.default_rng(0)
+    fns = []
+    pads = ((1, 1), (1, 1))
+    for hw, ci, co in _PROBE_SHAPES:
+        x = jnp.asarray(rng.normal(size=(32, hw, hw, ci)), jnp.float32)
+        dy = jnp.asarray(rng.normal(size=(32, hw, hw, co)), jnp.float32)
+
+        def xla(x: jax.Array, dy: jax.Array, ci: int = ci, co: int = co) -> jax.Array:
+            w = jnp.zeros((3, 3, ci, co), x.dtype)
+            return jax.vjp(lambda w_: _conv(x, w_, (1, 1), pads), w)[1](dy)[0]
+
+        def mm(x: jax.Array, dy: jax.Array) -> jax.Array:
+            return weight_grad(x, dy, (3, 3), (1, 1), pads)
+
+        fns.append((jax.jit(xla), jax.jit(mm), x, dy))
+    totals: dict[str, list[float]] = {"xla": [], "matmul": []}
+    for rep in range(reps + 1):
+        t_x = t_m = 0.0
+        for f_x, f_m, x, dy in fns:
+            for name, f in (("xla", f_x), ("matmul", f_m)):
+                t = time.perf_counter()
+                f(x, dy).block_until_ready()
+                if name == "xla":
+                    t_x += time.perf_counter() - t
+                else:
+                    t_m += time.perf_counter() - t
+        if rep:  # the first round compiles
+            totals["xla"].append(t_x)
+            totals["matmul"].append(t_m)
+    return float(np.median(totals["xla"])), float(np.median(totals["matmul"]))
+
+
+def probe_matmul_wgrad(cache: Path | None = None) -> bool:
+    """True when the matmul weight gradient beat XLA's on this machine (measured once, cached)."""
+    key = _machine_key()
+    if key in _probe_memo:
+        return _probe_memo[key]
+    from jtl.data.sources import cache_dir
+
+    path = cache or cache_dir() / _PROBE_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if key not in known:
+        # Usually called while a step is being traced: measure on concrete arrays, outside it.
+        with jax.ensure_compile_time_eval():
+            t_xla, t_mm = _time_wgrads()
+        known[key] = {"xla_s": t_xla, "matmul_s": t_mm, "matmul_wgrad": t_mm < t_xla}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(known, indent=1) + "\n")
+            tmp.replace(path)
+        except OSError:  # a read-only cache only costs a re-probe in the next process
+            pass
+    _probe_memo[key] = bool(known[key]["matmul_wgrad"])
+    return _probe_memo[key]
 
 
 def _is_nhwc(dimension_numbers: Any, ndim: int) -> bool:
@@ -159,7 +275,10 @@ def conv_general_dilated(
         and feature_group_count == lhs.shape[-1] == rhs.shape[-1]
         and rhs.shape[2] == 1
     )
-    if simple and (feature_group_count == 1 or depthwise) and cpu_matmul_wgrad_enabled():
+    wanted = (depthwise and cpu_paths_enabled()) or (
+        feature_group_count == 1 and cpu_matmul_wgrad_enabled()
+    )
+    if simple and wanted:
         strides = tuple(int(s) for s in window_strides)
         if isinstance(padding, str):
             pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
