@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -125,13 +126,33 @@ def _fingerprint(workdir: Path) -> str | None:
     return cfg.get("_fingerprint") if cfg else None
 
 
-def select(summaries: Sequence[dict[str, Any]]) -> int:
+def trial_val_accuracy(summary: dict[str, Any]) -> float:
+    """A trial's validation accuracy; -inf for a diverged trial or one without a finite value.
+
+    Why: a learning-rate grid wide enough to find the best value often holds one that diverges;
+    such a trial loses the selection instead of breaking it, and is recorded as diverged.
+    """
+    value = summary.get("val_accuracy")
+    if summary.get("diverged") or value is None or not math.isfinite(float(value)):
+        return -math.inf
+    return float(value)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def select(summaries: Sequence[dict[str, Any]]) -> int | None:
     """Index of the trial with the best validation accuracy (first in grid order on ties).
 
-    Reads `val_accuracy` only: trials never computed a test number to look at.
+    Reads `val_accuracy` only: trials never computed a test number to look at. None when every
+    trial diverged (the cell then has no result, and the report lists it as diverged).
     """
-    best = max(float(s["val_accuracy"]) for s in summaries)
-    return next(i for i, s in enumerate(summaries) if float(s["val_accuracy"]) == best)
+    vals = [trial_val_accuracy(s) for s in summaries]
+    best = max(vals)
+    if best == -math.inf:
+        return None
+    return vals.index(best)
 
 
 def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -187,6 +208,9 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
             out.append(old)
             continue
         i = select(summaries)
+        if i is None:
+            logging.warning("sweep %s: every trial diverged; the cell has no result", gid)
+            continue
         chosen = trials[i]
         config = config_lib.load_config(chosen.spec, [*chosen.overrides, "progress=False"])
         test = evaluate_test(config, chosen.workdir(root))  # only now, and only this trial
@@ -200,7 +224,8 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
                 {
                     "trial": c.trial,
                     "values": grid_values(c),
-                    "val_accuracy": float(s["val_accuracy"]),
+                    "val_accuracy": _finite_or_none(trial_val_accuracy(s)),
+                    "diverged": bool(s.get("diverged")),
                     "converged": s.get("converged"),
                     "fingerprint": fp,
                 }
@@ -252,7 +277,7 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
         return None
     t = sel["test"]
     summary = {**summary, "test_accuracy": t["test_accuracy"], "test_loss": t["test_loss"]}
-    vals = [tr["val_accuracy"] for tr in sel["trials"]]
+    vals = [tr["val_accuracy"] for tr in sel["trials"] if tr["val_accuracy"] is not None]
     extra = {
         "chosen": sel["values"],
         "sweep_trials": len(sel["trials"]),

@@ -144,3 +144,13 @@ def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, sp
     assert again["chosen"] == record["chosen"] and again["trials"] == record["trials"]
     assert again["test"]["test_accuracy"] != record["test"]["test_accuracy"]
     assert np.isfinite(again["test"]["test_loss"])
+
+
+def test_diverged_trials_lose_the_selection_and_all_diverged_selects_nothing():
+    from jtl.study_sweep import select
+
+    ok = {"val_accuracy": 0.5}
+    assert select([{"diverged": True, "val_accuracy": 0.9}, ok, {"val_accuracy": 0.4}]) == 1
+    assert select([{"val_accuracy": float("nan")}, {"diverged": True}, ok]) == 2
+    assert select([{"diverged": True}, {"val_accuracy": float("nan")}]) is None
+    assert select([{"val_accuracy": 0.7}, {"val_accuracy": 0.7}]) == 0  # ties: grid order
