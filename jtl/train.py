@@ -83,6 +83,7 @@ class TargetData:
         # Text (e.g. austen): batches of token arrays instead of images; see jtl.data.text.
         self.text = self.dataset.modality == "text"
         self.seq_len = int(config.seq_len or 0)
+        self._fitted_eval: dict[str, pipeline.FittedSource] = {}
 
     @property
     def num_classes(self) -> int:
@@ -125,6 +126,13 @@ class TargetData:
             source, idx = self.dataset.splits["train"], self.val_idx
         else:
             source, idx = self.dataset.splits[split], self.test_idx
+        if not self.text and len(idx):
+            # Resized once, kept in memory (when small): a run validates many times.
+            if split not in self._fitted_eval:
+                self._fitted_eval[split] = pipeline.FittedSource(
+                    source, idx, self.image_size, self.channels
+                )
+            source, idx = self._fitted_eval[split], np.arange(len(idx))
         if self.text:
             return text_data.eval_batches(
                 source,

@@ -347,3 +347,28 @@ def test_unknown_augmentation():
                 augment="crop(2)|blur",
             )
         )
+
+
+@pytest.mark.needs_data
+@pytest.mark.parametrize("channels", [1, 3])
+def test_cached_eval_batches_equal_the_streamed_ones(channels):
+    """TargetData resizes its eval splits once; the batches are the streamed pipeline's."""
+    from jtl import config as config_lib
+    from jtl.train import TargetData
+
+    c = config_lib.load_config("configs/tiny.py", [f"channels={channels}", "val_fraction=0.1"])
+    data = TargetData(c)
+    for split, source, idx in (
+        ("val", data.dataset.splits["train"], data.val_idx),
+        ("test", data.dataset.splits["test"], data.test_idx),
+    ):
+        streamed = list(pipeline.eval_batches(
+            source, idx, batch_size=64, image_size=c.image_size, channels=channels
+        ))  # fmt: skip
+        for _ in range(2):  # the second pass reads the cache
+            cached = list(data.eval_batches(split, 64))
+            assert len(cached) == len(streamed)
+            for a, b in zip(cached, streamed, strict=True):
+                assert sorted(a) == sorted(b)
+                for k in a:
+                    np.testing.assert_array_equal(a[k], b[k])

@@ -185,6 +185,11 @@ def eval_batches(
     offset, local = _local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
     num_batches = -(-len(indices) // batch_size)
+    if isinstance(source, FittedSource) and source.images is not None:
+        # Already resized and in memory (TargetData caches its eval splits): plain slicing.
+        # Per evaluation this saves the re-read and re-resize and grain's thread start-up,
+        # which dominated a study cell's frequent validation passes.
+        return _in_memory_eval_batches(source, indices, batch_size, offset, local, channels)
 
     def batch_at(k: int) -> dict[str, np.ndarray]:
         pos = np.arange(k * batch_size + offset, k * batch_size + offset + local)
@@ -196,6 +201,25 @@ def eval_batches(
 
     batches = grain.MapDataset.range(0, num_batches).map(batch_at)
     return iter(batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+
+def _in_memory_eval_batches(
+    source: FittedSource,
+    indices: np.ndarray,
+    batch_size: int,
+    offset: int,
+    local: int,
+    channels: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`eval_batches` over a fitted in-memory source: same batches, masks and order."""
+    assert source.images is not None
+    for k in range(-(-len(indices) // batch_size)):
+        pos = np.arange(k * batch_size + offset, k * batch_size + offset + local)
+        mask = pos < len(indices)
+        rows = indices[np.where(mask, pos, 0)]
+        out = _to_batch(source.images[rows], source.labels[rows], channels)
+        out["mask"] = mask.astype(np.float32)
+        yield out
 
 
 def load_arrays(
