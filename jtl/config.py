@@ -10,6 +10,8 @@ import ast
 import hashlib
 import importlib.util
 import json
+import site
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -141,11 +143,37 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.Con
     return config
 
 
+def config_search_roots() -> list[Path]:
+    """Where relative config paths are looked up, in order.
+
+    The working directory; the source checkout this jtl runs from (editable installs); and the
+    data directory a non-editable `pip install` put the shipped `configs/` in
+    (`<prefix>/share/jtl`, see pyproject.toml), so `configs/studies/X.py` works from anywhere.
+    """
+    roots = [Path.cwd(), Path(__file__).resolve().parent.parent]
+    for base in (sysconfig.get_path("data"), site.getuserbase()):
+        if base:
+            roots.append(Path(base) / "share" / "jtl")
+    return list(dict.fromkeys(roots))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """An existing config file for `path` (absolute, or relative to a search root)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        candidates = [p]
+    else:
+        candidates = [root / p for root in config_search_roots()]
+    for c in candidates:
+        if c.is_file():
+            return c.absolute()
+    where = ", ".join(str(c.parent) for c in candidates)
+    raise FileNotFoundError(f"config file {str(path)!r} not found (looked in {where})")
+
+
 def load_module(path: str | Path) -> Any:
     """Imports a config file by path (configs are files, not an installed package)."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} not found (expected configs/NAME.py)")
+    file = resolve_config_path(path)
     module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     assert module_spec.loader is not None

@@ -43,7 +43,6 @@ from jtl import config as config_lib
 from jtl import study_sweep as sweep_lib
 from jtl.study_budget import budget_overrides, convergence_defaults, validate_budget
 
-REPO = Path(__file__).resolve().parent.parent
 SOURCE_ARG_KINDS = ("train", "import", "checkpoint")
 
 
@@ -106,13 +105,11 @@ def load_study(spec: str) -> mlc.ConfigDict:
 
 
 def _resolve(path: str) -> Path:
-    """A config path as given, or relative to the jtl checkout (so studies run from anywhere)."""
-    p = Path(path)
-    if p.is_file():
-        return p.absolute()
-    if (REPO / path).is_file():
-        return REPO / path
-    raise StudyError(f"config file {path!r} not found (relative to . or {REPO})")
+    """A config path as given, in the checkout, or in the installed configs (config_lib)."""
+    try:
+        return config_lib.resolve_config_path(path)
+    except FileNotFoundError as e:
+        raise StudyError(str(e)) from None
 
 
 def validate(study: mlc.ConfigDict) -> None:
