@@ -4,6 +4,9 @@
 #
 #   launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE [--type v5litepod-8]
 #       [--version tpu-ubuntu2204-base] [--repo URL] [--delete] -- train --config ... --workdir gs://...
+#
+# What runs on the pod is this checkout: a wheel built here (`pip wheel`, configs included) is
+# copied to every worker. `--repo URL` clones and installs that repository instead.
 set -euo pipefail
 
 dry_run=0
@@ -11,7 +14,7 @@ name=""
 zone=""
 type="v5litepod-8"
 version="tpu-ubuntu2204-base"
-repo="${JTL_REPO:-https://github.com/your-org/jtl.git}"
+repo="${JTL_REPO:-}"
 delete=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -40,12 +43,25 @@ run() {
 }
 
 jtl_args=$(printf '%q ' "$@")
-setup="set -e; if [ ! -d jtl ]; then git clone $repo jtl; fi; cd jtl; python3 -m venv .venv; \
-.venv/bin/pip install -q -U 'jax[tpu]' -e .; .venv/bin/jtl data fetch mnist fashion_mnist digits lfw_subset"
-command="cd jtl && JTL_DISTRIBUTED=1 .venv/bin/jtl $jtl_args"
+data="mnist fashion_mnist digits lfw_subset"
+if [[ -n "$repo" ]]; then
+  install="if [ ! -d jtl ]; then git clone $repo jtl; fi; jtl-venv/bin/pip install -q -U 'jax[tpu]' ./jtl"
+else
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  jtl_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")
+  wheel="jtl-$jtl_version-py3-none-any.whl"
+  wheels=$(mktemp -d)
+  run python3 -m pip wheel -q --no-deps -w "$wheels" "$root"
+  install="jtl-venv/bin/pip install -q -U 'jax[tpu]' ~/$wheel"
+fi
+setup="set -e; python3 -m venv jtl-venv; $install; jtl-venv/bin/jtl data fetch $data"
+command="JTL_DISTRIBUTED=1 jtl-venv/bin/jtl $jtl_args"
 
 run gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$type" \
   --version="$version"
+if [[ -z "$repo" ]]; then
+  run gcloud compute tpus tpu-vm scp "$wheels/$wheel" "$name:~/" --zone="$zone" --worker=all
+fi
 run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$setup"
 run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$command"
 if [[ $delete -eq 1 ]]; then

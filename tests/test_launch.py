@@ -54,10 +54,26 @@ def test_tpu_vm_dry_run():
         "--workdir",
         "w",
     )
-    assert lines[0].startswith("gcloud compute tpus tpu-vm create pod --zone=z1")
-    assert "--worker=all" in lines[1] and "jax\\[tpu\\]" in lines[1]
-    assert "JTL_DISTRIBUTED=1" in lines[2] and "jtl\\ train\\ --config\\ c.py" in lines[2]
-    assert lines[3].startswith("gcloud compute tpus tpu-vm delete pod")
+    # This checkout travels as a wheel: built here, copied to every worker, installed there.
+    assert lines[0].startswith("python3 -m pip wheel -q --no-deps -w ")
+    assert lines[0].rstrip().endswith(str(LAUNCH.parent))
+    assert lines[1].startswith("gcloud compute tpus tpu-vm create pod --zone=z1")
+    assert lines[1].rstrip().endswith("--version=tpu-ubuntu2204-base")
+    assert lines[2].startswith("gcloud compute tpus tpu-vm scp ") and "--worker=all" in lines[2]
+    assert "/jtl-0.1.0-py3-none-any.whl pod:\\~/" in lines[2]
+    assert "--worker=all" in lines[3] and "jax\\[tpu\\]" in lines[3]
+    assert "jtl-0.1.0-py3-none-any.whl" in lines[3] and "clone" not in lines[3]
+    assert "JTL_DISTRIBUTED=1" in lines[4] and "jtl\\ train\\ --config\\ c.py" in lines[4]
+    assert lines[5].startswith("gcloud compute tpus tpu-vm delete pod")
+
+
+def test_tpu_vm_repo_option_clones_instead():
+    lines = _dry(
+        str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--name", "pod", "--zone", "z1",
+        "--repo", "https://example.org/jtl.git", "--", "train", "--config", "c.py",
+    )  # fmt: skip
+    assert len(lines) == 3 and "tpu-vm create" in lines[0]
+    assert "git\\ clone\\ https://example.org/jtl.git" in lines[1]
 
 
 def test_slurm_dry_run():
