@@ -232,6 +232,10 @@ def cmd_study(argv: Sequence[str]) -> int:
     if "md" in out:
         print(f"[study] report: {out['md']}")
         print(f"[study] html:   {out.get('html', '')}")
+    if out.get("diverged"):
+        print(f"[study] {len(out['diverged'])} cell(s) diverged (listed in the report):")
+        for d in out["diverged"]:
+            print(f"  {d}")
     if out.get("failed"):
         print(f"[study] {len(out['failed'])} cell(s) failed:", file=sys.stderr)
         for f in out["failed"]:

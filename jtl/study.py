@@ -351,8 +351,32 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
 
 
 def _run_in_process(cell: Cell, root: Path) -> None:
+    from jtl.errors import DivergedError
+
     config = config_lib.load_config(cell.spec, [*cell.overrides, "progress=False"])
-    run_train(config, cell.workdir(root))
+    try:
+        run_train(config, cell.workdir(root))
+    except DivergedError as e:  # a result, not a failure: summary.json records it
+        logging.warning("cell %s diverged: %s", cell.id, e)
+
+
+def diverged_step(workdir: Path) -> int | None:
+    """The step a finished cell diverged at (summary.json `diverged`), else None."""
+    path = workdir / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    return int(s.get("diverged_step") or 0) if s.get("diverged") else None
+
+
+def diverged_cells(cells: Sequence[Cell], root: Path) -> list[str]:
+    """`cell id: diverged at step N` for every diverged cell (the report lists them)."""
+    out = []
+    for cell in cells:
+        step = diverged_step(cell.workdir(root))
+        if step is not None:
+            out.append(f"{cell.id}: diverged at step {step}")
+    return out
 
 
 def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple[Cell, str]]:
@@ -379,7 +403,7 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
                 continue
             log.close()
             running.remove(item)
-            if proc.returncode:
+            if proc.returncode and diverged_step(cell.workdir(root)) is None:
                 failed.append((cell, f"exit {proc.returncode}, see {cell.workdir(root)}/train.log"))
             else:
                 logging.info("cell done: %s", cell.id)
@@ -473,6 +497,8 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
         if not path.exists():
             continue
         s = json.loads(path.read_text())
+        if s.get("diverged"):  # no accuracy to average in; see diverged_cells
+            continue
         flops = s.get("flops_per_step")
         steps_run = s.get("steps_run", s.get("steps", 0))
         num_classes = s.get("num_classes") or 0
@@ -601,7 +627,14 @@ def run_study(
         "cells": len(cells),
         "finished_cells": len(rows),
         "failed_cells": [f"{c.id}: {why}" for c, why in failed],
+        "diverged_cells": diverged_cells(cells, root),
         "advise": advise,
     }
     paths = build_report(meta, rows, root)
-    return {"cells": len(cells), "finished": len(rows), "failed": meta["failed_cells"], **paths}
+    return {
+        "cells": len(cells),
+        "finished": len(rows),
+        "failed": meta["failed_cells"],
+        "diverged": meta["diverged_cells"],
+        **paths,
+    }

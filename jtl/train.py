@@ -292,6 +292,13 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
         )
 
 
+def _atomic_write(path: epath.Path, text: str) -> None:
+    """Write then rename: a kill mid-write leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _has_results(workdir: epath.Path) -> bool:
     """Whether a workdir holds anything a different config could mix with or overwrite."""
     if (workdir / "summary.json").exists():
@@ -350,7 +357,7 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
 
 def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     logging.info("Finished: test accuracy %.4f (%s)", summary["test_accuracy"], workdir)
 
 
@@ -375,7 +382,7 @@ def _diverged(
     summary = guard.diverged_summary(base, step, what, last, policy)
     summary["wall_time_s"] = time.time() - t_start
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     raise DivergedError(
         f"training diverged at step {step}: non-finite {what}; summary.json records it, "
         f"last finite checkpoint: {f'step {last}' if last else 'none'}",
@@ -395,7 +402,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     if jax.process_index() == 0:
         cfg = config_lib.to_dict(config)
         cfg["_fingerprint"] = config_lib.fingerprint(config)
-        (workdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        _atomic_write(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
 
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
