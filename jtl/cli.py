@@ -268,11 +268,14 @@ def register(name: str, fn: Callable[[Sequence[str]], int]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command. Errors are one line on stderr (`jtl: error: WHAT (HINT)`): exit 2 for
     user errors, 1 for bugs; `--debug` (anywhere in argv) or JTL_DEBUG=1 re-raises instead."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("JTL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     if debug:
         os.environ["JTL_DEBUG"] = "1"  # also shows library error logs (see _setup_logging)
+    elif as_program:
+        _filter_loop_closed()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("commands:", ", ".join(COMMANDS), "(add --debug for tracebacks)")
@@ -291,7 +294,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         line, code = format_error(e)
         sys.stdout.flush()
         print(line, file=sys.stderr, flush=True)
+        if as_program:
+            _quiet_shutdown()
         return code
+
+
+def _filter_loop_closed() -> None:
+    """A failed async checkpoint write makes tensorstore's threads call back into a closed
+    asyncio loop, each printing 'Event loop is closed' through sys.excepthook: dropped (the
+    write error itself reaches `main` and is printed as one line)."""
+    previous = sys.excepthook
+
+    def hook(kind: type, value: BaseException, tb: object) -> None:
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+
+
+def _quiet_shutdown() -> None:
+    """After the one error line, background threads (orbax writes, tensorstore callbacks) that
+    die with the interpreter print tracebacks of their own; they say nothing new."""
+    import threading
+
+    sys.excepthook = lambda *a: None
+    sys.unraisablehook = lambda u: None
+    threading.excepthook = lambda a: None
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_per_class_bounds():
         np.bincount(labels[subsets.nested_subset(labels, np.arange(12), per_class=2)]), [2, 2, 2]
     )
     # More than a class holds is an error naming the maximum, never a silent clamp.
-    with pytest.raises(DataError, match="per_class=4 but class 1 has only 2.*maximum available is 2"):
+    with pytest.raises(DataError, match="class 1 has only 2.*maximum available is 2"):
         subsets.nested_subset(labels, np.arange(12), per_class=4)
 
 
