@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -157,6 +158,24 @@ def test_program_stderr_is_exactly_one_line(tmp_path):
     assert out.stderr.splitlines() == [out.stderr.strip()] and out.stderr.startswith("jtl: error:")
     out = subprocess.run([*args, "--config.optim.lrr=1", "--debug"], capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_progress_lines_without_a_tty(tmp_path):
+    """Under nohup or a log file: one line per log_every steps with loss, steps/s and ETA."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps=20"]
+        + ["--workdir", str(tmp_path / "run"), "--config.log_every=5"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "steps/s" in line]
+    assert len(lines) == 4, out.stderr[-3000:]
+    assert re.search(
+        r"step 5/20: loss \d+\.\d+, accuracy \d\.\d+, [\d.]+ steps/s, ETA \d+:\d\d", lines[0]
+    )
+    assert "step 20/20" in lines[-1]
 
 
 # ----------------------------------------------------------------------------- data sanity

@@ -252,7 +252,7 @@ def test_full_tmpfs_disk_is_one_line(tmp_path):
 def test_kill9_during_training_and_checkpoint_writes_resumes_identically(tmp_path):
     """20 seeded kill -9s, alternately mid-training and mid-checkpoint-write, on one run."""
     rng = random.Random(20261130)
-    steps = 300
+    steps = 160
     ref = tmp_path / "ref"
     out = _jtl(*_train_args(ref, steps), "--config.checkpoint_every=4", "--config.log_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
