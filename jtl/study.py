@@ -298,6 +298,12 @@ def prepare_sources(study: mlc.ConfigDict, root: Path) -> dict[str, Path]:
             arg = src.config.partition(":")[2]
             config = config_lib.load_config(f"{spec}:{arg}" if arg else spec, ["progress=False"])
             summary = run_train(config, directory)
+            if summary.get("diverged"):  # finished, but nothing to transfer from
+                raise StudyError(
+                    f"source {name!r} diverged at step {summary.get('diverged_step')} "
+                    f"(see {directory}/summary.json); fix its config (e.g. a lower LR) and "
+                    "move that workdir aside"
+                )
             logging.info("source %s: test accuracy %.4f", name, summary["test_accuracy"])
         elif src.kind == "import":
             if not (directory / "import.json").exists():
