@@ -299,18 +299,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
+def _loop_closed(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
 def _filter_loop_closed() -> None:
     """A failed async checkpoint write makes tensorstore's threads call back into a closed
-    asyncio loop, each printing 'Event loop is closed' through sys.excepthook: dropped (the
-    write error itself reaches `main` and is printed as one line)."""
-    previous = sys.excepthook
+    asyncio loop, each reporting 'Event loop is closed' as an unraisable exception (a bare
+    traceback): dropped, since the write error itself reaches `main` as one line."""
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(kind: type, value: BaseException, tb: object) -> None:
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(kind, value, tb)
+    def unraisable(u: object) -> None:
+        if not _loop_closed(getattr(u, "exc_value", None)):
+            previous_unraisable(u)  # type: ignore[arg-type]
 
-    sys.excepthook = hook
+    def excepthook(kind: type, value: BaseException, tb: object) -> None:
+        if not _loop_closed(value):
+            previous_except(kind, value, tb)  # type: ignore[arg-type]
+
+    sys.unraisablehook = unraisable
+    sys.excepthook = excepthook
 
 
 def _quiet_shutdown() -> None:
