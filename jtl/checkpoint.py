@@ -124,6 +124,7 @@ class RunCheckpoints:
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         if step in self._manager.all_steps():
             return
+        self.wait()  # orbax waits for the previous save anyway; its failure is named as its own
         meta = {**meta, "state_sha256": state_digest(state)}
         with self._write_errors(step):
             self._manager.save(
@@ -134,28 +135,19 @@ class RunCheckpoints:
             )
         self._in_flight = step
 
+    @contextlib.contextmanager
     def _write_errors(self, step: int) -> Any:
-        """Turns any failure of an (async) checkpoint write into one `CheckpointWriteError`."""
-        outer = self
-
-        class _Guard:
-            def __enter__(self) -> None:
-                return None
-
-            def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
-                if exc is None or not isinstance(exc, Exception):
-                    return False
-                failed = outer._in_flight if outer._in_flight is not None else step
-                intact = [s for s in outer._finalized_steps() if s != failed]
-                last = f"step {max(intact)}" if intact else "none"
-                raise CheckpointWriteError(
-                    f"could not write checkpoint step {failed} to {outer.directory} "
-                    f"({_first_line(exc)})",
-                    f"last intact checkpoint: {last}; free space or use another --workdir, then "
-                    "re-run the same command to resume from it",
-                ) from exc
-
-        return _Guard()
+        """Turns any failure of a checkpoint write into one `CheckpointWriteError`."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - orbax/tensorstore raise many types
+            intact = [s for s in self._finalized_steps() if s != step]
+            last = f"step {max(intact)}" if intact else "none"
+            raise CheckpointWriteError(
+                f"could not write checkpoint step {step} to {self.directory} ({_first_line(exc)})",
+                f"last intact checkpoint: {last}; free space or use another --workdir, then "
+                "re-run the same command to resume from it",
+            ) from exc
 
     def _finalized_steps(self) -> list[int]:
         """Step directories orbax finished (a write in progress or failed lives in a tmp dir)."""
@@ -231,9 +223,13 @@ class RunCheckpoints:
         self._manager = self._new_manager()
 
     def wait(self) -> None:
-        with self._write_errors(self._in_flight or 0):
+        """Blocks until the in-flight save is on disk (raises `CheckpointWriteError` if not)."""
+        if self._in_flight is None:
             self._manager.wait_until_finished()
-        self._in_flight = None
+            return
+        step, self._in_flight = self._in_flight, None
+        with self._write_errors(step):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()
