@@ -176,15 +176,14 @@ def resolve_config_path(path: str | Path) -> Path:
         if c.is_file():
             return c.absolute()
     where = ", ".join(str(c.parent) for c in candidates)
-    raise FileNotFoundError(f"config file {str(path)!r} not found (looked in {where})")
+    raise MissingFileError(
+        f"config file {str(path)!r} not found", f"looked in {where}; expected configs/NAME.py"
+    )
 
 
 def load_module(path: str | Path) -> Any:
     """Imports a config file by path (configs are files, not an installed package)."""
     file = resolve_config_path(path)
-    file = Path(path)
-    if not file.is_file():
-        raise MissingFileError(f"config file {str(path)!r} not found (expected configs/NAME.py)")
     module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     assert module_spec.loader is not None

@@ -106,10 +106,7 @@ def load_study(spec: str) -> mlc.ConfigDict:
 
 def _resolve(path: str) -> Path:
     """A config path as given, in the checkout, or in the installed configs (config_lib)."""
-    try:
-        return config_lib.resolve_config_path(path)
-    except FileNotFoundError as e:
-        raise StudyError(str(e)) from None
+    return config_lib.resolve_config_path(path)
 
 
 def validate(study: mlc.ConfigDict) -> None:
