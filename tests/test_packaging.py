@@ -1,6 +1,7 @@
 """A non-editable install carries the configs: studies and runs work from any directory."""
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -31,10 +32,15 @@ def test_relative_configs_resolve_from_the_install_data_dir(tmp_path, monkeypatc
 @pytest.mark.slow
 def test_wheel_install_runs_a_study_config_and_a_training_run_from_anywhere(tmp_path):
     """Build the wheel, install it (no editable link) into a fresh venv, use it from /tmp."""
+    # Build from a copy: an in-tree build would leave build/ and *.egg-info in the checkout.
+    src = tmp_path / "src"
+    for item in ("jtl", "configs", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
+        copy(ROOT / item, src / item)
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (wheel,) = wheels.glob("jtl-*.whl")
@@ -52,8 +58,9 @@ def test_wheel_install_runs_a_study_config_and_a_training_run_from_anywhere(tmp_
     deps = [p for p in site.getsitepackages() if "site-packages" in p]
     Path(purelib, "deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run(
+        # --ignore-installed: without it pip would first uninstall this environment's jtl.
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-warn-script-location",
-         "--prefix", str(venv), str(wheel)],
+         "--ignore-installed", "--prefix", str(venv), str(wheel)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     code = textwrap.dedent(
