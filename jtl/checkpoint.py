@@ -8,13 +8,18 @@ missing, unexpected and shape-mismatched keys: an error by default, never a sile
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +29,19 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from jtl.errors import (
+    CheckpointError,
+    CheckpointWriteError,
+    MissingFileError,
+    UserError,
+    one_line,
+)
 from jtl.paths import as_path
 
 WEIGHT_COLLECTIONS = ("params", "batch_stats")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """Raised when a checkpoint does not fit the model it is loaded into."""
 
 
@@ -40,15 +52,66 @@ def _handlers(state_handler: ocp.CheckpointHandler | None = None) -> dict[str, A
     }
 
 
+def state_digest(tree: Any) -> str:
+    """sha256 of every leaf's dtype, shape and bytes, in tree order: catches silent bit flips.
+
+    Reads one addressable shard per array (replicated state), so it also works multi-host.
+    """
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array):
+            leaf = leaf.addressable_data(0)
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _first_line(e: BaseException) -> str:
+    """A short cause: tensorstore appends a page of spec after 'See full TensorStore details'."""
+    full = str(e)
+    reason = re.search(r":\s*([^:\[]+?)\s*\[os_error_code", full)
+    if reason:  # tensorstore write errors: the OS reason and the file it was writing
+        where = re.search(r'Failed writing: "([^"]+)"', full)
+        return f"{reason.group(1)}" + (f" writing {where.group(1)}" if where else "")
+    text = full.split("See full TensorStore details")[0]
+    text = one_line(text) or type(e).__name__
+    return f"{type(e).__name__}: {text[:240]}"
+
+
+@contextlib.contextmanager
+def _quiet_unraisable() -> Any:
+    """A failed orbax read leaves un-awaited coroutines whose 'Exception ignored' tracebacks
+    would bury the one warning line; they carry nothing the warning does not say."""
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = old
+
+
 class RunCheckpoints:
-    """Save every N steps and at the end, keep K, asynchronously; resume from the latest."""
+    """Save every N steps and at the end, keep K, asynchronously; resume from the latest.
+
+    Each checkpoint's meta carries `state_sha256`; a restore that does not reproduce it (bit
+    flips) or fails to read (truncation) falls back to the next older checkpoint, moving the
+    bad ones to `corrupt_checkpoints/` beside `checkpoints/` (kept, never deleted). A failed
+    write raises `CheckpointWriteError` naming the path and the last intact step.
+    """
 
     def __init__(self, directory: str | Path, keep: int = 2, save_every: int = 0) -> None:
         self.directory = as_path(directory)
         self.save_every = save_every
-        self._manager = ocp.CheckpointManager(
+        self.keep = keep
+        self._manager = self._new_manager()
+        self._in_flight: int | None = None
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
             item_handlers=_handlers(),
         )
 
@@ -61,12 +124,49 @@ class RunCheckpoints:
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         if step in self._manager.all_steps():
             return
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
+        meta = {**meta, "state_sha256": state_digest(state)}
+        with self._write_errors(step):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+            )
+        self._in_flight = step
+
+    def _write_errors(self, step: int) -> Any:
+        """Turns any failure of an (async) checkpoint write into one `CheckpointWriteError`."""
+        outer = self
+
+        class _Guard:
+            def __enter__(self) -> None:
+                return None
+
+            def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+                if exc is None or not isinstance(exc, Exception):
+                    return False
+                failed = outer._in_flight if outer._in_flight is not None else step
+                intact = [s for s in outer._finalized_steps() if s != failed]
+                last = f"step {max(intact)}" if intact else "none"
+                raise CheckpointWriteError(
+                    f"could not write checkpoint step {failed} to {outer.directory} "
+                    f"({_first_line(exc)})",
+                    f"last intact checkpoint: {last}; free space or use another --workdir, then "
+                    "re-run the same command to resume from it",
+                ) from exc
+
+        return _Guard()
+
+    def _finalized_steps(self) -> list[int]:
+        """Step directories orbax finished (a write in progress or failed lives in a tmp dir)."""
+        try:
+            return sorted(
+                int(p.name)
+                for p in self.directory.iterdir()
+                if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()
+            )
+        except OSError:
+            return []
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         step = self.latest_step() if step is None else step
@@ -76,10 +176,64 @@ class RunCheckpoints:
                 state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
             ),
         )
-        return restored["state"], dict(restored["meta"])
+        state, meta = restored["state"], dict(restored["meta"])
+        expected = meta.get("state_sha256")
+        if expected and state_digest(state) != expected:
+            raise CheckpointError(f"checkpoint step {step} does not match its sha256 (bit flip)")
+        return state, meta
+
+    def restore_usable(
+        self, abstract_for: Callable[[int], Any]
+    ) -> tuple[int, Any | None, dict[str, Any]]:
+        """(step, state, meta) of the newest checkpoint that restores intact; (0, None, {})
+        when there is none. `abstract_for(step)` is the abstract state saved at that step.
+
+        Bad newer checkpoints are moved to `corrupt_checkpoints/` and named in one warning.
+        If none restores, nothing is moved and a `CheckpointError` names the directory.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        bad: list[tuple[int, BaseException]] = []
+        for step in steps:
+            try:
+                with _quiet_unraisable():
+                    state, meta = self.restore(abstract_for(step), step)
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+                bad.append((step, e))
+                continue
+            if bad:
+                self._quarantine([b for b, _ in bad])
+                logging.warning(
+                    "checkpoint step %s in %s is unreadable (%s); resumed from step %d "
+                    "(bad checkpoint moved to %s)",
+                    ", ".join(str(b) for b, _ in bad),
+                    self.directory,
+                    _first_line(bad[0][1]),
+                    step,
+                    self.directory.parent / "corrupt_checkpoints",
+                )
+            return step, state, meta
+        if bad:
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be restored (steps "
+                f"{', '.join(str(b) for b, _ in bad)}; newest: {_first_line(bad[0][1])})",
+                "move the directory aside to start over, or use a new --workdir",
+            )
+        return 0, None, {}
+
+    def _quarantine(self, steps: Sequence[int]) -> None:
+        """Moves bad step directories aside (kept for inspection) and re-reads the steps."""
+        self._manager.close()
+        target = self.directory.parent / "corrupt_checkpoints"
+        target.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for step in steps:
+            (self.directory / str(step)).rename(target / f"{step}-{stamp}")
+        self._manager = self._new_manager()
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._write_errors(self._in_flight or 0):
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
         self._manager.close()
@@ -97,7 +251,7 @@ def checkpoints_dir(path: str | Path) -> epath.Path:
         return path / "checkpoints"
     if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
         return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no orbax checkpoint under {path}: expected a run workdir (with checkpoints/), a "
         "directory written by `jtl import`, or a checkpoints/ directory. Train a source model with "
         "`jtl train ... --workdir DIR` or import one with `jtl import --from FILE --model NAME "
@@ -197,6 +351,30 @@ def load_variables(
     strict: bool = True,
     step: int | None = None,
 ) -> tuple[dict[str, Any], LoadReport]:
+    """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`).
+
+    A checkpoint that cannot be read at all (truncated, corrupt, not orbax) is one
+    `CheckpointError` naming the path, never a library traceback.
+    """
+    try:
+        return _load_variables(path, target, exclude, strict, step)
+    except (CheckpointMismatchError, UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+        raise CheckpointError(
+            f"cannot use checkpoint {path}: {_first_line(e)}",
+            "point --config.init.checkpoint at a run workdir or a `jtl import` directory "
+            "with an intact checkpoint",
+        ) from e
+
+
+def _load_variables(
+    path: str | Path,
+    target: dict[str, Any],
+    exclude: Sequence[str] = (),
+    strict: bool = True,
+    step: int | None = None,
+) -> tuple[dict[str, Any], LoadReport]:
     """Restores `params`/`batch_stats` from a checkpoint into the structure of `target`.
 
     Only the arrays that are asked for are read (orbax partial restore). `exclude` holds regexes
@@ -209,7 +387,7 @@ def load_variables(
     manager = ocp.CheckpointManager(ckpt_dir, item_handlers=_handlers())
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{ckpt_dir} holds no finished checkpoint step")
+        raise MissingFileError(f"{ckpt_dir} holds no finished checkpoint step")
     metadata = manager.item_metadata(step)
     try:
         meta_item = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

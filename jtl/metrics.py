@@ -31,6 +31,16 @@ def _clean(value: Any) -> Any:
     return value if math.isfinite(value) else str(value)
 
 
+def _parses(line: str) -> bool:
+    if not line.strip():
+        return False
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
 class MetricWriter:
     """Writes one JSON object per record to `metrics.jsonl` and mirrors scalars to TensorBoard."""
 
@@ -63,9 +73,10 @@ class MetricWriter:
                 logging.warning("tensorboardX not installed: no TensorBoard events written")
 
     def _read_lines(self) -> list[str]:
+        """The file's records; a line torn by a kill mid-append is dropped, not fatal."""
         if not self.path.exists():
             return []
-        return [line for line in self.path.read_text().splitlines() if line.strip()]
+        return [line for line in self.path.read_text().splitlines() if _parses(line)]
 
     def _rewrite(self) -> None:
         assert self._lines is not None
@@ -101,8 +112,10 @@ class MetricWriter:
             self._lines = kept
             if len(kept) != len(lines):
                 self._rewrite()
-        elif self.path.exists():
-            self.path.write_text("".join(line + "\n" for line in kept))
+        elif self.path.exists():  # atomically: a kill here must not lose the kept records
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
 
     def flush(self) -> None:
         if self._lines is not None and self._dirty:

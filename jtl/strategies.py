@@ -37,6 +37,7 @@ import numpy as np
 from absl import logging
 
 from jtl import checkpoint as ckpt
+from jtl.errors import ConfigError
 from jtl.optim import network_rules
 
 STRATEGIES = (
@@ -109,7 +110,7 @@ def load_pretrained(
 
 def _check_count(name: str, value: int, blocks: list[str]) -> int:
     if not 0 <= value <= len(blocks):
-        raise ValueError(
+        raise ConfigError(
             f"strategy_args.{name}={value} is out of range: the model has {len(blocks)} backbone "
             f"blocks ({', '.join(blocks)}); use 0..{len(blocks)}"
         )
@@ -118,7 +119,7 @@ def _check_count(name: str, value: int, blocks: list[str]) -> int:
 
 def _depth_lr_rules(args: mlc.ConfigDict, blocks: list[str]) -> list[tuple[str, float]]:
     if args.layer_decay and args.discriminative:
-        raise ValueError("set either strategy_args.layer_decay or .discriminative, not both")
+        raise ConfigError("set either strategy_args.layer_decay or .discriminative, not both")
     if args.layer_decay:
         return list(network_rules.layerwise_lr_mults(blocks, float(args.layer_decay)))
     if args.discriminative:
@@ -183,20 +184,20 @@ def plan_strategy(
     del workdir
     name = config.strategy
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     optim = mlc.ConfigDict(config.optim.to_dict())
     args = config.strategy_args
     info: dict[str, Any] = {}
     if name == "scratch":
         if config.init.checkpoint:
-            raise ValueError(
+            raise ConfigError(
                 "strategy 'scratch' trains from random init but init.checkpoint is set; use a "
                 "transfer strategy (e.g. --config.strategy=finetune_full) or set "
                 "--config.init.checkpoint=''"
             )
         return Plan(variables=variables, optim=optim, info=info)
     if not config.init.checkpoint:
-        raise ValueError(
+        raise ConfigError(
             f"strategy {name!r} needs pretrained weights: set --config.init.checkpoint=DIR "
             "(a run workdir or a `jtl import` output)"
         )
@@ -226,7 +227,7 @@ def plan_strategy(
         frozen = _block_regexes(blocks[: args.transfer_blocks]) + frozen
     elif name == "gradual_unfreeze":
         if args.unfreeze_every <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "gradual_unfreeze needs strategy_args.unfreeze_every > 0 (steps per stage)"
             )
         stages = network_rules.gradual_unfreeze_stages(blocks, int(args.unfreeze_every))
@@ -287,7 +288,7 @@ def frozen_bn_apply(
     import re
 
     if frozen_at is not None:
-        raise ValueError("freeze_batch_stats with gradual_unfreeze is not supported yet")
+        raise ConfigError("freeze_batch_stats with gradual_unfreeze is not supported yet")
     pats = [re.compile(p) for p in frozen]
     inference = tuple(b for b in blocks if any(p.fullmatch(f"backbone/{b}/x") for p in pats))
 

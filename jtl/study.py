@@ -317,6 +317,12 @@ def prepare_sources(study: mlc.ConfigDict, root: Path) -> dict[str, Path]:
             arg = src.config.partition(":")[2]
             config = config_lib.load_config(f"{spec}:{arg}" if arg else spec, ["progress=False"])
             summary = run_train(config, directory)
+            if summary.get("diverged"):  # finished, but nothing to transfer from
+                raise StudyError(
+                    f"source {name!r} diverged at step {summary.get('diverged_step')} "
+                    f"(see {directory}/summary.json); fix its config (e.g. a lower LR) and "
+                    "move that workdir aside"
+                )
             logging.info("source %s: test accuracy %.4f", name, summary["test_accuracy"])
         elif src.kind == "import":
             if not (directory / "import.json").exists():
@@ -370,8 +376,32 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
 
 
 def _run_in_process(cell: Cell, root: Path) -> None:
+    from jtl.errors import DivergedError
+
     config = config_lib.load_config(cell.spec, [*cell.overrides, "progress=False"])
-    run_train(config, cell.workdir(root))
+    try:
+        run_train(config, cell.workdir(root))
+    except DivergedError as e:  # a result, not a failure: summary.json records it
+        logging.warning("cell %s diverged: %s", cell.id, e)
+
+
+def diverged_step(workdir: Path) -> int | None:
+    """The step a finished cell diverged at (summary.json `diverged`), else None."""
+    path = workdir / "summary.json"
+    if not path.exists():
+        return None
+    s = json.loads(path.read_text())
+    return int(s.get("diverged_step") or 0) if s.get("diverged") else None
+
+
+def diverged_cells(cells: Sequence[Cell], root: Path) -> list[str]:
+    """`cell id: diverged at step N` for every diverged cell (the report lists them)."""
+    out = []
+    for cell in cells:
+        step = diverged_step(cell.workdir(root))
+        if step is not None:
+            out.append(f"{cell.id}: diverged at step {step}")
+    return out
 
 
 def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple[Cell, str]]:
@@ -398,7 +428,7 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
                 continue
             log.close()
             running.remove(item)
-            if proc.returncode:
+            if proc.returncode and diverged_step(cell.workdir(root)) is None:
                 failed.append((cell, f"exit {proc.returncode}, see {cell.workdir(root)}/train.log"))
             else:
                 logging.info("cell done: %s", cell.id)
@@ -496,6 +526,8 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
         if result is None:
             continue
         cell_id, s, sweep = result
+        if s.get("diverged"):  # no accuracy to average in; see diverged_cells
+            continue
         flops = s.get("flops_per_step")
         steps_run = s.get("steps_run", s.get("steps", 0))
         num_classes = s.get("num_classes") or 0
@@ -640,10 +672,17 @@ def run_study(
         "cells": len(cells),
         "finished_cells": len(rows),
         "failed_cells": [f"{c.id}: {why}" for c, why in failed],
+        "diverged_cells": diverged_cells(cells, root),
         "advise": advise,
         "budget": study.budget,
         "convergence": config_lib.to_dict(study.convergence) if study.budget == "converged" else {},
         "sweep": {s: sweep_lib.grid(study, s) for s in study.strategies},
     }
     paths = build_report(meta, rows, root)
-    return {"cells": len(cells), "finished": len(rows), "failed": meta["failed_cells"], **paths}
+    return {
+        "cells": len(cells),
+        "finished": len(rows),
+        "failed": meta["failed_cells"],
+        "diverged": meta["diverged_cells"],
+        **paths,
+    }

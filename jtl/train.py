@@ -25,12 +25,13 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import sharding
+from jtl import guard, sharding
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
 from jtl.data.pipeline import model_inputs
 from jtl.dispatch import InFlight
 from jtl.early_stopping import EarlyStopping, resolve_budget
+from jtl.errors import DivergedError
 from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
@@ -60,7 +61,11 @@ class TargetData:
     """The target data set with its validation split and (nested) training subset resolved."""
 
     def __init__(self, config: mlc.ConfigDict) -> None:
-        self.dataset = registry.load(config.dataset, data_dir=config.data_dir or None)
+        self.dataset = registry.load(
+            config.dataset,
+            data_dir=config.data_dir or None,
+            skip_bad_images=bool(config.get("skip_bad_images", False)),
+        )
         labels = self.dataset.labels("train")
         train_idx, self.val_idx = subsets.train_val_split(
             labels, config.val_fraction, seed=config.data_seed
@@ -157,8 +162,13 @@ def make_train_step(
     tx: optax.GradientTransformation,
     mask: Any,
     plan: Plan,
+    nonfinite: str = "stop",
 ) -> Callable[[State, dict], tuple[State, dict]]:
-    """One SGD step. Gradient norms read the trainable partition only (frozen grads stay dead)."""
+    """One SGD step. Gradient norms read the trainable partition only (frozen grads stay dead).
+
+    `metrics["finite"]` flags a finite loss and gradient norm; with `nonfinite="skip"` a
+    non-finite step keeps the previous state (see jtl.guard).
+    """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
         has_bs = bool(state["batch_stats"])
@@ -181,6 +191,13 @@ def make_train_step(
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "grad_norm": optax.global_norm(trainable_grads),
         }
+        metrics["finite"] = guard.finite_flag(loss, metrics["grad_norm"])
+        if nonfinite == "skip":
+            params, new_bs, opt_state = guard.keep_if_finite(
+                metrics["finite"],
+                (params, new_bs, opt_state),
+                (state["params"], state["batch_stats"], state["opt_state"]),
+            )
         new_state = {
             "step": state["step"] + 1,
             "params": params,
@@ -203,12 +220,17 @@ def init_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation) 
 
 
 def jit_train_step(
-    model: Any, tx: optax.GradientTransformation, mask: Any, plan: Plan, mesh: Any
+    model: Any,
+    tx: optax.GradientTransformation,
+    mask: Any,
+    plan: Plan,
+    mesh: Any,
+    nonfinite: str = "stop",
 ) -> Any:
     """The step jitted over `mesh`: state replicated (and donated), batch split on `data`."""
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(
-        make_train_step(model, tx, mask, plan),
+        make_train_step(model, tx, mask, plan, nonfinite),
         in_shardings=(repl, batched),
         out_shardings=(repl, repl),
         donate_argnums=(0,),
@@ -260,8 +282,8 @@ def compiled_flops(compiled: Any) -> float | None:
 def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
     """Refuse to resume a workdir that holds a different experiment (never mix results)."""
     existing = workdir / "config.json"
-    if not existing.exists():
-        return
+    if not existing.exists() or not _has_results(workdir):
+        return  # nothing trained yet (e.g. a start that failed on a config error): no conflict
     diff = config_lib.config_diff(json.loads(existing.read_text()), config)
     if diff:
         raise WorkdirConflictError(
@@ -269,6 +291,28 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
             f"{', '.join(diff) or 'details'}). Nothing was changed; use a new --workdir, or the "
             "same config to resume."
         )
+
+
+def _atomic_write(path: epath.Path, text: str) -> None:
+    """Write then rename: a kill mid-write leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _has_results(workdir: epath.Path) -> bool:
+    """Whether a workdir holds anything a different config could mix with or overwrite."""
+    if (workdir / "summary.json").exists():
+        return True
+    ckpts = workdir / "checkpoints"
+    return ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir())
+
+
+def _per_class(data: TargetData) -> dict[str, int]:
+    """Training examples per class actually used (what a "N per class" label must match)."""
+    counts = np.bincount(data.dataset.labels("train")[data.train_idx], minlength=data.num_classes)
+    names = list(data.dataset.class_names) or [str(i) for i in range(data.num_classes)]
+    return {str(names[i]) if i < len(names) else str(i): int(n) for i, n in enumerate(counts)}
 
 
 def _log_and_write(workdir: epath.Path, name: str, text: str) -> None:
@@ -314,8 +358,39 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
 
 def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     logging.info("Finished: test accuracy %s (%s)", summary["test_accuracy"], workdir)
+
+
+def _diverged(
+    workdir: epath.Path,
+    base: dict[str, Any],
+    metrics: dict[str, Any],
+    step: int,
+    policy: str,
+    checkpoints: ckpt.RunCheckpoints,
+    writer: MetricWriter,
+    t_start: float,
+) -> None:
+    """Stops a diverged run: no checkpoint after `step`, summary.json says so, then raises."""
+    what = guard.what_was_nonfinite(metrics)
+    host = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+    writer.write(step, "train", **host)
+    writer.close()
+    checkpoints.wait()
+    checkpoints.close()
+    last = checkpoints.latest_step()
+    summary = guard.diverged_summary(base, step, what, last, policy)
+    summary["wall_time_s"] = time.time() - t_start
+    if jax.process_index() == 0:
+        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    raise DivergedError(
+        f"training diverged at step {step}: non-finite {what}; summary.json records it, "
+        f"last finite checkpoint: {f'step {last}' if last else 'none'}",
+        "lower --config.optim.lr, set --config.optim.clip_norm, or --config.nonfinite=skip to "
+        "skip such steps",
+        summary,
+    )
 
 
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -328,7 +403,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     if jax.process_index() == 0:
         cfg = config_lib.to_dict(config)
         cfg["_fingerprint"] = config_lib.fingerprint(config)
-        (workdir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        _atomic_write(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
 
     mesh = sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
@@ -350,10 +425,21 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "strategy": config.strategy,
         "seed": config.seed,
         "train_examples": int(len(data.train_idx)),
+        "train_examples_per_class": _per_class(data),
         "num_classes": int(data.num_classes),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
     }
+    if data.dataset.skipped_images:
+        base["skipped_images"] = len(data.dataset.skipped_images)
+        if jax.process_index() == 0:
+            listing = "\n".join(data.dataset.skipped_images) + "\n"
+            (workdir / "skipped_images.txt").write_text(listing)
+        logging.warning(
+            "Skipped %d unreadable image(s), listed in %s",
+            len(data.dataset.skipped_images),
+            workdir / "skipped_images.txt",
+        )
 
     if config.strategy == "linear_probe":
         from jtl.linear_probe import run_linear_probe
@@ -397,13 +483,20 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     checkpoints = ckpt.RunCheckpoints(
         workdir / "checkpoints", keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
-    start_step = checkpoints.latest_step() or 0
-    # The optimizer state in a checkpoint was built by the stage of the last step it finished.
+    policy = guard.check_policy(config.get("nonfinite", "stop"))
+
+    def fresh_state(step: int) -> State:
+        # The optimizer state in a checkpoint was built by the stage of the last step it finished.
+        tx = optimizer_for(max(step - 1, 0))[0]
+        return sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
+
+    # The newest checkpoint that restores intact (older ones if it is corrupt, with a warning).
+    start_step, restored, meta = checkpoints.restore_usable(
+        lambda s: ckpt.abstract_like(fresh_state(s))
+    )
     tx, mask, groups = optimizer_for(max(start_step - 1, 0))
-    state = sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
-    meta: dict[str, Any] = {}
+    state = restored if start_step else fresh_state(0)
     if start_step:
-        state, meta = checkpoints.restore(ckpt.abstract_like(state))
         logging.info(
             "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
         )
@@ -421,7 +514,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
 
     def compile_step(tx: Any, mask: Any) -> tuple[Any, float | None]:
         t = time.time()
-        compiled = jit_train_step(model, tx, mask, plan, mesh).lower(state, batch).compile()
+        step_fn = jit_train_step(model, tx, mask, plan, mesh, policy)
+        compiled = step_fn.lower(state, batch).compile()
         flops = compiled_flops(compiled)  # per device: the SPMD program runs on each
         flops = flops * mesh.devices.size if flops is not None else None
         logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)
@@ -450,11 +544,15 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "stage": plan.stage_at(max(step - 1, 0)),
             "data": {"next_batch": step, "seed": config.seed},
             "fingerprint": config_lib.fingerprint(config),
+            "skipped_steps": skipped_steps,
             **early.meta(),
         }
 
     bar = _progress(config.total_steps, start_step, config.progress)
     inflight = InFlight()  # a bounded dispatch queue: unbounded ones deadlock on CPU devices
+    progress_line = guard.ProgressLine(config.total_steps, start_step) if bar is None else None
+    skipped_steps = int(meta.get("skipped_steps", 0))
+    flags: list[Any] = []  # per-step finite flags since the last check (read at syncs only)
     pending: list[dict] = []
     t_train = time.time()
     step = start_step
@@ -472,7 +570,30 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         state, metrics = compiled(state, batch)
         inflight.push(metrics)
         step += 1
+        flags.append(metrics.pop("finite"))
         pending.append(metrics)
+        if (
+            step % config.log_every == 0
+            or step % config.eval_every == 0
+            or checkpoints.should_save(step)
+            or step == config.total_steps
+        ):  # points that sync anyway: look at the flags before logging, evaluating or saving
+            bad = guard.bad_steps(flags, step - len(flags) + 1)
+            flags = []
+            if bad and policy == "skip":
+                skipped_steps += len(bad)
+                logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
+            elif bad:
+                _diverged(
+                    workdir,
+                    base,
+                    pending[bad[0] - step - 1],
+                    bad[0],
+                    policy,
+                    checkpoints,
+                    writer,
+                    t_start,
+                )
         if step < config.total_steps:
             batch = sharding.shard_batch(next(batches), mesh)
         if step % config.log_every == 0 or step == config.total_steps:
@@ -482,6 +603,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             pending = []
             if bar is not None:
                 bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+            elif jax.process_index() == 0:
+                logging.info(progress_line.line(step, means["loss"], means["accuracy"]))
         if step % config.eval_every == 0 or step == config.total_steps:
             val = evaluate_split(eval_variables(state), "val")
             writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
@@ -531,6 +654,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "flops_per_step": flops_log[-1] if flops_log else None,
         "train_time_s": train_time,
         "resumed_from_step": start_step,
+        "diverged": False,
+        "skipped_steps": skipped_steps,
         **plan.info,
     }
     extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jtl.data import augment, pipeline, registry, sources, subsets
+from jtl.errors import DataError
 
 
 @pytest.fixture
@@ -224,10 +225,12 @@ def test_per_class_bounds():
     labels = np.repeat(np.arange(3), [5, 2, 5])
     with pytest.raises(ValueError, match="per_class=0 must be >= 1"):
         subsets.nested_subset(labels, np.arange(12), per_class=0)
-    # More than a class holds: clamped to the whole class.
     np.testing.assert_array_equal(
-        np.bincount(labels[subsets.nested_subset(labels, np.arange(12), per_class=4)]), [4, 2, 4]
+        np.bincount(labels[subsets.nested_subset(labels, np.arange(12), per_class=2)]), [2, 2, 2]
     )
+    # More than a class holds is an error naming the maximum, never a silent clamp.
+    with pytest.raises(DataError, match="class 1 has only 2.*maximum available is 2"):
+        subsets.nested_subset(labels, np.arange(12), per_class=4)
 
 
 def test_val_split_disjoint_and_stratified():

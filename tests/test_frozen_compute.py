@@ -18,14 +18,15 @@ from jtl.strategies import Plan
 from jtl.train import compiled_flops, init_state, make_train_step
 
 
-def _step_flops(model, variables, frozen, batch):
+def _step_flops(model, variables, frozen, batch, nonfinite="stop"):
     optim = mlc.ConfigDict(base_config().optim.to_dict())
     optim.frozen = tuple(frozen)
     optim.clip_norm = 1.0
     tx, _ = make_optimizer(variables["params"], optim, 100)
     mask = trainable_mask(variables["params"], optim)
     state = init_state(variables["params"], variables.get("batch_stats", {}), tx)
-    step = jax.jit(make_train_step(model, tx, mask, Plan(variables=variables, optim=optim)))
+    plan = Plan(variables=variables, optim=optim)
+    step = jax.jit(make_train_step(model, tx, mask, plan, nonfinite))
     return compiled_flops(step.lower(state, batch).compile())
 
 
@@ -50,3 +51,15 @@ def test_head_only_and_top_k_steps_cost_less(name, kwargs, size):
     )
     assert head <= 0.45 * full, (head, full)
     assert head < half < full, (head, half, full)
+
+
+def test_skip_policy_keeps_the_frozen_backward_dead():
+    """nonfinite='skip' selects the old state on a bad step without reading frozen grads."""
+    model = get_model("cnn_small", 10, norm="batch")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 3)), jnp.float32)
+    batch = {"image": x, "label": jnp.arange(8, dtype=jnp.int32) % 10}
+    variables = jax.jit(lambda r: model.init(r, x[:1]))(jax.random.PRNGKey(0))
+    full = _step_flops(model, variables, (), batch)
+    head = _step_flops(model, variables, ("backbone/.*",), batch)
+    head_skip = _step_flops(model, variables, ("backbone/.*",), batch, nonfinite="skip")
+    assert head_skip <= 1.05 * head and head_skip <= 0.45 * full, (head_skip, head, full)

@@ -128,6 +128,9 @@ def test_train_on_gs_workdir_writes_through_epath(fake_gcs, monkeypatch):
         def latest_step(self):
             return None
 
+        def restore_usable(self, abstract_for):
+            return 0, None, {}
+
         def should_save(self, step):
             return False
 

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jtl.data import sources
+from jtl.errors import DataError
 
 # 1.1.0: a user data set without a test split is prepared as train only.
 USER_DATA_VERSION = tfds.core.Version("1.1.0")
@@ -259,12 +260,17 @@ def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarr
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def folder_builder(root: str | Path) -> type[ArrayBuilder]:
+def folder_builder(
+    root: str | Path, skip_bad_images: bool = False, record_dir: str | Path | None = None
+) -> type[ArrayBuilder]:
     """ImageFolder layout: `root/CLASS/*.png` (or `root/{train,test}/CLASS/*`), one fixed size.
 
     Images are resized to the most common size; grayscale stays 1 channel, else RGB. The
     builder's name carries a key of every image's path, size and mtime, so a changed folder is
-    prepared afresh.
+    prepared afresh. A class folder without images is a `DataError` naming it (it would
+    otherwise become a class with no examples). Unreadable images are a `DataError` naming the
+    first and the count; with `skip_bad_images` they are left out and listed in
+    `record_dir/<builder name>.skipped_images.txt` (see `skipped_images`).
     """
     from PIL import Image
 
@@ -286,36 +292,81 @@ def folder_builder(root: str | Path) -> type[ArrayBuilder]:
         for s, r in split_roots.items()
     }
     all_files = [p for fs in files.values() for p, _ in fs]
+    for r in split_roots.values():
+        for c in classes:
+            if (r / c).is_dir() and not any(
+                p.suffix.lower() in IMAGE_SUFFIXES for p in (r / c).iterdir()
+            ):
+                raise DataError(
+                    f"class folder {r / c} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})",
+                    "add images or remove the empty folder: it would be a class with no examples",
+                )
     if not classes or not all_files:
         raise ValueError(
             f"{root} has no images in class sub-folders; expected root/CLASS/IMAGE.png "
             f"(or root/train/CLASS/..., root/test/CLASS/...) with suffixes {IMAGE_SUFFIXES}"
         )
     sizes, modes = collections.Counter(), collections.Counter()
-    for p in all_files[:200]:
-        with Image.open(p) as im:
-            sizes[(im.size[1], im.size[0])] += 1
-            modes["L" if im.mode in ("L", "1", "I;16", "I") else "RGB"] += 1
+    for p in all_files:
+        if sum(sizes.values()) >= 200:
+            break
+        try:
+            with Image.open(p) as im:
+                sizes[(im.size[1], im.size[0])] += 1
+                modes["L" if im.mode in ("L", "1", "I;16", "I") else "RGB"] += 1
+        except Exception:  # noqa: BLE001 - unreadable files are reported when the data is read
+            continue
+    if not sizes:
+        raise DataError(f"no readable image in {root} (first file: {all_files[0]})")
     size = sizes.most_common(1)[0][0]
     mode = modes.most_common(1)[0][0]
     channels = 1 if mode == "L" else 3
-    key = _content_key(all_files)
+    key = _content_key(all_files) + ("_skipbad" if skip_bad_images else "")
+    builder_name = f"jtl_folder_{root.name.lower().replace('-', '_')}_{key}"
+    record = Path(record_dir) / f"{builder_name}.skipped_images.txt" if record_dir else None
 
     class FolderBuilder(ArrayBuilder, skip_registration=True):
         VERSION = USER_DATA_VERSION
-        name = f"jtl_folder_{root.name.lower().replace('-', '_')}_{key}"
+        name = builder_name
         IMAGE_SHAPE = (size[0], size[1], channels)
         CLASS_NAMES = classes
         DESCRIPTION = f"User images from {root}"
 
         def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-            arrays = {
-                s: (
-                    np.stack([_read_image(p, size, mode) for p, _ in fs]),
-                    np.array([c for _, c in fs], np.int64),
+            arrays, bad = {}, []
+            for s, fs in files.items():
+                images, labels = [], []
+                for p, c in fs:
+                    try:
+                        images.append(_read_image(p, size, mode))
+                        labels.append(c)
+                    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+                        bad.append((p, e))
+                if not images:
+                    raise DataError(f"no readable image in the {s} split of {root}")
+                arrays[s] = (np.stack(images), np.array(labels, np.int64))
+            if bad and not skip_bad_images:
+                path, err = bad[0]
+                raise DataError(
+                    f"{len(bad)} unreadable image(s) in {root}; first: {path} "
+                    f"({type(err).__name__}: {err})",
+                    "fix or remove them, or set --config.skip_bad_images=True to skip them "
+                    "(they are then listed in the workdir's skipped_images.txt)",
                 )
-                for s, fs in files.items()
-            }
+            counts = np.bincount(arrays["train"][1], minlength=len(classes))
+            if (counts == 0).any():
+                empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+                raise DataError(f"class(es) {empty} of {root} have no readable training image")
+            if record is not None:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                record.write_text("".join(f"{p}\t{type(e).__name__}: {e}\n" for p, e in bad))
             return arrays  # no test/ folder: train only; `registry.load` holds out a test split
+
+        @classmethod
+        def skipped_images(cls) -> list[str]:
+            """Files left out when the data set was prepared (empty unless skip_bad_images)."""
+            if record is None or not record.exists():
+                return []
+            return [line for line in record.read_text().splitlines() if line]
 
     return FolderBuilder

@@ -130,6 +130,7 @@ class Dataset:
     builder: Any = None
     _labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
     modality: str = "image"
+    skipped_images: list[str] = dataclasses.field(default_factory=list)
 
     def labels(self, split: str) -> np.ndarray:
         """The split's int64 labels, read once (in bulk) and cached: for splits and subsets."""
@@ -143,11 +144,14 @@ class Dataset:
         return self._labels[split]
 
 
-def _builder_for(name: str, data_dir: Path) -> tfds.core.DatasetBuilder:
+def _builder_for(
+    name: str, data_dir: Path, skip_bad_images: bool = False
+) -> tfds.core.DatasetBuilder:
     if name.startswith("npz:"):
         return builders.npz_builder(name[4:])(data_dir=str(data_dir), file_format="array_record")
     if name.startswith("folder:"):
-        return builders.folder_builder(name[7:])(data_dir=str(data_dir), file_format="array_record")
+        cls = builders.folder_builder(name[7:], skip_bad_images, record_dir=data_dir)
+        return cls(data_dir=str(data_dir), file_format="array_record")
     if name in builders.OFFLINE_BUILDERS:
         builder = builders.OFFLINE_BUILDERS[name](
             data_dir=str(data_dir), file_format="array_record"
@@ -213,10 +217,14 @@ def _load_text(name: str, builder: tfds.core.DatasetBuilder) -> Dataset:
     return Dataset(name, len(names), names, (seq_len,), splits, builder, modality="text")
 
 
-def load(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Prepares (once) and opens a data set by name; see the module docstring for the forms."""
+def load(name: str, data_dir: str | Path | None = None, skip_bad_images: bool = False) -> Dataset:
+    """Prepares (once) and opens a data set by name; see the module docstring for the forms.
+
+    `skip_bad_images` (folder: data sets): leave unreadable files out instead of failing; the
+    skipped files are in `Dataset.skipped_images`.
+    """
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
-    builder = _builder_for(name, data_dir)
+    builder = _builder_for(name, data_dir, skip_bad_images)
     try:
         builder.download_and_prepare()
     except ImportError as e:
@@ -265,7 +273,8 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
                 "train": _Subset(train, np.flatnonzero(~mask)),
                 "test": _Subset(train, np.flatnonzero(mask)),
             }
-    return Dataset(name, num_classes, class_names, shape, splits, builder)
+    skipped = builder.skipped_images() if hasattr(builder, "skipped_images") else []
+    return Dataset(name, num_classes, class_names, shape, splits, builder, skipped_images=skipped)
 
 
 class _Subset:

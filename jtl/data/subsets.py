@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jtl.errors import DataError
+
 
 def _per_class_order(labels: np.ndarray, indices: np.ndarray, seed: int) -> dict[int, np.ndarray]:
     """A fixed random order of each class's indices; subsets take prefixes of it."""
@@ -43,8 +45,8 @@ def nested_subset(
 ) -> np.ndarray:
     """Stratified subset of `indices`; for one seed, smaller subsets are inside larger ones.
 
-    `per_class` takes that many examples of every class (all of a class if it has fewer, with a
-    warning-free clamp: the per-class count actually used is visible in the subset's size);
+    `per_class` takes that many examples of every class; asking for more than the smallest
+    class has is a `DataError` naming the maximum (a run labelled "5000/class" must be one);
     `fraction` in (0, 1] takes that fraction of every class (at least one).
     """
     if (fraction is None) == (per_class is None):
@@ -59,7 +61,17 @@ def nested_subset(
     labels = np.asarray(labels)
     indices = np.asarray(indices)
     chosen = []
-    for idx in _per_class_order(labels, indices, seed).values():
+    order = _per_class_order(labels, indices, seed)
+    if per_class is not None and order:
+        smallest = min(order, key=lambda c: len(order[c]))
+        available = len(order[smallest])
+        if per_class > available:
+            raise DataError(
+                f"per_class={per_class} but class {smallest} has only {available} training "
+                f"examples (after the validation split); the maximum available is {available}",
+                f"use per_class<={available}, a fraction, or size 'full'",
+            )
+    for idx in order.values():
         n = (
             min(per_class, len(idx))
             if per_class is not None

@@ -33,6 +33,8 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
+from jtl.errors import MissingFileError, UserError
+
 __all__ = [
     "UnsafePickleError",
     "load_state_dict",
@@ -58,7 +60,7 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UserError, pickle.UnpicklingError):
     """The pickle references a global outside the state-dict allow-list; nothing was executed."""
 
 
@@ -338,10 +340,31 @@ def read_torch_pickle(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
-    """`.safetensors` via `safetensors.numpy`, anything else as a torch pickle."""
+    """`.safetensors` via `safetensors.numpy`, anything else as a torch pickle.
+
+    A file that cannot be read (truncated, corrupt, not a state dict) is one `UserError` naming
+    it, whatever the parser raised; refused pickles stay `UnsafePickleError`.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No such checkpoint file: {path}")
+        raise MissingFileError(f"No such checkpoint file: {path}", "check the --from path")
+    try:
+        return _load_state_dict(path)
+    except (UnsafePickleError, UserError, ImportError):
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, pickle, struct, numpy and rust errors alike
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
+        raise UnreadableWeightsError(
+            f"{path} is not a readable {kind} state dict ({type(e).__name__}: {e})",
+            "check that the file is complete (e.g. its sha256) and in the format its suffix says",
+        ) from e
+
+
+class UnreadableWeightsError(UserError, ValueError):
+    """A weights file that is truncated, corrupt or not a state dict."""
+
+
+def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         try:
             from safetensors.numpy import load_file

@@ -12,6 +12,8 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
+from jtl.errors import ConfigError
+
 HEAD_REGEX = "head/.*"
 
 
@@ -23,9 +25,9 @@ def block_regex(block: str) -> str:
 def _check_blocks(block_names: Sequence[str]) -> list[str]:
     blocks = list(block_names)
     if not blocks:
-        raise ValueError("block_names is empty")
+        raise ConfigError("block_names is empty")
     if len(set(blocks)) != len(blocks):
-        raise ValueError(f"block_names has duplicates: {blocks}")
+        raise ConfigError(f"block_names has duplicates: {blocks}")
     return blocks
 
 
@@ -38,7 +40,7 @@ def layerwise_lr_mults(
     """
     blocks = _check_blocks(block_names)
     if not decay > 0:
-        raise ValueError(f"layer-wise decay must be > 0, got {decay!r} (to freeze, use `frozen`)")
+        raise ConfigError(f"layer-wise decay must be > 0, got {decay!r} (to freeze, use `frozen`)")
     rules: list[tuple[str, float]] = [(head_regex, 1.0)]
     for level, block in enumerate(reversed(blocks), start=1):
         rules.append((block_regex(block), float(decay) ** level))
@@ -49,7 +51,7 @@ def _split_levels(blocks: list[str], levels: int | Sequence[Sequence[str]]) -> l
     """Blocks grouped into contiguous levels, bottom (stem) level first."""
     if isinstance(levels, int):
         if not 1 <= levels <= len(blocks):
-            raise ValueError(f"levels must be in 1..{len(blocks)}, got {levels}")
+            raise ConfigError(f"levels must be in 1..{len(blocks)}, got {levels}")
         base, extra = divmod(len(blocks), levels)
         out, start = [], 0
         for i in range(levels):  # the top levels get the extra blocks: the stem stays small
@@ -60,7 +62,7 @@ def _split_levels(blocks: list[str], levels: int | Sequence[Sequence[str]]) -> l
     out = [list(level) for level in levels]
     flat = [b for level in out for b in level]
     if flat != blocks or any(not level for level in out):
-        raise ValueError(
+        raise ConfigError(
             f"levels must split block_names {blocks} into non-empty contiguous groups in depth "
             f"order, got {out}"
         )
@@ -82,7 +84,7 @@ def discriminative_lr_mults(
     """
     blocks = _check_blocks(block_names)
     if not factor > 0:
-        raise ValueError(f"discriminative factor must be > 0, got {factor!r}")
+        raise ConfigError(f"discriminative factor must be > 0, got {factor!r}")
     if levels is None:
         return layerwise_lr_mults(blocks, 1.0 / float(factor), head_regex)
     groups = _split_levels(blocks, levels)
@@ -101,7 +103,7 @@ def freeze_first_k(block_names: Sequence[str], k: int) -> list[str]:
     """
     blocks = _check_blocks(block_names)
     if not 0 <= k <= len(blocks):
-        raise ValueError(f"k must be in 0..{len(blocks)} (blocks: {', '.join(blocks)}), got {k}")
+        raise ConfigError(f"k must be in 0..{len(blocks)} (blocks: {', '.join(blocks)}), got {k}")
     return [block_regex(b) for b in blocks[:k]]
 
 
@@ -134,7 +136,7 @@ class UnfreezeSchedule:
     def stage_at(self, step: int) -> int:
         """The stage that trains step `step` (0-based): `min(step // stage_steps, last)`."""
         if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
+            raise ConfigError(f"step must be >= 0, got {step}")
         return min(int(step) // self.stage_steps, len(self.stages) - 1)
 
     def frozen_at(self, step: int) -> list[str]:
@@ -154,9 +156,9 @@ def gradual_unfreeze_stages(
     """
     blocks = _check_blocks(block_names)
     if stage_steps <= 0:
-        raise ValueError(f"stage_steps must be > 0, got {stage_steps}")
+        raise ConfigError(f"stage_steps must be > 0, got {stage_steps}")
     if blocks_per_stage <= 0:
-        raise ValueError(f"blocks_per_stage must be > 0, got {blocks_per_stage}")
+        raise ConfigError(f"blocks_per_stage must be > 0, got {blocks_per_stage}")
     stages = []
     n_trainable, index = 0, 0
     while True:

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jtl.errors import ConfigError
 from jtl.optim import rules as rules_lib
 from jtl.optim import schedules as schedules_lib
 
@@ -89,19 +90,19 @@ def _cfg_dict(cfg: Any) -> dict[str, Any]:
     raw = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     unknown = set(raw) - set(DEFAULTS) - set(REQUIRED)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"optimizer config: unknown field(s) {sorted(unknown)}; known: "
             f"{', '.join(REQUIRED + tuple(DEFAULTS))}"
         )
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
-        raise ValueError(f"optimizer config: missing field(s) {missing}")
+        raise ConfigError(f"optimizer config: missing field(s) {missing}")
     out = {**DEFAULTS, **raw}
     if out["name"] not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {out['name']!r}; valid: {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {out['name']!r}; valid: {', '.join(OPTIMIZERS)}")
     for key in ("weight_decay", "clip_norm"):
         if float(out[key]) < 0:
-            raise ValueError(f"optimizer config: {key} must be >= 0, got {out[key]!r}")
+            raise ConfigError(f"optimizer config: {key} must be >= 0, got {out[key]!r}")
     return out
 
 

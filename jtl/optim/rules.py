@@ -26,6 +26,8 @@ from typing import Any
 
 import jax
 
+from jtl.errors import ConfigError
+
 Rule = tuple[str, Any]
 
 _NO_DEFAULT = object()
@@ -81,7 +83,7 @@ def _compile(rules: list[Rule], what: str) -> list[re.Pattern[str]]:
         try:
             compiled.append(re.compile(regex))
         except re.error as e:
-            raise ValueError(f"{what}: invalid regex {regex!r}: {e}") from None
+            raise ConfigError(f"{what}: invalid regex {regex!r}: {e}") from None
     return compiled
 
 
@@ -120,13 +122,13 @@ def assign(
             out.append((default(path) if callable(default) else default, None))
     for (regex, _), ok in zip(rules, used, strict=True):
         if not ok:
-            raise ValueError(
+            raise ConfigError(
                 f"{what}: rule {regex!r} matches no parameter (rules use re.fullmatch on "
                 f"'/'-joined paths). Example paths: {', '.join(_examples(regex, paths))}"
             )
     if uncovered:
         shown = ", ".join(uncovered[:20]) + (" ..." if len(uncovered) > 20 else "")
-        raise ValueError(
+        raise ConfigError(
             f"{what}: {len(uncovered)} parameter(s) match no rule and there is no default: "
             f"{shown}. Add a rule for them, e.g. a catch-all ('.*', value) at the end."
         )
@@ -153,7 +155,7 @@ def check_mults(rules: list[Rule], *, what: str, allow_zero: bool) -> None:
                 f"{what}: multiplier for {regex!r} must be a finite number, got {mult!r}"
             )
         if mult < 0 or (mult == 0 and not allow_zero):
-            raise ValueError(
+            raise ConfigError(
                 f"{what}: multiplier {mult!r} for {regex!r} must be > 0. To stop training a "
                 "parameter, list its regex in `frozen` instead: frozen parameters get no update, "
                 "no weight decay and no optimizer state, and their backward pass is compiled away."

@@ -16,6 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from jtl.errors import ConfigError
+
 # name -> keyword arguments the schedule accepts (besides base_lr/total_steps/warmup_steps).
 SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {},
@@ -51,7 +53,7 @@ def _decay_fn(
     if name == "step":
         fracs = kw["boundaries"]
         if isinstance(fracs, int | float) or not all(0.0 < float(f) < 1.0 for f in fracs):
-            raise ValueError(
+            raise ConfigError(
                 f"step schedule: boundaries must be fractions of training in (0, 1), got {fracs!r}"
             )
         bounds = [round(float(f) * total_steps) for f in fracs]
@@ -74,18 +76,18 @@ def make_schedule(
     config fails at start-up instead of silently training with the default.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
     extra = set(kw) - set(SCHEDULES[name])
     if extra:
         valid = ", ".join(SCHEDULES[name]) or "none"
-        raise ValueError(
+        raise ConfigError(
             f"schedule {name!r} got unknown arguments {sorted(extra)}; it accepts: {valid}"
         )
     total_steps, warmup_steps = int(total_steps), int(warmup_steps)
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        raise ConfigError(f"total_steps must be > 0, got {total_steps}")
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(
+        raise ConfigError(
             f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}"
         )
     decay = _decay_fn(name, total_steps, warmup_steps, {**SCHEDULES[name], **kw})

@@ -89,6 +89,18 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _diverged_section(doc: Any, diverged: list[str]) -> None:
+    """Cells whose training diverged (non-finite loss): listed, never averaged in."""
+    if not diverged:
+        return
+    doc.h(2, "Diverged cells")
+    doc.p(
+        f"{len(diverged)} cell(s) stopped on a non-finite loss or gradient norm; they have no "
+        "accuracy and are left out of every table and plot below."
+    )
+    doc.ul(list(diverged))
+
+
 def build_report(
     study: dict[str, Any], rows: list[dict[str, Any]], outdir: Path
 ) -> dict[str, Path]:
@@ -133,6 +145,7 @@ def build_report(
         ]
     )
 
+    _diverged_section(doc, study.get("diverged_cells") or [])
     doc.h(2, "Summary")
     if not rows:
         doc.p("No finished cells: nothing to report yet.")

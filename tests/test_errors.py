@@ -1,0 +1,266 @@
+"""The error contract: every known user error is one line `jtl: error: WHAT (HINT)`, exit 2.
+
+Most cases call `jtl.cli.main` in-process (fast); one subprocess checks the real program's
+stderr and `--debug`. Data-set sanity errors (empty class folder, per_class, bad images) and
+the study's handling of diverged cells are here too.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import ml_collections as mlc
+import numpy as np
+import pytest
+from PIL import Image
+
+from jtl import cli
+from jtl import study as study_lib
+from jtl.data import registry
+from jtl.errors import DataError, DivergedError, UserError, format_error
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+def _main(capsys, *argv: str) -> tuple[int, list[str]]:
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("jtl: error:")]
+
+
+def _assert_one_line(code: int, lines: list[str], *needles: str) -> None:
+    assert code == 2, lines
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(")") and " (" in lines[0], lines[0]  # WHAT (HINT)
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_config_typo(capsys, tmp_path):
+    code, lines = _main(
+        capsys, "train", "--config", TINY, "--workdir", str(tmp_path), "--config.optim.lrr=1"
+    )
+    _assert_one_line(code, lines, "unknown config key 'optim.lrr'", "'lr'")
+    code, lines = _main(capsys, "train", "--config", f"{TINY}:stepz=3", "--workdir", str(tmp_path))
+    _assert_one_line(code, lines, "unknown config argument 'stepz'")
+    code, lines = _main(capsys, "train", "--config", "configs/nope.py", "--workdir", str(tmp_path))
+    _assert_one_line(code, lines, "config file 'configs/nope.py' not found")
+
+
+def test_argparse_errors_are_one_line(capsys):
+    code, lines = _main(capsys, "train", "--workdir", "x")
+    _assert_one_line(code, lines, "the following arguments are required: --config")
+    assert cli.main(["nocommand"]) == 2
+
+
+def test_bad_strategy_and_unknown_dataset_leave_the_workdir_usable(capsys, tmp_path):
+    wd = tmp_path / "run"
+    code, lines = _main(
+        capsys, "train", "--config", TINY, "--workdir", str(wd), "--config.strategy=bogus"
+    )
+    _assert_one_line(code, lines, "unknown strategy 'bogus'", "finetune_full")
+    code, lines = _main(
+        capsys, "train", "--config", TINY, "--workdir", str(wd), "--config.dataset=no_such_xyz"
+    )
+    _assert_one_line(code, lines, "unknown data set 'no_such_xyz'")
+    # A start that failed before training pins nothing: the right config is not a "conflict".
+    from jtl import train as train_lib
+
+    train_lib._check_workdir(train_lib.as_path(wd), train_lib.config_lib.load_config(TINY))
+
+
+def test_workdir_conflict(capsys, tmp_path):
+    from jtl import config as config_lib
+
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps(config_lib.to_dict(config_lib.load_config(TINY))))
+    (wd / "summary.json").write_text("{}")
+    code, lines = _main(capsys, "train", "--config", TINY, "--workdir", str(wd), "--config.seed=5")
+    _assert_one_line(code, lines, "different config (differs in: seed)")
+    assert (wd / "summary.json").read_text() == "{}"
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unsafe_pickle_and_missing_weights(capsys, tmp_path):
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("evil/data.pkl", pickle.dumps({"w": _Evil(tmp_path / "pwned")}))
+    out = tmp_path / "out"
+    code, lines = _main(
+        capsys, "import", "--from", str(path), "--model", "resnet18", "--out", str(out)
+    )
+    _assert_one_line(code, lines, "refusing to load global")
+    assert not (tmp_path / "pwned").exists() and not out.exists()
+    code, lines = _main(
+        capsys, "import", "--from", str(tmp_path / "no.pth"), "--model", "resnet18", "--out", "x"
+    )
+    _assert_one_line(code, lines, "No such checkpoint file")
+
+
+def test_predict_missing_and_non_image_file(capsys, tmp_path):
+    code, lines = _main(
+        capsys, "predict", "--checkpoint", str(tmp_path), "--image", str(tmp_path / "no.png")
+    )
+    _assert_one_line(code, lines, "No such file or directory", "no.png")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    code, lines = _main(capsys, "predict", "--checkpoint", str(tmp_path), "--image", str(text))
+    _assert_one_line(code, lines, "notes.png", "image file")
+
+
+def test_unwritable_workdir(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, lines = _main(capsys, "train", "--config", TINY, "--workdir", str(blocker / "run"))
+    _assert_one_line(code, lines, str(blocker))
+
+
+def test_error_format_and_exit_codes():
+    line, code = format_error(UserError("bad thing\nsecond line", "do this"))
+    assert (line, code) == ("jtl: error: bad thing; second line (do this)", 2)
+    line, code = format_error(ZeroDivisionError("boom"))
+    assert code == 1 and line.startswith("jtl: error: internal error: ZeroDivisionError: boom")
+    assert "--debug" in line
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("JTL_DEBUG", "0")  # restored afterwards (--debug sets it to 1)
+    args = ["train", "--config", TINY, "--workdir", str(tmp_path), "--config.optim.lrr=1"]
+    with pytest.raises(KeyError, match="optim.lrr"):
+        cli.main([*args, "--debug"])
+    monkeypatch.setenv("JTL_DEBUG", "1")
+    with pytest.raises(KeyError, match="optim.lrr"):
+        cli.main(args)
+
+
+def test_program_stderr_is_exactly_one_line(tmp_path):
+    """The real program: nothing but the one line on stderr, exit 2; --debug: a traceback."""
+    args = [sys.executable, "-m", "jtl.cli", "train", "--config", TINY, "--workdir", str(tmp_path)]
+    out = subprocess.run([*args, "--config.optim.lrr=1"], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [out.stderr.strip()] and out.stderr.startswith("jtl: error:")
+    out = subprocess.run([*args, "--config.optim.lrr=1", "--debug"], capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_progress_lines_without_a_tty(tmp_path):
+    """Under nohup or a log file: one line per log_every steps with loss, steps/s and ETA."""
+    out = subprocess.run(
+        [sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps=20"]
+        + ["--workdir", str(tmp_path / "run"), "--config.log_every=5"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line for line in out.stderr.splitlines() if "steps/s" in line]
+    assert len(lines) == 4, out.stderr[-3000:]
+    assert re.search(
+        r"step 5/20: loss \d+\.\d+, accuracy \d\.\d+, [\d.]+ steps/s, ETA \d+:\d\d", lines[0]
+    )
+    assert "step 20/20" in lines[-1]
+
+
+# ----------------------------------------------------------------------------- data sanity
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    rng = np.random.default_rng(0)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (8, 8), np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = _folder(tmp_path / "imgs", {"cat": 4, "dog": 4, "empty": 0})
+    with pytest.raises(DataError, match=r"class folder .*imgs/empty holds no images"):
+        registry.load(f"folder:{root}", data_dir=tmp_path / "tfds")
+
+
+def test_unreadable_images_error_or_skip(tmp_path):
+    root = _folder(tmp_path / "imgs", {"cat": 6, "dog": 6})
+    (root / "cat" / "bad1.png").write_bytes(b"\x89PNG broken")
+    (root / "dog" / "bad2.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"2 unreadable image\(s\) in .*first: .*cat/bad1.png"):
+        registry.load(f"folder:{root}", data_dir=tmp_path / "tfds")
+    ds = registry.load(f"folder:{root}", data_dir=tmp_path / "tfds", skip_bad_images=True)
+    assert len(ds.splits["train"]) + len(ds.splits["test"]) == 12
+    assert sorted(Path(line.split("\t")[0]).name for line in ds.skipped_images) == [
+        "bad1.png",
+        "bad2.png",
+    ]
+    # Prepared once; a second load still knows what was skipped.
+    again = registry.load(f"folder:{root}", data_dir=tmp_path / "tfds", skip_bad_images=True)
+    assert again.skipped_images == ds.skipped_images
+
+
+def test_per_class_beyond_the_data_is_an_error(tmp_path):
+    from jtl import config as config_lib
+    from jtl.train import TargetData
+
+    config = config_lib.load_config(TINY, ["train_per_class=5000"])
+    with pytest.raises(DataError, match="maximum available is 1[01][0-9]"):
+        TargetData(config)
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+def test_diverged_cells_are_listed_not_averaged(tmp_path, monkeypatch):
+    s = study_lib.study_defaults()
+    s.name = "t"
+    s.cell_config = "configs/transfer.py"
+    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
+    s.strategies = ("scratch",)
+    s.kfold.folds = 0
+    s.sizes = ("5",)
+    s.seeds = (0, 1)
+    s.steps = 4
+    s.advise_sample = 0
+    study_lib.validate(s)
+    cells = study_lib.expand(s, tmp_path)
+    assert len(cells) == 2
+    ok, bad = cells
+    for cell in cells:
+        cell.workdir(tmp_path).mkdir(parents=True)
+    ok_summary = {"train_examples": 50, "num_classes": 10, "test_accuracy": 0.5, "steps": 4}
+    (ok.workdir(tmp_path) / "summary.json").write_text(json.dumps(ok_summary))
+    (bad.workdir(tmp_path) / "summary.json").write_text(
+        json.dumps({"diverged": True, "diverged_step": 3, "test_accuracy": None})
+    )
+    rows = study_lib.collect(cells, tmp_path)
+    assert [r["cell"] for r in rows] == [ok.id]
+    assert study_lib.diverged_cells(cells, tmp_path) == [f"{bad.id}: diverged at step 3"]
+
+    def diverge(config, workdir):
+        raise DivergedError("training diverged at step 3")
+
+    monkeypatch.setattr(study_lib, "run_train", diverge)
+    (bad.workdir(tmp_path) / "summary.json").unlink()
+    _, failed = study_lib.run_cells([bad], tmp_path)
+    assert failed == []  # a diverged cell is a result, not a failure
+
+    from jtl.report import build_report
+
+    paths = build_report({"name": "t", "diverged_cells": ["c: diverged at step 3"]}, rows, tmp_path)
+    md = paths["md"].read_text()
+    assert "Diverged cells" in md and "c: diverged at step 3" in md
