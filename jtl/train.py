@@ -25,7 +25,7 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import guard, sharding
+from jtl import costs, guard, sharding
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
 from jtl.data.pipeline import model_inputs
@@ -459,6 +459,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "trainable_params": int(result["feature_dim"] + 1) * data.num_classes,
             "frozen_params": n_total,
             "flops_per_step": None,
+            # No SGD state, no checkpoint: the probe lives in summary.json.
+            **costs.cost_fields(None, None),
             # A convex fit solved to its optimum, its L2 chosen on validation: converged.
             "budget": "closed_form",
             "converged": True,
@@ -469,6 +471,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return summary
 
     plan = plan_strategy(config, model, variables, data, workdir)
+    model = plan.model if plan.model is not None else model  # PEFT: applies its own subtrees
     params = plan.variables["params"]
     frozen_at = plan.frozen_at or (lambda step: tuple(plan.optim.frozen))
 
@@ -652,6 +655,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "trainable_params": n_trainable,
         "frozen_params": n_frozen,
         "flops_per_step": flops_log[-1] if flops_log else None,
+        **costs.cost_fields(state["opt_state"], checkpoints.directory / str(step)),
         "train_time_s": train_time,
         "resumed_from_step": start_step,
         "diverged": False,
