@@ -33,7 +33,12 @@ def dir_bytes(path: str | Path | epath.Path | None) -> int | None:
     p = epath.Path(path)
     if not p.exists():
         return None
-    return int(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()))
+    return _walk_bytes(p)
+
+
+def _walk_bytes(p: epath.Path) -> int:
+    # Not `rglob`: epath refuses recursive globs (they would be thousands of GCS requests).
+    return int(sum(_walk_bytes(c) if c.is_dir() else c.stat().length for c in p.iterdir()))
 
 
 def peak_host_memory_bytes() -> int:

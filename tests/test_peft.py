@@ -332,3 +332,27 @@ def test_cli_train_each_peft_strategy_end_to_end(source, tmp_path, strategy):
     assert s["flops_per_step"] > 0 and s["wall_time_s"] > 0
     src = json.loads((source / "summary.json").read_text())
     assert s["opt_state_bytes"] < src["opt_state_bytes"] / 5
+
+
+def test_report_cost_table_and_accuracy_vs_cost_plot(tmp_path):
+    from jtl import report as sr
+    from tests.test_report import grid
+
+    cost = {
+        "finetune_full": (11_000_000, 88_000_000, 132_000_000),
+        "lora": (60_000, 480_000, 45_000_000),
+    }
+    rows = []
+    for arm, means in (("finetune_full", {"10/class": 0.6, "full": 0.9}),
+                       ("lora", {"10/class": 0.55, "full": 0.8})):  # fmt: skip
+        for r in grid("t", {arm: means}):
+            n, opt, ck = cost[arm]
+            r.update(trainable_params=n, opt_state_bytes=opt, checkpoint_bytes=ck,
+                     peak_host_memory_bytes=2**30, flops_per_step=1e9)  # fmt: skip
+            rows.append(r)
+    paths = sr.build_report({"name": "toy"}, rows, tmp_path)
+    md = paths["md"].read_text()
+    assert "| arm | trainable params | optimizer state | checkpoint | peak host memory" in md
+    assert "| lora | 60,000 | 0.46 MiB | 42.92 MiB | 1,024.00 MiB | 1e+09 |" in md
+    assert paths["cost_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy_vs_cost.png" in md
