@@ -278,10 +278,18 @@ def test_frozen_base_weights_are_bit_identical_after_training(source, tmp_path, 
     assert s["opt_state_bytes"] < costs.tree_bytes(before) / 4
 
 
-def test_lora_kill_and_resume_matches_uninterrupted(source, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def lora_run(source, tmp_path_factory):
+    from jtl.train import train
+
+    wd = tmp_path_factory.mktemp("lora")
+    return wd, train(_target(source, "lora"), wd)
+
+
+def test_lora_kill_and_resume_matches_uninterrupted(source, lora_run, tmp_path, monkeypatch):
     from jtl import train as train_lib
 
-    full = train_lib.train(_target(source, "lora"), tmp_path / "full")
+    full_dir, full = lora_run
     real_write = train_lib.MetricWriter.write
 
     def crash(self, step, split, **kw):
@@ -295,7 +303,7 @@ def test_lora_kill_and_resume_matches_uninterrupted(source, tmp_path, monkeypatc
     monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
     resumed = train_lib.train(_target(source, "lora", "log_every=4"), tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 10
-    a, b = _state(tmp_path / "full", 20), _state(tmp_path / "resumed", 20)
+    a, b = _state(full_dir, 20), _state(tmp_path / "resumed", 20)
     assert a.keys() == b.keys() and any(k.startswith("params/lora/") for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -356,3 +364,44 @@ def test_report_cost_table_and_accuracy_vs_cost_plot(tmp_path):
     assert "| lora | 60,000 | 0.46 MiB | 42.92 MiB | 1,024.00 MiB | 1e+09 |" in md
     assert paths["cost_plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy_vs_cost.png" in md
+
+
+def test_export_merge_writes_a_plain_checkpoint_predict_and_init_load(lora_run, tmp_path):
+    from jtl import predict, source_model
+    from jtl.cli import main
+
+    run, _ = lora_run
+    out = tmp_path / "merged"
+    assert main(["export", "--merge", "--checkpoint", str(run), "--out", str(out)]) == 0
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
+    info, model, plain = source_model.load(out, x)
+    assert info.channels == 1 and peft.LORA not in plain["params"]
+    trained = _state(run, 20)
+    variables = ckpt.unflatten(trained)
+    config = json.loads((run / "config.json").read_text())
+    peft_model = peft.PeftModel(model, config["strategy_args"]["lora_alpha"] / 4)
+    unmerged = np.asarray(peft_model.apply(variables, x, train=False))
+    np.testing.assert_allclose(np.asarray(model.apply(plain, x, train=False)), unmerged, atol=1e-5)
+    base = {**variables, "params": {k: v for k, v in variables["params"].items() if k != "lora"}}
+    base_logits = np.asarray(model.apply(base, x, train=False))
+    assert np.max(np.abs(base_logits - unmerged)) > 1e-4  # the trained factors are not zero
+    image = np.random.default_rng(1).integers(0, 255, (16, 16, 1), dtype=np.uint8)
+    assert len(predict.predict(out, image, top=3)) == 3
+    target = jax.tree.map(np.zeros_like, plain)
+    loaded, report = ckpt.load_variables(out, target, exclude=("head/.*",))  # init.checkpoint
+    np.testing.assert_array_equal(
+        loaded["params"]["backbone"]["block1"]["conv"]["kernel"],
+        plain["params"]["backbone"]["block1"]["conv"]["kernel"],
+    )
+
+
+def test_export_merge_refuses_an_adapter_run_in_one_line(source, tmp_path, capsys):
+    from jtl.cli import main
+    from jtl.train import train
+
+    train(_target(source, "adapter", steps=2), tmp_path / "a")
+    code = main(["export", "--merge", "--checkpoint", str(tmp_path / "a"), "--out", "o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("jtl: error: cannot merge an adapter run")
+    assert not (tmp_path / "o").exists()
