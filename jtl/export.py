@@ -19,28 +19,19 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jtl import checkpoint as ckpt
-from jtl import peft, source_model
+from jtl import peft, slim_checkpoint, source_model
 from jtl.errors import MissingFileError, UserError
 
 
 def _run_state(run: Path) -> tuple[dict[str, Any], int]:
-    """The latest checkpoint's params and batch_stats (whatever device count wrote them)."""
-    mgr = ocp.CheckpointManager(ckpt.checkpoints_dir(run), item_handlers=ckpt._handlers())
-    step = mgr.latest_step()
-    if step is None:
-        mgr.close()
-        raise MissingFileError(f"{run} holds no finished checkpoint", "train the run to the end")
-    md = mgr.item_metadata(step)["state"]
-    mgr.close()
-    md = md.tree if hasattr(md, "tree") else md
-    flat = ckpt.flatten({c: md.get(c) or {} for c in ("params", "batch_stats")})
-    target = ckpt.unflatten({k: np.zeros(m.shape, m.dtype) for k, m in flat.items()})
-    target.setdefault("batch_stats", {})
-    variables, _ = ckpt.load_variables(run, target, exclude=(), step=step)
-    return jax.tree.map(np.asarray, variables), int(step)
+    """The latest checkpoint's params and batch_stats; a slim (PEFT) checkpoint gets its frozen
+    weights back from the base it references, whose sha256 must match."""
+    variables, step, meta = slim_checkpoint.read_variables(str(run))
+    if meta.get(slim_checkpoint.BASE_KEY):
+        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run))
+    return variables, step
 
 
 def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:

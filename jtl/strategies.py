@@ -49,7 +49,8 @@ from jtl import checkpoint as ckpt
 from jtl import peft
 from jtl.errors import ConfigError
 from jtl.models import TEXT_MODELS
-from jtl.optim import network_rules
+from jtl.optim import network_rules, trainable_mask
+from jtl.slim_checkpoint import SlimCheckpoint
 
 STRATEGIES = (
     "scratch",
@@ -102,6 +103,8 @@ class Plan:
     # The model the trainer applies (train and eval) when the params tree carries extra
     # subtrees (PEFT: `jtl.peft.PeftModel`); None: the model the trainer built.
     model: Any = None
+    # Checkpoints without the frozen base (PEFT: `jtl.slim_checkpoint`); None: full state.
+    checkpoint: Any = None
 
 
 def _blocks(model: Any) -> list[str]:
@@ -236,6 +239,10 @@ def plan_strategy(
         plan.info = {**info, **plan.info}
         if args.freeze_batch_stats:  # every PEFT plan freezes the base: BN runs on its stats
             plan.apply_train = frozen_bn_apply(blocks, list(plan.optim.frozen), None)
+        params = plan.variables["params"]
+        plan.checkpoint = SlimCheckpoint.from_params(
+            params, trainable_mask(params, plan.optim), config.init.checkpoint
+        )
         return plan
 
     frozen = list(optim.frozen)

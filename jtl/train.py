@@ -494,9 +494,17 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
 
     # The newest checkpoint that restores intact (older ones if it is corrupt, with a warning).
+    slim = plan.checkpoint  # PEFT: checkpoints hold no frozen base weights (jtl.slim_checkpoint)
+
+    def saved(s: State) -> State:
+        return slim.strip(s) if slim is not None else s
+
     start_step, restored, meta = checkpoints.restore_usable(
-        lambda s: ckpt.abstract_like(fresh_state(s))
+        lambda s: ckpt.abstract_like(saved(fresh_state(s)))
     )
+    if restored is not None and slim is not None:
+        slim.check(meta, str(workdir))  # refuses a base that is not the one it trained on
+        restored = sharding.replicate(slim.fill(restored), mesh)
     tx, mask, groups = optimizer_for(max(start_step - 1, 0))
     state = restored if start_step else fresh_state(0)
     if start_step:
@@ -549,6 +557,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "fingerprint": config_lib.fingerprint(config),
             "skipped_steps": skipped_steps,
             **early.meta(),
+            **({"base": slim.ref} if slim is not None else {}),
         }
 
     bar = _progress(config.total_steps, start_step, config.progress)
@@ -622,7 +631,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         if checkpoints.should_save(step) or last:
             early.persist()  # the best weights this checkpoint's metadata names
             writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
-            checkpoints.save(step, state, meta_for(step))
+            checkpoints.save(step, saved(state), meta_for(step))
         if bar is not None:
             bar.update(1)
     if bar is not None:

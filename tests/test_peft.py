@@ -19,6 +19,7 @@ from jtl import config as config_lib
 from jtl import costs, peft, strategies
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
+from jtl.slim_checkpoint import SlimCheckpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -261,11 +262,22 @@ def _state(workdir: Path, step: int):
 
 
 @pytest.mark.parametrize("strategy", ["lora", "adapter"])
-def test_frozen_base_weights_are_bit_identical_after_training(source, tmp_path, strategy):
+def test_frozen_base_weights_are_bit_identical_after_training(
+    source, tmp_path, strategy, monkeypatch
+):
     from jtl.train import train
 
+    seen = []  # the full train state each time the trainer checkpoints it (before stripping)
+    real_strip = SlimCheckpoint.strip
+    monkeypatch.setattr(
+        SlimCheckpoint, "strip", lambda self, st: seen.append(st) or real_strip(self, st)
+    )
     s = train(_target(source, strategy, "strategy_args.freeze_batch_stats=True"), tmp_path / "t")
-    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    final = seen[-1]
+    assert int(final["step"]) == 20
+    full = {"params": final["params"], "batch_stats": final["batch_stats"]}
+    after = ckpt.flatten(jax.tree.map(np.asarray, full))
+    before = _state(source, 40)
     backbone = [k for k in before if "/backbone/" in k]
     assert backbone and any(k.startswith("batch_stats/") for k in backbone)
     for k in backbone:
@@ -276,6 +288,11 @@ def test_frozen_base_weights_are_bit_identical_after_training(source, tmp_path, 
         after[k].size for k in after if k.startswith("params/head/")
     )
     assert s["opt_state_bytes"] < costs.tree_bytes(before) / 4
+    # The checkpoint holds the trained state without the frozen base, and names the base.
+    saved = _state(tmp_path / "t", 20)
+    assert not any(k.startswith("params/backbone/") for k in saved)
+    assert s["checkpoint_bytes"] < json.loads((source / "summary.json").read_text())[
+        "checkpoint_bytes"] / 3  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -367,7 +384,7 @@ def test_report_cost_table_and_accuracy_vs_cost_plot(tmp_path):
 
 
 def test_export_merge_writes_a_plain_checkpoint_predict_and_init_load(lora_run, tmp_path):
-    from jtl import predict, source_model
+    from jtl import export, predict, source_model
     from jtl.cli import main
 
     run, _ = lora_run
@@ -376,8 +393,7 @@ def test_export_merge_writes_a_plain_checkpoint_predict_and_init_load(lora_run, 
     x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 1)).astype(np.float32)
     info, model, plain = source_model.load(out, x)
     assert info.channels == 1 and peft.LORA not in plain["params"]
-    trained = _state(run, 20)
-    variables = ckpt.unflatten(trained)
+    variables, _ = export._run_state(run)  # slim checkpoint + frozen weights from the base
     config = json.loads((run / "config.json").read_text())
     peft_model = peft.PeftModel(model, config["strategy_args"]["lora_alpha"] / 4)
     unmerged = np.asarray(peft_model.apply(variables, x, train=False))
@@ -405,3 +421,25 @@ def test_export_merge_refuses_an_adapter_run_in_one_line(source, tmp_path, capsy
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("jtl: error: cannot merge an adapter run")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_peft_checkpoint_on_a_changed_base_is_refused_in_one_line(source, tmp_path, capsys):
+    import shutil
+
+    from jtl.cli import main
+    from jtl.errors import CheckpointError
+    from jtl.train import train
+
+    base = tmp_path / "base"
+    shutil.copytree(source, base)
+    config = _target(base, "lora", "checkpoint_every=2", steps=2)
+    train(config, tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "2" / "meta" / "metadata").read_text())
+    assert meta["base"]["path"] == str(base) and len(meta["base"]["sha256"]) == 64
+    shutil.rmtree(base / "checkpoints" / "40")  # the base now holds other (step 20) weights
+    with pytest.raises(CheckpointError, match="was trained on base weights with sha256"):
+        train(config, tmp_path / "run")
+    code = main(["export", "--merge", "--checkpoint", str(tmp_path / "run"), "--out", "o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("jtl: error: ") and "now holds weights with sha256" in err
