@@ -18,6 +18,16 @@ import jax
 import numpy as np
 from etils import epath
 
+# The cost fields of summary.json that a study row carries (jtl.study.collect): the trainer's
+# `trainable_params` and `flops_per_step`, and what `cost_fields` measures.
+COST_FIELDS = (
+    "trainable_params",
+    "flops_per_step",
+    "opt_state_bytes",
+    "checkpoint_bytes",
+    "peak_host_memory_bytes",
+)
+
 
 def tree_bytes(tree: Any) -> int:
     """Bytes of every array leaf (works on concrete arrays and `jax.ShapeDtypeStruct`s)."""
