@@ -443,3 +443,26 @@ def test_a_peft_checkpoint_on_a_changed_base_is_refused_in_one_line(source, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert err.startswith("jtl: error: ") and "now holds weights with sha256" in err
+
+
+def test_study_rows_carry_each_runs_cost_fields(tmp_path):
+    from jtl import study as study_lib
+
+    s = study_lib.study_defaults()
+    s.name = "t"
+    s.cell_config = "configs/transfer.py"
+    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
+    s.strategies = ("scratch",)
+    s.kfold.folds = 0
+    s.sizes = ("5",)
+    s.seeds = (0,)
+    s.steps = 4
+    s.advise_sample = 0
+    study_lib.validate(s)
+    (cell,) = study_lib.expand(s, tmp_path)
+    cell.workdir(tmp_path).mkdir(parents=True)
+    cost = dict(zip(costs.COST_FIELDS, (98_506, 1.5e9, 788_064, 1_176_721, 7 * 2**27), strict=True))
+    summary = {"train_examples": 50, "num_classes": 10, "test_accuracy": 0.5, "steps": 4, **cost}
+    (cell.workdir(tmp_path) / "summary.json").write_text(json.dumps(summary))
+    (row,) = study_lib.collect([cell], tmp_path)
+    assert {k: row[k] for k in costs.COST_FIELDS} == cost
