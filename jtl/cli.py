@@ -7,6 +7,7 @@ jtl quickstart --workdir DIR
 jtl study --config configs/studies/NAME.py[:quick] --workdir DIR [--parallel N] [--cell I]
 jtl import --from FILE --model NAME --out DIR
 jtl predict --checkpoint DIR --image FILE [--top 5]
+jtl export --merge --checkpoint RUN --out DIR
 jtl advise --checkpoint DIR --dataset NAME
 """
 
@@ -156,6 +157,23 @@ def cmd_predict(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_export(argv: Sequence[str]) -> int:
+    p = _Parser(
+        prog="jtl export",
+        description="Write a PEFT run as a plain checkpoint (LoRA merged into the kernels).",
+    )
+    p.add_argument("--merge", action="store_true", required=True, help="merge LoRA factors")
+    p.add_argument("--checkpoint", required=True, help="a run workdir (e.g. a lora run)")
+    p.add_argument("--out", required=True, help="new directory (never overwritten)")
+    args = p.parse_args(argv)
+    _setup_logging(verbose=False)
+    from jtl.export import export_merged
+
+    meta = export_merged(args.checkpoint, args.out)
+    print(f"exported {meta['strategy']} run {args.checkpoint} (step {meta['step']}) -> {args.out}")
+    return 0
+
+
 def cmd_advise(argv: Sequence[str]) -> int:
     p = _Parser(
         prog="jtl advise", description="Transferability scores and a strategy, before training."
@@ -256,6 +274,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "quickstart": cmd_quickstart,
     "import": cmd_import,
     "predict": cmd_predict,
+    "export": cmd_export,
     "advise": cmd_advise,
     "study": cmd_study,
 }

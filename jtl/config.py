@@ -111,6 +111,11 @@ def base_config() -> mlc.ConfigDict:
     a.reinit_blocks = 0  # reinit_top: top blocks re-initialized before fine-tuning
     a.transfer_blocks = 0  # layer_transfer: first n blocks transferred
     a.transfer_frozen = True  # layer_transfer: keep the transferred blocks frozen
+    a.lora_rank = 4  # lora: rank r of each update a @ b
+    a.lora_alpha = 8.0  # lora: the update is scaled by alpha / r
+    a.lora_targets = ()  # lora: kernel regexes; () = BERT query/value, else all backbone kernels
+    a.adapter_blocks = ()  # adapter: block_names() entries followed by an adapter; () = not stem
+    a.adapter_reduction = 8  # adapter: bottleneck width = channels // reduction
 
     c.distributed = False  # jax.distributed.initialize() (auto-detects TPU / SLURM)
     # CPU only: XLA devices to split each batch over; 0 = one per core (measured 1.7x faster

@@ -137,7 +137,7 @@ def describe(directory: str | Path) -> SourceModel:
             int(kwargs.pop("num_classes", len(names))),
             names,
             int(meta.get("image_size", 224)),
-            3,
+            int(meta.get("channels", 3)),  # `jtl export` records it; imports are RGB
             meta.get("preprocess") or preprocess_for_model(meta["model"]),
         )
     if (directory / "config.json").exists():

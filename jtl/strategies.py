@@ -18,14 +18,23 @@ after training. Everything it sets is an ordinary config field, so each part sta
 | reinit_top | pretrained, top `reinit_blocks` re-initialized | everything |
 | layer_transfer | first `transfer_blocks` pretrained, rest re-initialized | all, or the rest only |
 | gradual_unfreeze | pretrained | head, then one more block from the top per `unfreeze_every` |
+| lora | pretrained | head + low-rank factors (alpha/r) a@b on `lora_targets` kernels |
+| bitfit | pretrained | head + every bias and normalisation scale/offset |
+| adapter | pretrained | head + bottleneck adapters after `adapter_blocks` |
+| norm_only | pretrained | head + BN/LN/GN scale and offset (BN statistics update) |
 
 Any fine-tuning strategy also takes `layer_decay` (layer-wise LR decay per depth level) or
 `discriminative` (ULMFiT's division of the LR per level, e.g. 2.6).
+
+The parameter-efficient strategies (`PEFT_PLANS`) are one function each: adding one means
+one function here, one table row and one test (tests/test_peft.py). Their mechanics live in
+`jtl.peft`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,8 +46,11 @@ import numpy as np
 from absl import logging
 
 from jtl import checkpoint as ckpt
+from jtl import peft
 from jtl.errors import ConfigError
-from jtl.optim import network_rules
+from jtl.models import TEXT_MODELS
+from jtl.optim import network_rules, trainable_mask
+from jtl.slim_checkpoint import SlimCheckpoint
 
 STRATEGIES = (
     "scratch",
@@ -52,6 +64,10 @@ STRATEGIES = (
     "reinit_top",
     "layer_transfer",
     "gradual_unfreeze",
+    "lora",
+    "bitfit",
+    "adapter",
+    "norm_only",
 )
 
 
@@ -84,6 +100,11 @@ class Plan:
         lambda state, evaluate: {}  # noqa: E731
     )
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The model the trainer applies (train and eval) when the params tree carries extra
+    # subtrees (PEFT: `jtl.peft.PeftModel`); None: the model the trainer built.
+    model: Any = None
+    # Checkpoints without the frozen base (PEFT: `jtl.slim_checkpoint`); None: full state.
+    checkpoint: Any = None
 
 
 def _blocks(model: Any) -> list[str]:
@@ -213,6 +234,16 @@ def plan_strategy(
     fresh = variables
     variables, report = load_pretrained(config, variables, extra_exclude)
     info["init"] = report.summary()
+    if name in PEFT_PLANS:
+        plan = PEFT_PLANS[name](config, model, variables, data, optim)
+        plan.info = {**info, **plan.info}
+        if args.freeze_batch_stats:  # every PEFT plan freezes the base: BN runs on its stats
+            plan.apply_train = frozen_bn_apply(blocks, list(plan.optim.frozen), None)
+        params = plan.variables["params"]
+        plan.checkpoint = SlimCheckpoint.from_params(
+            params, trainable_mask(params, plan.optim), config.init.checkpoint
+        )
+        return plan
 
     frozen = list(optim.frozen)
     lr_mults = list(optim.lr_mults)
@@ -285,8 +316,6 @@ def frozen_bn_apply(
     blocks: list[str], frozen: list[str], frozen_at: Callable[[int], tuple[str, ...]] | None
 ) -> Callable[[Any, dict, jax.Array, bool], tuple[Any, dict]]:
     """Runs the blocks whose parameters are all frozen in inference mode (running BN stats)."""
-    import re
-
     if frozen_at is not None:
         raise ConfigError("freeze_batch_stats with gradual_unfreeze is not supported yet")
     pats = [re.compile(p) for p in frozen]
@@ -300,3 +329,103 @@ def frozen_bn_apply(
         )
 
     return apply
+
+
+# ----------------------------------------------------------------------------- PEFT
+
+
+def _peft_rng(config: mlc.ConfigDict) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x9EF7)
+
+
+def _frozen_first(optim: mlc.ConfigDict, *rules: str) -> mlc.ConfigDict:
+    optim.frozen = tuple(rules) + tuple(optim.frozen)
+    return optim
+
+
+def lora_plan(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
+) -> Plan:
+    """LoRA: frozen base, trainable head + `lora/...` factors (see jtl.peft for the transform).
+
+    Default targets: BERT's attention query and value kernels (the LoRA paper's choice);
+    every backbone conv / Dense kernel for image models.
+    """
+    args = config.strategy_args
+    targets = tuple(args.lora_targets)
+    if not targets:
+        text = config.model.name in TEXT_MODELS
+        targets = (r"backbone/block\d+/(query|value)/kernel",) if text else (r"backbone/.*/kernel",)
+    params = dict(variables["params"])
+    rank = int(args.lora_rank)
+    keys = peft.lora_targets(params, targets)
+    params[peft.LORA] = peft.init_lora(params, keys, rank, _peft_rng(config))
+    scale = float(args.lora_alpha) / rank
+    return Plan(
+        variables={**variables, "params": params},
+        optim=_frozen_first(optim, "backbone/.*"),
+        model=peft.PeftModel(model, scale),
+        info={"lora_rank": rank, "lora_alpha": float(args.lora_alpha), "lora_kernels": len(keys)},
+    )
+
+
+def bitfit_plan(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
+) -> Plan:
+    """BitFit: trains every `bias` and norm `scale` in the backbone (and the head), nothing else."""
+    del config, model, data
+    return Plan(variables=variables, optim=_frozen_first(optim, BITFIT_FROZEN))
+
+
+# Every backbone leaf whose own name is not `bias` or `scale` (flax norms: scale + bias).
+BITFIT_FROZEN = r"backbone/.*/(?!(bias|scale)$)[^/]+"
+
+
+def adapter_plan(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
+) -> Plan:
+    """Bottleneck adapters after `adapter_blocks` (default: every block but the stem)."""
+    args = config.strategy_args
+    blocks = list(args.adapter_blocks) or _blocks(model)[1:]
+    dims = peft.adapter_dims(model, variables, data.example_inputs(), blocks)
+    params = dict(variables["params"])
+    params[peft.ADAPTER] = peft.init_adapters(dims, int(args.adapter_reduction), _peft_rng(config))
+    return Plan(
+        variables={**variables, "params": params},
+        optim=_frozen_first(optim, "backbone/.*"),
+        model=peft.PeftModel(model),
+        info={"adapter_blocks": blocks, "adapter_reduction": int(args.adapter_reduction)},
+    )
+
+
+def norm_only_plan(
+    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
+) -> Plan:
+    """Trains the normalisation layers' scale and offset (and the head), nothing else.
+
+    BatchNorm statistics update by default (`freeze_batch_stats=False`): re-estimating them on
+    the target is what adapts the normalisation to a new input distribution (AdaBN), and it is
+    the same default as every other strategy. `freeze_batch_stats=True` runs the backbone in
+    inference mode instead (source statistics, only scale and offset learn).
+    """
+    del config
+    norms = peft.norm_module_paths(model, variables, data.example_inputs())
+    inside = [p[len("backbone/") :] for p in norms if p.startswith("backbone/")]
+    if not inside:
+        raise ConfigError(
+            "norm_only: the backbone has no normalisation layer with parameters",
+            "use a model with BatchNorm/LayerNorm/GroupNorm, e.g. --config.model.kwargs.norm=batch",
+        )
+    keep = "|".join(re.escape(p) for p in inside)
+    frozen = f"backbone/(?!({keep})/).*"
+    return Plan(
+        variables=variables, optim=_frozen_first(optim, frozen), info={"norm_layers": len(inside)}
+    )
+
+
+PEFT_PLANS: dict[str, Callable[..., Plan]] = {
+    "lora": lora_plan,
+    "bitfit": bitfit_plan,
+    "adapter": adapter_plan,
+    "norm_only": norm_only_plan,
+}

@@ -40,6 +40,7 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
+from jtl import costs
 from jtl import study_sweep as sweep_lib
 from jtl.study_budget import budget_overrides, convergence_defaults, validate_budget
 
@@ -546,6 +547,8 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "wall_time_s": float(s.get("wall_time_s", float("nan"))),
                 "images_seen": int(s.get("images_seen", 0)),
                 "train_flops": flops * steps_run if flops else None,
+                # Cost of the run (jtl.costs); older summaries lack some: None.
+                **{k: s.get(k) for k in costs.COST_FIELDS},
                 "early_stopped_step": (s.get("early_stopping") or {}).get("stopped_step"),
                 # Runs from before converged budgets were equal-step runs.
                 "budget": s.get("budget", "equal_steps"),

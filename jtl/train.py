@@ -25,7 +25,7 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import guard, sharding
+from jtl import costs, guard, sharding
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
 from jtl.data.pipeline import model_inputs
@@ -467,6 +467,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "trainable_params": int(result["feature_dim"] + 1) * data.num_classes,
             "frozen_params": n_total,
             "flops_per_step": None,
+            # No SGD state, no checkpoint: the probe lives in summary.json.
+            **costs.cost_fields(None, None),
             # A convex fit solved to its optimum, its L2 chosen on validation: converged.
             "budget": "closed_form",
             "converged": True,
@@ -477,6 +479,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return summary
 
     plan = plan_strategy(config, model, variables, data, workdir)
+    model = plan.model if plan.model is not None else model  # PEFT: applies its own subtrees
     params = plan.variables["params"]
     frozen_at = plan.frozen_at or (lambda step: tuple(plan.optim.frozen))
 
@@ -499,9 +502,17 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
 
     # The newest checkpoint that restores intact (older ones if it is corrupt, with a warning).
+    slim = plan.checkpoint  # PEFT: checkpoints hold no frozen base weights (jtl.slim_checkpoint)
+
+    def saved(s: State) -> State:
+        return slim.strip(s) if slim is not None else s
+
     start_step, restored, meta = checkpoints.restore_usable(
-        lambda s: ckpt.abstract_like(fresh_state(s))
+        lambda s: ckpt.abstract_like(saved(fresh_state(s)))
     )
+    if restored is not None and slim is not None:
+        slim.check(meta, str(workdir))  # refuses a base that is not the one it trained on
+        restored = sharding.replicate(slim.fill(restored), mesh)
     tx, mask, groups = optimizer_for(max(start_step - 1, 0))
     state = restored if start_step else fresh_state(0)
     if start_step:
@@ -554,6 +565,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             "fingerprint": config_lib.fingerprint(config),
             "skipped_steps": skipped_steps,
             **early.meta(),
+            **({"base": slim.ref} if slim is not None else {}),
         }
 
     bar = _progress(config.total_steps, start_step, config.progress)
@@ -627,7 +639,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         if checkpoints.should_save(step) or last:
             early.persist()  # the best weights this checkpoint's metadata names
             writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
-            checkpoints.save(step, state, meta_for(step))
+            checkpoints.save(step, saved(state), meta_for(step))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -660,6 +672,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "trainable_params": n_trainable,
         "frozen_params": n_frozen,
         "flops_per_step": flops_log[-1] if flops_log else None,
+        **costs.cost_fields(state["opt_state"], checkpoints.directory / str(step)),
         "train_time_s": train_time,
         "resumed_from_step": start_step,
         "diverged": False,

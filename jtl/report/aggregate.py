@@ -22,6 +22,17 @@ def is_scratch(row: dict[str, Any]) -> bool:
     return row.get("strategy") == SCRATCH or row.get("source") in (None, "none")
 
 
+# Per-run cost fields of a result row (jtl.costs.COST_FIELDS; not imported: the report reads
+# rows only) that aggregate and the cost table average.
+RUN_COST_FIELDS = (
+    "trainable_params",
+    "flops_per_step",
+    "opt_state_bytes",
+    "checkpoint_bytes",
+    "peak_host_memory_bytes",
+)
+
+
 def _mean_or_none(values: Sequence[Any]) -> float | None:
     vals = [float(v) for v in values if v is not None and not _isnan(v)]
     return float(np.mean(vals)) if vals else None
@@ -65,6 +76,7 @@ def aggregate(rows: Sequence[dict[str, Any]], metric: str = "test_accuracy") -> 
                 "images_seen": _mean_or_none([r.get("images_seen") for r in runs]),
                 "train_flops": _mean_or_none([r.get("train_flops") for r in runs]),
                 "steps": _mean_or_none([r.get("steps") for r in runs]),
+                **{k: _mean_or_none([r.get(k) for r in runs]) for k in RUN_COST_FIELDS},
                 # A verdict needs every replicate converged (jtl.report.convergence).
                 "converged": all(bool(r.get("converged")) for r in runs),
                 "not_converged": sum(1 for r in runs if not r.get("converged")),
@@ -143,6 +155,7 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "images_seen": _mean_or_none([r.get("images_seen") for r in runs]),
                 "train_flops": _mean_or_none([r.get("train_flops") for r in runs]),
                 "total_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in runs)),
+                **{k: _mean_or_none([r.get(k) for r in runs]) for k in RUN_COST_FIELDS},
                 "trials": _mean_or_none([r.get("sweep_trials") or 1 for r in runs]),
                 "tuning_wall_time_s": _mean_or_none([_with_tuning(r, "wall_time_s") for r in runs]),
                 "tuning_images_seen": _mean_or_none([_with_tuning(r, "images_seen") for r in runs]),

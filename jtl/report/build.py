@@ -114,6 +114,7 @@ def build_report(
         "json": outdir / "results.json",
         "accuracy_plot": outdir / "accuracy_vs_examples.png",
         "curves_plot": outdir / "learning_curves.png",
+        "cost_plot": outdir / "accuracy_vs_cost.png",
     }
     agg = aggregate(rows)
     targets = targets_of(agg)
@@ -157,7 +158,7 @@ def build_report(
         _results_sections(doc, agg, crosses, paths, negative, over_summary, len(over_cells), rows)
         _curve_section(doc, curves, paths, arms_of(agg))
         _tuning_section(doc, agg, rows)
-        _cost_section(doc, costs, study)
+        _cost_section(doc, costs, study, agg, paths["cost_plot"])
         _advisor_section(doc, advisor)
 
     paths["md"].write_text(doc.markdown())

@@ -1,4 +1,4 @@
-"""PNGs: test accuracy vs training examples (with the crossover) and learning curves."""
+"""PNGs: test accuracy vs training examples (with the crossover), vs cost, learning curves."""
 
 from __future__ import annotations
 
@@ -93,3 +93,43 @@ def plot_learning_curves(
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def plot_accuracy_vs_cost(agg: Sequence[dict[str, Any]], path: Path) -> bool:
+    """Test accuracy vs trainable parameters (log x): one marker per (arm, size), per target.
+
+    Returns False (and writes nothing) when no row records `trainable_params`.
+    """
+    from matplotlib.figure import Figure
+
+    pts_all = [a for a in agg if a.get("trainable_params")]
+    if not pts_all:
+        return False
+    targets = targets_of(pts_all)
+    colors = _colors(arms_of(agg))
+    markers = "os^Dvp*hx+"
+    fig = Figure(figsize=(5.5 * max(1, len(targets)), 4.2))
+    axes = fig.subplots(1, max(1, len(targets)), squeeze=False)[0]
+    for ax, target in zip(axes, targets, strict=False):
+        pts = [a for a in pts_all if a["target"] == target]
+        sizes = sorted({a["size"] for a in pts}, key=lambda z: min(
+            b["train_examples"] for b in pts if b["size"] == z))  # fmt: skip
+        for a in pts:
+            m = markers[sizes.index(a["size"]) % len(markers)]
+            ax.errorbar(
+                a["trainable_params"], 100 * a["mean"], yerr=100 * a["std"] or None,
+                marker=m, color=colors[a["arm"]], ls="none", capsize=2,
+            )  # fmt: skip
+        for arm in arms_of(pts):
+            ax.plot([], [], "o", color=colors[arm], label=arm)
+        for size in sizes:
+            ax.plot([], [], markers[sizes.index(size) % len(markers)], color="0.4", label=size)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(target)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True

@@ -10,7 +10,7 @@ from jtl.report.advisor import SCORES
 from jtl.report.aggregate import targets_of
 from jtl.report.convergence import blockers, join
 from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
-from jtl.report.plots import plot_accuracy, plot_learning_curves
+from jtl.report.plots import plot_accuracy, plot_accuracy_vs_cost, plot_learning_curves
 
 
 def _results_sections(
@@ -156,7 +156,13 @@ def _curve_section(
         doc.p("No curves recorded.")
 
 
-def _cost_section(doc: _Doc, costs: Sequence[dict], study: dict[str, Any]) -> None:
+def _cost_section(
+    doc: _Doc,
+    costs: Sequence[dict],
+    study: dict[str, Any],
+    agg: Sequence[dict] = (),
+    plot_path: Path | None = None,
+) -> None:
     doc.h(2, "Cost")
     doc.p(
         "Mean per cell over all targets and sizes of each arm; FLOPs '–' where not counted "
@@ -199,6 +205,38 @@ def _cost_section(doc: _Doc, costs: Sequence[dict], study: dict[str, Any]) -> No
         f"Total study wall time: {_fmt_time(study.get('wall_time_s'))} "
         f"(sum over cells: {_fmt_time(cells_total)})."
     )
+    _run_cost_table(doc, costs)
+    if plot_path is not None and plot_accuracy_vs_cost(agg, plot_path):
+        doc.img(plot_path, "test accuracy vs trainable parameters")
+
+
+def _mib(v: float | None) -> str:
+    return "–" if v is None else f"{v / 2**20:,.2f} MiB"
+
+
+def _run_cost_table(doc: _Doc, costs: Sequence[dict]) -> None:
+    """What one run of each arm holds and needs (summary.json's cost fields, jtl.costs)."""
+    if not any(c.get("trainable_params") is not None for c in costs):
+        return
+    doc.p(
+        "Per run (mean per cell): trainable parameters, optimizer-state and checkpoint bytes, "
+        "peak host memory (the process's peak resident set), compiled FLOPs per step."
+    )
+    header = ["arm", "trainable params", "optimizer state", "checkpoint", "peak host memory",
+              "FLOPs / step", "wall time / cell"]  # fmt: skip
+    rows = [
+        [
+            c["arm"],
+            _fmt(c.get("trainable_params"), ",.0f"),
+            _mib(c.get("opt_state_bytes")),
+            _mib(c.get("checkpoint_bytes")),
+            _mib(c.get("peak_host_memory_bytes")),
+            _fmt(c.get("flops_per_step"), ".3g"),
+            _fmt_time(c["wall_time_s"]),
+        ]
+        for c in costs
+    ]
+    doc.table(header, rows)
 
 
 def _advisor_section(doc: _Doc, advisor: dict[str, Any]) -> None:

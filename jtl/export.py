@@ -1,0 +1,75 @@
+"""`jtl export --merge`: a PEFT run -> a plain checkpoint any jtl command loads.
+
+A LoRA run's params hold `lora/<kernel path>/{a, b}` next to the frozen base; merging writes
+W + (alpha / r) a@b into each kernel (the same `jtl.peft.merge_lora` the trainer applies), so
+the exported model computes what the run evaluated, with the base model's own parameter tree.
+BitFit and norm-only runs are already plain and are copied as is. Adapters add layers the base
+architecture does not have, so they cannot be merged into it: that is refused.
+
+The output is a `jtl import`-style directory (`checkpoints/` + `import.json` with model,
+classes, input size, channels and preprocessing), which `jtl predict`, `jtl advise` and
+`--config.init.checkpoint` read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jtl import checkpoint as ckpt
+from jtl import peft, slim_checkpoint, source_model
+from jtl.errors import MissingFileError, UserError
+
+
+def _run_state(run: Path) -> tuple[dict[str, Any], int]:
+    """The latest checkpoint's params and batch_stats; a slim (PEFT) checkpoint gets its frozen
+    weights back from the base it references, whose sha256 must match."""
+    variables, step, meta = slim_checkpoint.read_variables(str(run))
+    if meta.get(slim_checkpoint.BASE_KEY):
+        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run))
+    return variables, step
+
+
+def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+    """The base model's variables for a trained PEFT run (LoRA merged; adapters refused)."""
+    params = dict(variables["params"])
+    if peft.ADAPTER in params:
+        raise UserError(
+            "cannot merge an adapter run: adapters add layers the base model does not have",
+            "retrain with --config.strategy=lora for a mergeable model",
+        )
+    if peft.LORA in params:
+        args = config["strategy_args"]
+        scale = float(args["lora_alpha"]) / int(args["lora_rank"])
+        params = jax.tree.map(np.asarray, peft.merge_lora(params, scale))
+    return {**variables, "params": params}
+
+
+def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
+    """Writes the merged model of run workdir `run` into the new directory `out`; returns meta."""
+    run = Path(run).absolute()
+    if not (run / "config.json").exists():
+        raise MissingFileError(
+            f"{run} is not a run workdir (no config.json)", "pass the --workdir of `jtl train`"
+        )
+    config = json.loads((run / "config.json").read_text())
+    info = source_model.describe(run)
+    variables, step = _run_state(run)
+    variables = merged_variables(config, variables)
+    meta = {
+        "model": info.model,
+        "model_kwargs": {**info.kwargs, "num_classes": info.num_classes},
+        "class_names": info.class_names,
+        "image_size": info.image_size,
+        "channels": info.channels,
+        "preprocess": info.preprocess,
+        "exported_from": str(run),
+        "strategy": config.get("strategy"),
+        "step": step,
+    }
+    ckpt.save_variables(out, variables, meta)
+    return meta
