@@ -123,6 +123,7 @@ def test_train_on_gs_workdir_writes_through_epath(fake_gcs, monkeypatch):
 
     class NoCheckpoints:
         def __init__(self, directory, **kwargs):
+            self.directory = directory
             dirs.append(str(directory))
 
         def latest_step(self):
