@@ -67,10 +67,23 @@ class SmallCNN(nn.Module):
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def cnn_small(norm: str = "batch", width: float = 1.0, dtype: Any = jnp.float32) -> SmallCNN:
+def cnn_small(
+    norm: str = "batch",
+    width: float = 1.0,
+    dtype: Any = jnp.float32,
+    widths: Sequence[int] | None = None,
+    pools: Sequence[bool] | None = None,
+) -> SmallCNN:
     """4 conv blocks 32-48-pool-64-96 + global average pool: ~98K backbone parameters (RGB in).
 
     Why this shape: one pooling step keeps 14x14 maps for 28x28 inputs, and widths are chosen to
     land at ~0.1M parameters, small enough for CPU runs yet able to fit MNIST-like tasks.
     """
-    return SmallCNN(norm=check_norm(norm), width=width, dtype=dtype)
+    kw: dict[str, Any] = {}
+    if widths is not None:
+        kw["widths"] = tuple(int(w) for w in widths)
+    if pools is not None:
+        kw["pools"] = tuple(bool(p) for p in pools)
+    if len(kw.get("widths", SmallCNN.widths)) != len(kw.get("pools", SmallCNN.pools)):
+        raise ValueError(f"cnn_small: widths and pools differ in length: {kw}")
+    return SmallCNN(norm=check_norm(norm), width=width, dtype=dtype, **kw)
