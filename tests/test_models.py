@@ -15,7 +15,7 @@ from jtl.models.norm import GroupNorm, StdConv, make_norm, num_groups, weight_st
 NORMS = ("batch", "group", "group_ws")
 # name -> (kwargs, input size, feature dim, number of blocks after the stem)
 MODELS = {
-    "cnn_small": ({}, 16, 96, 3),
+    "cnn_small": ({}, 16, 128, 2),
     "resnet20": ({}, 16, 64, 9),
     "resnet18": ({}, 32, 512, 8),
     "resnet50": ({}, 32, 2048, 16),
