@@ -187,6 +187,13 @@ def torch_train(
 # ----------------------------------------------------------------------------- jtl side
 
 
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """`--jtl-model KEY=VALUE` -> extra `cnn_small` kwargs (e.g. init=torch)."""
+    from jtl.config import _parse_value
+
+    return {k: _parse_value(v) for k, _, v in (item.partition("=") for item in args.jtl_model)}
+
+
 def jtl_config(
     target: str,
     size: str,
@@ -211,7 +218,7 @@ def jtl_config(
     config = load_config(spec)
     config.unlock()
     kw = dict(config.model.kwargs)
-    kw.update(widths=list(args.widths), pools=list(args.pools))
+    kw.update(widths=list(args.widths), pools=list(args.pools), **model_kwargs(args))
     config.model.kwargs = mlc.ConfigDict(kw)
     config.optim.weight_decay = args.wd
     config.progress = False
@@ -232,7 +239,7 @@ def jtl_source(args: argparse.Namespace, seed: int, workdir: Path) -> str:
     config.unlock()
     config.seed = seed
     kw = dict(config.model.kwargs)
-    kw.update(widths=list(args.widths), pools=list(args.pools))
+    kw.update(widths=list(args.widths), pools=list(args.pools), **model_kwargs(args))
     config.model.kwargs = mlc.ConfigDict(kw)
     config.optim.weight_decay = args.wd
     config.progress = False
@@ -270,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--sides", default="jtl,torch")
     p.add_argument("--jtl", nargs="*", default=[], help="jtl config overrides KEY=VALUE")
+    p.add_argument("--jtl-model", nargs="*", default=[], help="cnn_small kwargs KEY=VALUE")
     p.add_argument("--jtl-source", nargs="*", default=[], help="overrides of the jtl source run")
     p.add_argument("--torch-init", default="torch", choices=("torch", "he"))
     p.add_argument("--torch-scale", default="255", choices=("255", "pm1"))
