@@ -93,9 +93,10 @@ def cnn_small(
 
     Why this shape and init (measured with bench/twin_pytorch.py, docs/results.md):
     - Two 2x2 pools (28 -> 14 -> 7) give the last conv an 18-pixel receptive field and cost
-      ~7.5M multiply-adds per 28x28 image. The previous default, 32-48-pool-64-96 with one pool
-      (14x14 maps to the end, ~14-pixel receptive field, ~27M multiply-adds), trained to lower
-      accuracy at 3.6x the compute; at width 0.5 it trailed this net by several points.
+      ~7.4M multiply-adds per 28x28 image. The previous default, 32-48-pool-64-96 with one pool
+      (14x14 maps to the end, ~14-pixel receptive field, ~27M multiply-adds), trained 2 points
+      worse on Fashion-MNIST in the PyTorch twin at 3.7x the compute; at width 0.5, as the
+      configs ran it, it trailed this net by 2.3 points in jtl.
     - `init="torch"` (PyTorch's default, U(+-1/sqrt(fan_in))) instead of He fan_out normal: under
       BatchNorm a conv's scale does not change the function, only the effective learning rate
       (the relative step of a scale-invariant weight goes as lr / |w|^2). He's 2/fan_out variance
