@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
             for arm in arms:
                 if "jtl" in sides:
                     strategy = "finetune_full" if arm == "finetune" else "scratch"
-                    cfg = jtl_config(target, size, seed, args, strategy, jtl_src or "")
+                    init = (jtl_src or "") if arm == "finetune" else ""
+                    cfg = jtl_config(target, size, seed, args, strategy, init)
                     wd = tmp / f"{target}_{size}_{arm}_{seed}"
                     acc = train(cfg, wd)["test_accuracy"]
                     results.setdefault((target, size, arm, "jtl"), []).append(acc)
