@@ -101,7 +101,7 @@ def cnn_small(
       BatchNorm a conv's scale does not change the function, only the effective learning rate
       (the relative step of a scale-invariant weight goes as lr / |w|^2). He's 2/fan_out variance
       is ~3x PyTorch's for the 64- and 128-wide layers, so at the same lr the net moved ~3x more
-      slowly and under-fitted short budgets (Fashion-MNIST: train accuracy = test accuracy).
+      slowly and under-fitted short budgets (issue 11: Fashion train accuracy = test accuracy).
     - `widths`, `pools` and `init="he"` rebuild the older variants for comparisons.
     """
     kw: dict[str, Any] = {}
