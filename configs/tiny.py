@@ -3,8 +3,8 @@
 Run:
     jtl train --config configs/tiny.py --workdir /tmp/jtl_tiny
 
-Expected: a smoke run, not a result: about 5 s on a 2-core CPU, test accuracy 0.36 after the
-default 60 steps on 2 CPU devices (the loss is still falling).
+Expected: a smoke run, not a result: test accuracy 0.940 after the default 60 steps on 2 CPU
+devices (measured 2026-11-30 after issue 11: new cnn_small and uniform scratch head; 0.36 before).
 """
 
 import ml_collections as mlc

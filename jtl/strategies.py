@@ -198,6 +198,30 @@ def _wise_finish(start: dict, alphas: tuple[float, ...]) -> Callable[..., dict[s
     return finish
 
 
+def _scratch_head(variables: dict[str, Any], kind: str, seed: int) -> dict[str, Any]:
+    """The scratch head: zeros (the `Classifier` default) or PyTorch's nn.Linear default.
+
+    Why: a zero head passes no gradient to the backbone on the first step and starts every
+    class from the same logit; trained from scratch for a short budget it lagged a uniform
+    head (issue 11). Transfer strategies keep the zero head (no random features injected into
+    the first fine-tuning gradients).
+    """
+    if kind == "zeros":
+        return variables
+    if kind != "uniform":
+        raise ValueError(f"strategy_args.scratch_head_init={kind!r}: use 'uniform' or 'zeros'")
+    head = variables["params"]["head"]
+    fan_in = head["kernel"].shape[0]
+    bound = 1.0 / np.sqrt(fan_in)
+    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0x4EAD))
+    new_head = {
+        "kernel": jax.random.uniform(k1, head["kernel"].shape, jnp.float32, -bound, bound),
+        "bias": jax.random.uniform(k2, head["bias"].shape, jnp.float32, -bound, bound),
+    }
+    params = {**variables["params"], "head": new_head}
+    return {**variables, "params": params}
+
+
 def plan_strategy(
     config: mlc.ConfigDict, model: Any, variables: dict[str, Any], data: Any, workdir: Path
 ) -> Plan:
@@ -216,6 +240,7 @@ def plan_strategy(
                 "transfer strategy (e.g. --config.strategy=finetune_full) or set "
                 "--config.init.checkpoint=''"
             )
+        variables = _scratch_head(variables, args.scratch_head_init, config.seed)
         return Plan(variables=variables, optim=optim, info=info)
     if not config.init.checkpoint:
         raise ConfigError(

@@ -15,7 +15,7 @@ from jtl.models.norm import GroupNorm, StdConv, make_norm, num_groups, weight_st
 NORMS = ("batch", "group", "group_ws")
 # name -> (kwargs, input size, feature dim, number of blocks after the stem)
 MODELS = {
-    "cnn_small": ({}, 16, 96, 3),
+    "cnn_small": ({}, 16, 128, 2),
     "resnet20": ({}, 16, 64, 9),
     "resnet18": ({}, 32, 512, 8),
     "resnet50": ({}, 32, 2048, 16),
@@ -193,8 +193,10 @@ def test_stdconv_standardizes_kernel():
     )
 
 
-def test_he_init_variance():
-    model = get_model("cnn_small", 10, norm="batch", width=2.0)
+@pytest.mark.parametrize("init", ["he", "torch"])
+def test_conv_init_variance(init):
+    """He: 2 / fan_out (ResNets, init="he"); torch: 1 / (3 fan_in), cnn_small's default."""
+    model = get_model("cnn_small", 10, norm="batch", width=2.0, init=init)
     p = _init(model, _x(1, 8))["params"]["backbone"]
     checked = 0
     for name in model.block_names():
@@ -202,7 +204,9 @@ def test_he_init_variance():
         if k.size < 20_000:
             continue
         fan_out = k.shape[0] * k.shape[1] * k.shape[3]
-        assert k.var() == pytest.approx(2.0 / fan_out, rel=0.05), name
+        fan_in = k.shape[0] * k.shape[1] * k.shape[2]
+        expected = 2.0 / fan_out if init == "he" else 1.0 / (3 * fan_in)
+        assert k.var() == pytest.approx(expected, rel=0.05), name
         assert abs(k.mean()) < 0.01
         checked += 1
     assert checked >= 2

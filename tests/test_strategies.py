@@ -203,3 +203,22 @@ def test_linear_probe_at_least_matches_sklearn_on_cached_features(source, tmp_pa
     sk = LogisticRegression(max_iter=5000).fit(x_all[data.train_idx], y_all[data.train_idx])
     theirs = sk.score(x_test, y_test)
     assert ours >= theirs - 1e-9, (ours, theirs)
+
+
+def test_scratch_head_is_uniform_unless_zeros():
+    """Scratch re-draws the zero head as PyTorch's nn.Linear default (issue 11)."""
+    from jtl.models import get_model
+
+    model = get_model("cnn_small", 10, norm="batch")
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+    v = {"params": v["params"], "batch_stats": v["batch_stats"]}
+    assert not np.any(v["params"]["head"]["kernel"])
+    head = strategies._scratch_head(v, "uniform", seed=3)["params"]["head"]
+    bound = 1 / np.sqrt(v["params"]["head"]["kernel"].shape[0])
+    for w in (head["kernel"], head["bias"]):
+        assert np.all(np.abs(w) <= bound) and np.std(w) > 0.4 * bound
+    again = strategies._scratch_head(v, "uniform", seed=3)["params"]["head"]["kernel"]
+    np.testing.assert_array_equal(head["kernel"], again)  # deterministic by seed
+    assert strategies._scratch_head(v, "zeros", seed=3) is v
+    with pytest.raises(ValueError, match="scratch_head_init"):
+        strategies._scratch_head(v, "normal", seed=3)

@@ -32,6 +32,7 @@ __all__ = [
     "NORMS",
     "TEXT_MODELS",
     "Classifier",
+    "default_width",
     "get_model",
     "list_models",
     "make_norm",
@@ -58,6 +59,16 @@ _CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "minilm_l6": bert_classifier,
 }
 TEXT_MODELS = tuple(_CLASSIFIERS)
+# Width multipliers the reference configs use when none is given (`width=0` in
+# configs/transfer.py and configs/mnist_pretrain.py). ResNet-20 at 0.5 is the MNIST source of the
+# reference studies; cnn_small is already ~0.1M parameters at 1.0, and at 0.5 (16-32-64 channels)
+# it is a strawman scratch baseline (issue 11).
+DEFAULT_WIDTHS = {"resnet20": 0.5}
+
+
+def default_width(name: str) -> float:
+    """The width multiplier a reference config uses for model `name` (1.0 unless listed)."""
+    return DEFAULT_WIDTHS.get(name, 1.0)
 
 
 def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
