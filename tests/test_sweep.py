@@ -67,7 +67,7 @@ def spy(monkeypatch):
 def _sweep_study(**kw) -> mlc.ConfigDict:
     # 5 per class uses 3-fold CV: the choice is made on the k-fold validation fold.
     return _study(strategies=("scratch",), sizes=("5",), seeds=(0,),
-                  sweep=mlc.ConfigDict({"lr": (0.0, 0.05), "weight_decay": ()}), **kw)  # fmt: skip
+                  sweep=mlc.ConfigDict({"lr": (0.0, 0.003), "weight_decay": ()}), **kw)  # fmt: skip
 
 
 def test_grid_is_equal_per_arm_and_probes_are_not_swept(tmp_path):
@@ -91,7 +91,7 @@ def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, sp
     events, state = spy
     root = tmp_path / "study"
     cells = study_lib.expand(_sweep_study(), root)
-    assert [c.trial for c in cells] == ["lr0", "lr0.05"] and cells[0].fold == 0
+    assert [c.trial for c in cells] == ["lr0", "lr0.003"] and cells[0].fold == 0
 
     # A partial grid (the study was killed after one trial): no choice, no row, no test read.
     assert study_lib.run_cells(cells[:1], root) == (1, [])
@@ -118,7 +118,7 @@ def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, sp
     n_ex = record["test"]["test_examples"]  # one pass over test (padded to whole batches)
     assert 0 < n_ex <= n_test < 2 * n_ex
     assert [t["val_accuracy"] for t in record["trials"]] == vals
-    chosen = {"lr": (0.0, 0.05)[best]}
+    chosen = {"lr": (0.0, 0.003)[best]}
     assert (record["chosen"], record["values"]) == (cells[best].trial, chosen)
 
     (row,) = study_lib.collect(cells, root)
