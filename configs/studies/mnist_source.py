@@ -29,7 +29,7 @@ before issue 11 changed cnn_small and dropped the cells' crop(2) augmentation, s
 at 10/class, full: digits scratch 80.1, 93.6 vs finetune_full 93.1, 96.7 and lp_ft 92.3, 97.1;
 fashion_mnist scratch 61.2, 69.4 vs lp_ft 64.1, 77.3; lfw_subset every arm 84.7-90.0, 96-100.
 Wall time: seed 0 alone (`:seeds=1`, 48 cells) 30.5 min on an idle machine, so ~84 min for the
-3 seeds; the quick variant 7.4 min.
+3 seeds; the quick variant 7.4 min then, 2.5 min after issues 11-12 (2026-11-30).
 """
 
 import ml_collections as mlc
