@@ -7,8 +7,9 @@ taken by participants waiting for a peer that has no thread left to run on, and 
 process after 40 s ("Termination timeout for all reduce"). Measured on 2 CPU devices: 300
 cnn_small steps dispatched with nothing read back deadlocked every time, even with XLA's
 termination timeout raised to 200 s (a deadlock, not a slow step); with at most `depth` = 2
-queued they always finished, and depths 1 to 16 ran at the same speed. Every jtl loop that
-dispatches steps (trainer, benches) pushes each step's outputs here, so none can queue more.
+queued they always finished, as fast as with depth 1 or fully synchronous (docs/speed.md).
+Every jtl loop that dispatches steps (trainer, benches) pushes each step's outputs here, so
+none can queue more.
 """
 
 from __future__ import annotations
