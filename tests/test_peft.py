@@ -20,6 +20,7 @@ from jtl import costs, peft, strategies
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.slim_checkpoint import SlimCheckpoint
+from tests.helpers import saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -250,17 +251,6 @@ def _target(source, strategy, *overrides, steps=20):
     )
 
 
-def _state(workdir: Path, step: int):
-    import orbax.checkpoint as ocp
-
-    mgr = ocp.CheckpointManager(
-        workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()}
-    )
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mgr.close()
-    return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
-
-
 @pytest.mark.parametrize("strategy", ["lora", "adapter"])
 def test_frozen_base_weights_are_bit_identical_after_training(
     source, tmp_path, strategy, monkeypatch
@@ -277,7 +267,7 @@ def test_frozen_base_weights_are_bit_identical_after_training(
     assert int(final["step"]) == 20
     full = {"params": final["params"], "batch_stats": final["batch_stats"]}
     after = ckpt.flatten(jax.tree.map(np.asarray, full))
-    before = _state(source, 40)
+    before = saved_weights(source, 40)
     backbone = [k for k in before if "/backbone/" in k]
     assert backbone and any(k.startswith("batch_stats/") for k in backbone)
     for k in backbone:
@@ -289,7 +279,7 @@ def test_frozen_base_weights_are_bit_identical_after_training(
     )
     assert s["opt_state_bytes"] < costs.tree_bytes(before) / 4
     # The checkpoint holds the trained state without the frozen base, and names the base.
-    saved = _state(tmp_path / "t", 20)
+    saved = saved_weights(tmp_path / "t", 20)
     assert not any(k.startswith("params/backbone/") for k in saved)
     assert s["checkpoint_bytes"] < json.loads((source / "summary.json").read_text())[
         "checkpoint_bytes"] / 3  # fmt: skip
@@ -320,7 +310,7 @@ def test_lora_kill_and_resume_matches_uninterrupted(source, lora_run, tmp_path, 
     monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
     resumed = train_lib.train(_target(source, "lora", "log_every=4"), tmp_path / "resumed")
     assert resumed["resumed_from_step"] == 10
-    a, b = _state(full_dir, 20), _state(tmp_path / "resumed", 20)
+    a, b = saved_weights(full_dir, 20), saved_weights(tmp_path / "resumed", 20)
     assert a.keys() == b.keys() and any(k.startswith("params/lora/") for k in a)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

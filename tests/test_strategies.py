@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl import strategies
+from tests.helpers import saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -32,22 +32,11 @@ def _target(source, strategy, *overrides):
     )
 
 
-def _state(workdir: Path, step: int):
-    import orbax.checkpoint as ocp
-
-    mgr = ocp.CheckpointManager(
-        workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()}
-    )
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mgr.close()
-    return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
-
-
 def test_head_only_keeps_backbone_and_stats_bit_identical(source, tmp_path):
     from jtl.train import train
 
     s = train(_target(source, "head_only", "strategy_args.freeze_batch_stats=True"), tmp_path / "t")
-    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
     backbone = [k for k in before if "/backbone/" in k]
     assert backbone and any(k.startswith("batch_stats/") for k in backbone)
     for k in backbone:
@@ -64,7 +53,7 @@ def test_finetune_top_freezes_first_k_blocks_only(source, tmp_path):
     from jtl.train import train
 
     train(_target(source, "finetune_top", "strategy_args.freeze_blocks=2"), tmp_path / "t")
-    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
     from jtl.models import get_model
 
     blocks = get_model("cnn_small", 10, norm="batch").block_names()
@@ -82,7 +71,7 @@ def test_bn_stats_move_unless_frozen(source, tmp_path):
     from jtl.train import train
 
     train(_target(source, "head_only"), tmp_path / "t")
-    before, after = _state(source, 40), _state(tmp_path / "t", 20)
+    before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
     stats = [k for k in before if k.startswith("batch_stats/")]
     assert any(not np.array_equal(before[k], after[k]) for k in stats)
 
@@ -165,7 +154,7 @@ def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch
     monkeypatch.setattr(train_lib.MetricWriter, "write", real)
     res = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "res")
     assert res["resumed_from_step"] in (5, 10)
-    a, b = _state(tmp_path / "full", 15), _state(tmp_path / "res", 15)
+    a, b = saved_weights(tmp_path / "full", 15), saved_weights(tmp_path / "res", 15)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert full["test_accuracy"] == res["test_accuracy"]

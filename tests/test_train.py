@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
+from tests.helpers import saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -18,17 +18,6 @@ TINY = str(ROOT / "configs" / "tiny.py")
 
 def _tiny(*overrides: str):
     return config_lib.load_config(TINY, list(overrides))
-
-
-def _params(workdir: Path, step: int):
-    import orbax.checkpoint as ocp
-
-    mgr = ocp.CheckpointManager(
-        workdir / "checkpoints", item_handlers={"state": ocp.StandardCheckpointHandler()}
-    )
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mgr.close()
-    return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
 
 
 def test_cli_train_writes_the_contract(tmp_path):
@@ -96,7 +85,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
     resumed = train_lib.train(_tiny(*cfg, "total_steps=30", "log_every=4"), tmp_path / "resumed")
     assert resumed["resumed_from_step"] in (10, 20)
-    a, b = _params(tmp_path / "full", 30), _params(tmp_path / "resumed", 30)
+    a, b = saved_weights(tmp_path / "full", 30), saved_weights(tmp_path / "resumed", 30)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
