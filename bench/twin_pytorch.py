@@ -203,8 +203,6 @@ def jtl_config(
     init: str = "",
 ) -> Any:
     """`configs/transfer.py` (the reference target recipe) with the twin's model and overrides."""
-    import ml_collections as mlc
-
     from jtl.config import apply_overrides, load_config
 
     per_class = 0 if size == "full" else int(size)
@@ -216,6 +214,13 @@ def jtl_config(
     if init:
         spec += f",init={init}"
     config = load_config(spec)
+    return apply_overrides(_as_twin(config, args), args.jtl)
+
+
+def _as_twin(config: Any, args: argparse.Namespace) -> Any:
+    """`config` (unlocked) with the twin's net, weight decay and no progress bar; locked."""
+    import ml_collections as mlc
+
     config.unlock()
     kw = dict(config.model.kwargs)
     kw.update(widths=list(args.widths), pools=list(args.pools), **model_kwargs(args))
@@ -223,11 +228,10 @@ def jtl_config(
     config.optim.weight_decay = args.wd
     config.progress = False
     config.lock()
-    return apply_overrides(config, args.jtl)
+    return config
 
 
 def jtl_source(args: argparse.Namespace, seed: int, workdir: Path) -> str:
-    import ml_collections as mlc
 
     from jtl.config import apply_overrides, load_config
     from jtl.train import train
@@ -238,13 +242,7 @@ def jtl_source(args: argparse.Namespace, seed: int, workdir: Path) -> str:
     )
     config.unlock()
     config.seed = seed
-    kw = dict(config.model.kwargs)
-    kw.update(widths=list(args.widths), pools=list(args.pools), **model_kwargs(args))
-    config.model.kwargs = mlc.ConfigDict(kw)
-    config.optim.weight_decay = args.wd
-    config.progress = False
-    config.lock()
-    config = apply_overrides(config, args.jtl_source)
+    config = apply_overrides(_as_twin(config, args), args.jtl_source)
     summary = train(config, workdir)
     print(f"  jtl source seed {seed}: MNIST test {100 * summary['test_accuracy']:.2f}", flush=True)
     return str(workdir)

@@ -15,3 +15,23 @@ def saved_weights(workdir: Path, step: int) -> dict:
     state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     mgr.close()
     return ckpt.flatten({"params": state["params"], "batch_stats": state["batch_stats"]})
+
+
+def tiny_study_cells(root: Path, seeds: tuple[int, ...] = (0,)) -> list:
+    """Expanded cells of a 4-step scratch study on digits (5/class): for collect/report tests."""
+    import ml_collections as mlc
+
+    from jtl import study as study_lib
+
+    s = study_lib.study_defaults()
+    s.name = "t"
+    s.cell_config = "configs/transfer.py"
+    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
+    s.strategies = ("scratch",)
+    s.kfold.folds = 0
+    s.sizes = ("5",)
+    s.seeds = seeds
+    s.steps = 4
+    s.advise_sample = 0
+    study_lib.validate(s)
+    return study_lib.expand(s, root)

@@ -15,7 +15,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import ml_collections as mlc
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,6 +23,7 @@ from jtl import cli
 from jtl import study as study_lib
 from jtl.data import registry
 from jtl.errors import DataError, DivergedError, UserError, format_error
+from tests.helpers import tiny_study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -226,18 +226,7 @@ def test_per_class_beyond_the_data_is_an_error(tmp_path):
 
 
 def test_diverged_cells_are_listed_not_averaged(tmp_path, monkeypatch):
-    s = study_lib.study_defaults()
-    s.name = "t"
-    s.cell_config = "configs/transfer.py"
-    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
-    s.strategies = ("scratch",)
-    s.kfold.folds = 0
-    s.sizes = ("5",)
-    s.seeds = (0, 1)
-    s.steps = 4
-    s.advise_sample = 0
-    study_lib.validate(s)
-    cells = study_lib.expand(s, tmp_path)
+    cells = tiny_study_cells(tmp_path, seeds=(0, 1))
     assert len(cells) == 2
     ok, bad = cells
     for cell in cells:

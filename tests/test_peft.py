@@ -20,7 +20,7 @@ from jtl import costs, peft, strategies
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.slim_checkpoint import SlimCheckpoint
-from tests.helpers import saved_weights
+from tests.helpers import saved_weights, tiny_study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -438,18 +438,7 @@ def test_a_peft_checkpoint_on_a_changed_base_is_refused_in_one_line(source, tmp_
 def test_study_rows_carry_each_runs_cost_fields(tmp_path):
     from jtl import study as study_lib
 
-    s = study_lib.study_defaults()
-    s.name = "t"
-    s.cell_config = "configs/transfer.py"
-    s.targets = mlc.ConfigDict({"digits": "target=digits,model=cnn_small,width=1.0,batch=32"})
-    s.strategies = ("scratch",)
-    s.kfold.folds = 0
-    s.sizes = ("5",)
-    s.seeds = (0,)
-    s.steps = 4
-    s.advise_sample = 0
-    study_lib.validate(s)
-    (cell,) = study_lib.expand(s, tmp_path)
+    (cell,) = tiny_study_cells(tmp_path)
     cell.workdir(tmp_path).mkdir(parents=True)
     cost = dict(zip(costs.COST_FIELDS, (98_506, 1.5e9, 788_064, 1_176_721, 7 * 2**27), strict=True))
     summary = {"train_examples": 50, "num_classes": 10, "test_accuracy": 0.5, "steps": 4, **cost}
