@@ -37,7 +37,9 @@ def _setup_logging(verbose: bool = True) -> None:
         def only_jtl(record: pylogging.LogRecord) -> bool:
             # orbax logs each failure of its background threads (a full disk: ~160 tracebacks);
             # the exception reaches jtl, which prints it as one line (--debug shows them).
-            if record.levelno >= pylogging.ERROR and "/orbax/" in record.pathname:
+            # asyncio reports the same failed write as "Task exception was never retrieved".
+            background = "/orbax/" in record.pathname or record.name == "asyncio"
+            if record.levelno >= pylogging.ERROR and background:
                 return os.environ.get("JTL_DEBUG", "") not in ("", "0")
             return record.levelno >= pylogging.WARNING or "/jtl/" in record.pathname
 

@@ -253,3 +253,27 @@ def test_diverged_cells_are_listed_not_averaged(tmp_path, monkeypatch):
     paths = build_report({"name": "t", "diverged_cells": ["c: diverged at step 3"]}, rows, tmp_path)
     md = paths["md"].read_text()
     assert "Diverged cells" in md and "c: diverged at step 3" in md
+
+
+def test_background_write_failures_are_not_logged_twice(monkeypatch):
+    """A failed async checkpoint write reaches jtl as one error line; asyncio's "Task exception
+    was never retrieved" and orbax's own error logs for the same write are dropped (--debug
+    keeps them), while other libraries' warnings still show."""
+    import logging as pylogging
+
+    from absl import logging
+
+    from jtl.cli import _setup_logging
+
+    monkeypatch.delenv("JTL_DEBUG", raising=False)
+    _setup_logging()
+    handler = logging.get_absl_handler()
+
+    def shown(name: str, level: int, path: str) -> bool:
+        return bool(handler.filter(pylogging.LogRecord(name, level, path, 1, "m", None, None)))
+
+    assert not shown("asyncio", pylogging.ERROR, "/usr/lib/asyncio/base_events.py")
+    assert not shown("absl", pylogging.ERROR, "/x/orbax/checkpoint/serialization.py")
+    assert shown("jax", pylogging.WARNING, "/x/jax/_src/xla_bridge.py")
+    monkeypatch.setenv("JTL_DEBUG", "1")
+    assert shown("asyncio", pylogging.ERROR, "/usr/lib/asyncio/base_events.py")
