@@ -98,7 +98,7 @@ def load_uint8(config: Any) -> dict[str, np.ndarray]:
     """jtl's own train / test indices of `config` as uint8 images resized like jtl does."""
     from jtl.data import augment as aug
     from jtl.data.pipeline import read_records
-    from jtl.train import TargetData
+    from jtl.data.target import TargetData
 
     data = TargetData(config)
     out = {}

@@ -20,31 +20,8 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import logging
-
 from jtl.errors import ConfigError, UserError, format_error
-
-
-def _setup_logging(verbose: bool = True) -> None:
-    """jtl's own INFO messages; libraries (orbax, jax, tfds) only from WARNING up."""
-    import logging as pylogging
-
-    logging.use_absl_handler()
-    logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
-    handler = logging.get_absl_handler()
-    if not any(getattr(f, "_jtl", False) for f in handler.filters):
-
-        def only_jtl(record: pylogging.LogRecord) -> bool:
-            # orbax logs each failure of its background threads (a full disk: ~160 tracebacks);
-            # the exception reaches jtl, which prints it as one line (--debug shows them).
-            # asyncio reports the same failed write as "Task exception was never retrieved".
-            background = "/orbax/" in record.pathname or record.name == "asyncio"
-            if record.levelno >= pylogging.ERROR and background:
-                return os.environ.get("JTL_DEBUG", "") not in ("", "0")
-            return record.levelno >= pylogging.WARNING or "/jtl/" in record.pathname
-
-        only_jtl._jtl = True  # type: ignore[attr-defined]
-        handler.addFilter(only_jtl)
+from jtl.process import setup_logging, setup_process
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,15 +55,12 @@ def cmd_train(argv: Sequence[str]) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
-    _setup_logging(not args.quiet)
     from jtl.config import load_config
-    from jtl.cpu import configure_cpu_devices
 
     config = load_config(args.config, overrides)
-    configure_cpu_devices([config.batch_size, config.eval_batch_size], config.cpu_devices)
-    from jtl.train import enable_compilation_cache, train
+    setup_process([config.batch_size, config.eval_batch_size], config.cpu_devices, not args.quiet)
+    from jtl.train import train
 
-    enable_compilation_cache()
     summary = train(config, args.workdir)
     print(json.dumps({k: summary[k] for k in ("test_accuracy", "test_loss", "wall_time_s")}))
     return 0
@@ -102,7 +76,7 @@ def cmd_data(argv: Sequence[str]) -> int:
     pr.add_argument("names", nargs="*")
     sub.add_parser("list", help="list the offline data sets and their state")
     args = p.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     from jtl.data import registry, sources
 
     names = getattr(args, "names", None) or list(sources.OFFLINE_NAMES)
@@ -134,7 +108,7 @@ def cmd_import(argv: Sequence[str]) -> int:
     )
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
     args = p.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     from jtl.interop.importer import import_checkpoint
 
     meta = import_checkpoint(args.source, args.model, args.out)
@@ -151,7 +125,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--top", type=int, default=5)
     args = p.parse_args(argv)
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     from jtl.predict import _load_image, predict
 
     for name, prob in predict(args.checkpoint, _load_image(args.image), args.top):
@@ -168,7 +142,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="a run workdir (e.g. a lora run)")
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
     args = p.parse_args(argv)
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     from jtl.export import export_merged
 
     meta = export_merged(args.checkpoint, args.out)
@@ -186,7 +160,7 @@ def cmd_advise(argv: Sequence[str]) -> int:
     p.add_argument("--image-size", type=int, default=None, help="default: the source's")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     args = p.parse_args(argv)
-    _setup_logging(verbose=False)
+    setup_logging(verbose=False)
     from jtl.advise import advise
 
     result = advise(args.checkpoint, args.dataset, args.sample, args.image_size)
@@ -222,9 +196,7 @@ def cmd_study(argv: Sequence[str]) -> int:
     )
     p.add_argument("--only", choices=("all", "sources", "cells", "report"), default="all")
     args = p.parse_args(argv)
-    _setup_logging(verbose=False)
     from jtl import study as study_lib
-    from jtl.cpu import configure_cpu_devices
 
     cell = args.cell
     if cell == "env":
@@ -236,12 +208,9 @@ def cmd_study(argv: Sequence[str]) -> int:
     cell_index = int(cell) if cell is not None else None
     study = study_lib.load_study(args.config)
     cells = study_lib.expand(study, args.workdir)
-    if args.parallel <= 1:
-        batches = {b for c in cells for b in (c.config().batch_size, c.config().eval_batch_size)}
-        configure_cpu_devices(sorted(batches))
-    from jtl.train import enable_compilation_cache
-
-    enable_compilation_cache()
+    batches = {b for c in cells for b in (c.config().batch_size, c.config().eval_batch_size)}
+    # --parallel: the cells' own processes set their devices.
+    setup_process(batches, 0 if args.parallel <= 1 else None, verbose=False)
     # The command that (re)runs the whole study, not this invocation's `--only`/`--cell`.
     command = f"jtl study --config {shlex.quote(args.config)} --workdir {shlex.quote(args.workdir)}"
     if args.parallel > 1:
@@ -294,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("JTL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     if debug:
-        os.environ["JTL_DEBUG"] = "1"  # also shows library error logs (see _setup_logging)
+        os.environ["JTL_DEBUG"] = (
+            "1"  # also shows library error logs (see jtl.process.setup_logging)
+        )
     elif as_program:
         _filter_loop_closed()
     if not argv or argv[0] in ("-h", "--help"):

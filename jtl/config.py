@@ -41,6 +41,10 @@ def base_config() -> mlc.ConfigDict:
     c.image_size = 28
     c.channels = 1
     c.augment = ""  # e.g. "crop(2)|flip|rotate(10)|scale(0.9,1.1)"
+    # uint8 -> model input: "auto" = the source's scale (import.json / model.json of
+    # init.checkpoint: torchvision ImageNet mean/std, lite0 (x - 127) / 128), else
+    # minus_one_one ([-1, 1], jtl's own runs). See jtl.data.augment.INPUT_SCALES.
+    c.input_scale = "auto"
     c.seq_len = 0  # text data sets (austen): tokens per example, 0 = as stored (128)
     # folder: data sets: leave unreadable images out (listed in the workdir's
     # skipped_images.txt) instead of failing on the first one.

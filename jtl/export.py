@@ -67,6 +67,7 @@ def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
         "image_size": info.image_size,
         "channels": info.channels,
         "preprocess": info.preprocess,
+        "input_scale": info.input_scale,
         "exported_from": str(run),
         "strategy": config.get("strategy"),
         "step": step,

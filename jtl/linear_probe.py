@@ -18,10 +18,10 @@ import numpy as np
 from absl import logging
 from scipy.special import log_softmax
 
-from jtl import probe, sharding
+from jtl import costs, probe, sharding
 from jtl.data import pipeline
 from jtl.data import text as text_data
-from jtl.data.sources import cache_dir
+from jtl.paths import cache_dir
 
 
 def _checkpoint_identity(path: str) -> str:
@@ -30,6 +30,10 @@ def _checkpoint_identity(path: str) -> str:
     steps = sorted(p.rglob("_CHECKPOINT_METADATA"))
     stamp = [(str(s), s.stat().st_mtime_ns) for s in steps[-1:]]
     return json.dumps([str(p), stamp])
+
+
+def _scale(data: Any) -> str:
+    return getattr(data, "input_scale", "minus_one_one")
 
 
 def split_features(
@@ -48,6 +52,8 @@ def split_features(
         size=config.image_size,
         channels=config.channels,
         **({"seq_len": config.seq_len} if text else {}),
+        # Keys from before input scales existed stay valid for the default scale.
+        **({"input_scale": _scale(data)} if _scale(data) != "minus_one_one" else {}),
     )
     path = (
         cache_dir()
@@ -86,6 +92,7 @@ def split_features(
                 batch_size=config.eval_batch_size,
                 image_size=config.image_size,
                 channels=config.channels,
+                scale=_scale(data),
             )
         out = probe.extract_features(lambda vv, x: fn(vv, shard(x)), v, batches)
         logging.info(
@@ -119,10 +126,12 @@ def fit_probe_on_target(
     return winner, {"fitted": fitted, **info}
 
 
-def run_linear_probe(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any
-) -> dict[str, Any]:
-    """Summary fields of a linear-probe run (test accuracy of the validation winner)."""
+def probe_summary(config: mlc.ConfigDict, model: Any, variables: dict, data: Any) -> dict[str, Any]:
+    """Summary fields of a linear-probe run (test accuracy of the validation winner).
+
+    No SGD state and no checkpoint: the probe lives in summary.json. A convex fit solved to
+    its optimum, its L2 chosen on validation, counts as converged.
+    """
     winner, info = fit_probe_on_target(config, model, variables, data)
     x_test, y_test = split_features(config, model, variables, data, "test")
     fitted = info.pop("fitted")
@@ -135,4 +144,15 @@ def run_linear_probe(
         "test_loss": test_loss,
         "val_accuracy": winner.val_accuracy,
         "probe_test_accuracy": {k: p.accuracy(x_test, y_test) for k, p in fitted.items()},
+        "steps": 0,
+        "steps_run": 0,
+        "diverged": False,
+        "images_seen": int(sum(len(s) for s in data.dataset.splits.values())),
+        "trainable_params": int(info["feature_dim"] + 1) * data.num_classes,
+        "frozen_params": int(sum(np.size(x) for x in jax.tree.leaves(variables["params"]))),
+        "flops_per_step": None,
+        **costs.cost_fields(None, None),
+        "budget": "closed_form",
+        "converged": True,
+        "train_time_s": info["feature_time_s"] + info["probe_fit_time_s"],
     }

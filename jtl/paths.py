@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from etils import epath
@@ -24,3 +25,8 @@ def as_path(path: Any) -> epath.Path:
     """An `epath.Path`: local paths made absolute, remote URIs kept exactly as given."""
     p = epath.Path(path)
     return p if is_remote(p) else p.absolute()
+
+
+def cache_dir() -> Path:
+    """`$JTL_DATA_DIR`, default `~/.cache/jtl`: raw files, prepared tfds data, feature caches."""
+    return Path(os.environ.get("JTL_DATA_DIR") or Path.home() / ".cache" / "jtl").expanduser()

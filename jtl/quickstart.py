@@ -26,8 +26,7 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"[quickstart] report: {workdir / 'report.md'}", flush=True)
     print(f"[quickstart] html:   {workdir / 'report.html'} (self-contained)", flush=True)
 
-    from jtl.cli import _setup_logging
-    from jtl.cpu import configure_cpu_devices
+    from jtl.process import setup_process
     from jtl.study import expand, load_study
 
     study = load_study(args.study)
@@ -35,13 +34,10 @@ def main(argv: Sequence[str] = ()) -> int:
     for cell in expand(study, workdir):
         config = cell.config()
         batches |= {config.batch_size, config.eval_batch_size}
-    configure_cpu_devices(sorted(batches))  # before jax starts: one CPU device per core
+    setup_process(batches, verbose=False)  # before jax starts: one CPU device per core
     from jtl.data import sources
     from jtl.study import run_study
-    from jtl.train import enable_compilation_cache
 
-    _setup_logging(verbose=False)
-    enable_compilation_cache()
     for name in sources.OFFLINE_NAMES:
         if name in ("mnist", "digits", "fashion_mnist"):
             sources.fetch(name)

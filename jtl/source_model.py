@@ -28,8 +28,16 @@ import jax
 import numpy as np
 
 from jtl import checkpoint as ckpt
+from jtl.data.target import (  # noqa: F401 - part of this module's API
+    preprocess_for_model,
+    scale_for,
+    self_description,
+    source_input_scale,
+)
 
-PREPROCESS = ("lite0", "torchvision", "minus_one_one", "wordpiece")
+# Resize/crop recipes: imports crop like their original evaluation; runs ("fit", and
+# "minus_one_one" from before model.json) resize the whole image as the data pipeline does.
+PREPROCESS = ("lite0", "torchvision", "fit", "minus_one_one", "wordpiece")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -44,21 +52,44 @@ class SourceModel:
     image_size: int
     channels: int
     preprocess: str = "minus_one_one"
+    # uint8 -> input scale (jtl.data.augment.INPUT_SCALES) after `preprocess`'s resize/crop;
+    # "" = the one that goes with `preprocess`.
+    input_scale: str = ""
+
+    def __post_init__(self) -> None:
+        self.input_scale = self.input_scale or scale_for(self.preprocess)
 
     @property
     def is_text(self) -> bool:
         return self.preprocess == "wordpiece"
 
 
-def preprocess_for_model(model: str) -> str:
-    """The input scaling of an import that did not record one (by model name)."""
-    if model.startswith("resnet"):
-        return "torchvision"
-    if model.startswith("efficientnet_lite"):
-        return "lite0"
-    if model in ("bert", "minilm_l6"):
-        return "wordpiece"
-    return "minus_one_one"
+MODEL_JSON = "model.json"
+
+
+def model_json(
+    model: str,
+    kwargs: dict[str, Any],
+    class_names: list[str],
+    image_size: int,
+    channels: int,
+    input_scale: str,
+    text: bool = False,
+) -> dict[str, Any]:
+    """A run's `model.json`: `import.json`'s schema, so a run workdir describes itself.
+
+    `preprocess` "fit" is the data pipeline's (whole image resized, no crop), then
+    `input_scale`; text runs take WordPiece ids.
+    """
+    return {
+        "model": model,
+        "model_kwargs": dict(kwargs),
+        "class_names": list(class_names),
+        "image_size": int(image_size),
+        "channels": int(channels),
+        "preprocess": "wordpiece" if text else "fit",
+        "input_scale": input_scale,
+    }
 
 
 def preprocess_torchvision(image: np.ndarray, image_size: int = 224) -> np.ndarray:
@@ -102,7 +133,7 @@ def prepare_image(info: SourceModel, image: np.ndarray) -> np.ndarray:
         return preprocess_torchvision(image, info.image_size)
     from jtl.data.augment import fit_image, normalize
 
-    return normalize(fit_image(image, info.image_size, info.channels))
+    return normalize(fit_image(image, info.image_size, info.channels), info.input_scale)
 
 
 def rescale_batch(info: SourceModel, x: np.ndarray) -> np.ndarray:
@@ -113,34 +144,35 @@ def rescale_batch(info: SourceModel, x: np.ndarray) -> np.ndarray:
     """
     if info.is_text:
         raise ValueError(f"{info.model} is a text model; image batches do not apply")
-    x = np.asarray(x, np.float32)
-    if info.preprocess == "torchvision":
-        return ((x + 1.0) / 2.0 - IMAGENET_MEAN) / IMAGENET_STD
-    if info.preprocess == "lite0":
-        from jtl.models.efficientnet_lite import MEAN_RGB, STDDEV_RGB
+    from jtl.data.augment import normalize
 
-        return (x * 127.5 + 127.5 - MEAN_RGB) / STDDEV_RGB
-    return x
+    x = np.asarray(x, np.float32)
+    if info.input_scale == "minus_one_one":
+        return x
+    return normalize(x * 127.5 + 127.5, info.input_scale)
 
 
 def describe(directory: str | Path) -> SourceModel:
-    """Reads `import.json` or `config.json`; neither is a clear error."""
+    """Reads `import.json` (imports, exports) or `model.json` (runs), else a legacy run's
+    `config.json` (which loads its data set for the classes); none is a clear error."""
     directory = Path(directory).absolute()
-    if (directory / "import.json").exists():
-        meta = json.loads((directory / "import.json").read_text())
+    meta = self_description(directory)
+    if meta is not None:
         kwargs = dict(meta.get("model_kwargs") or {})
         names = list(meta.get("class_names") or [])
+        preprocess = meta.get("preprocess") or preprocess_for_model(meta["model"])
         return SourceModel(
-            "import",
+            "import" if (directory / "import.json").exists() else "run",
             meta["model"],
             kwargs,
             int(kwargs.pop("num_classes", len(names))),
             names,
             int(meta.get("image_size", 224)),
             int(meta.get("channels", 3)),  # `jtl export` records it; imports are RGB
-            meta.get("preprocess") or preprocess_for_model(meta["model"]),
+            preprocess,
+            meta.get("input_scale") or scale_for(preprocess),
         )
-    if (directory / "config.json").exists():
+    if (directory / "config.json").exists():  # a run from before model.json
         from jtl.data import registry
 
         cfg = json.loads((directory / "config.json").read_text())

@@ -26,9 +26,10 @@ after training. Everything it sets is an ordinary config field, so each part sta
 Any fine-tuning strategy also takes `layer_decay` (layer-wise LR decay per depth level) or
 `discriminative` (ULMFiT's division of the LR per level, e.g. 2.6).
 
-The parameter-efficient strategies (`PEFT_PLANS`) are one function each: adding one means
-one function here, one table row and one test (tests/test_peft.py). Their mechanics live in
-`jtl.peft`.
+Adding a strategy is one `@register`ed function below (it gets a `Setup`, returns a `Plan`,
+or a `ProbePlan` when it takes no SGD steps), one row in README.md's strategy table and one
+test; tests/test_strategies.py::test_registry_matches_readme_and_tests checks all three. The
+trainer never tests a strategy name. PEFT mechanics live in `jtl.peft`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -51,24 +51,6 @@ from jtl.errors import ConfigError
 from jtl.models import TEXT_MODELS
 from jtl.optim import network_rules, trainable_mask
 from jtl.slim_checkpoint import SlimCheckpoint
-
-STRATEGIES = (
-    "scratch",
-    "linear_probe",
-    "head_only",
-    "finetune_top",
-    "finetune_full",
-    "lp_ft",
-    "l2sp",
-    "wise_ft",
-    "reinit_top",
-    "layer_transfer",
-    "gradual_unfreeze",
-    "lora",
-    "bitfit",
-    "adapter",
-    "norm_only",
-)
 
 
 def _zero_penalty(params: Any) -> jax.Array:
@@ -107,14 +89,6 @@ class Plan:
     checkpoint: Any = None
 
 
-def _blocks(model: Any) -> list[str]:
-    return list(model.block_names())
-
-
-def _block_regexes(blocks: list[str]) -> list[str]:
-    return [f"backbone/{b}/.*" for b in blocks]
-
-
 def load_pretrained(
     config: mlc.ConfigDict, variables: dict[str, Any], extra_exclude: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], ckpt.LoadReport]:
@@ -127,15 +101,6 @@ def load_pretrained(
     )
     logging.info("Transfer init: %s", report.summary())
     return loaded, report
-
-
-def _check_count(name: str, value: int, blocks: list[str]) -> int:
-    if not 0 <= value <= len(blocks):
-        raise ConfigError(
-            f"strategy_args.{name}={value} is out of range: the model has {len(blocks)} backbone "
-            f"blocks ({', '.join(blocks)}); use 0..{len(blocks)}"
-        )
-    return int(value)
 
 
 def _depth_lr_rules(args: mlc.ConfigDict, blocks: list[str]) -> list[tuple[str, float]]:
@@ -222,121 +187,6 @@ def _scratch_head(variables: dict[str, Any], kind: str, seed: int) -> dict[str, 
     return {**variables, "params": params}
 
 
-def plan_strategy(
-    config: mlc.ConfigDict, model: Any, variables: dict[str, Any], data: Any, workdir: Path
-) -> Plan:
-    """Expands `config.strategy` into a `Plan`; unknown names fail with the list of valid ones."""
-    del workdir
-    name = config.strategy
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    optim = mlc.ConfigDict(config.optim.to_dict())
-    args = config.strategy_args
-    info: dict[str, Any] = {}
-    if name == "scratch":
-        if config.init.checkpoint:
-            raise ConfigError(
-                "strategy 'scratch' trains from random init but init.checkpoint is set; use a "
-                "transfer strategy (e.g. --config.strategy=finetune_full) or set "
-                "--config.init.checkpoint=''"
-            )
-        variables = _scratch_head(variables, args.scratch_head_init, config.seed)
-        return Plan(variables=variables, optim=optim, info=info)
-    if not config.init.checkpoint:
-        raise ConfigError(
-            f"strategy {name!r} needs pretrained weights: set --config.init.checkpoint=DIR "
-            "(a run workdir or a `jtl import` output)"
-        )
-
-    blocks = _blocks(model)
-    extra_exclude: tuple[str, ...] = ()
-    if name == "reinit_top":
-        k = _check_count("reinit_blocks", args.reinit_blocks, blocks)
-        extra_exclude = tuple(_block_regexes(blocks[len(blocks) - k :]))
-    elif name == "layer_transfer":
-        n = _check_count("transfer_blocks", args.transfer_blocks, blocks)
-        extra_exclude = tuple(_block_regexes(blocks[n:]))
-    fresh = variables
-    variables, report = load_pretrained(config, variables, extra_exclude)
-    info["init"] = report.summary()
-    if name in PEFT_PLANS:
-        plan = PEFT_PLANS[name](config, model, variables, data, optim)
-        plan.info = {**info, **plan.info}
-        if args.freeze_batch_stats:  # every PEFT plan freezes the base: BN runs on its stats
-            plan.apply_train = frozen_bn_apply(blocks, list(plan.optim.frozen), None)
-        params = plan.variables["params"]
-        plan.checkpoint = SlimCheckpoint.from_params(
-            params, trainable_mask(params, plan.optim), config.init.checkpoint
-        )
-        return plan
-
-    frozen = list(optim.frozen)
-    lr_mults = list(optim.lr_mults)
-    plan = Plan(variables=variables, optim=optim, info=info)
-
-    if name == "head_only":
-        frozen = ["backbone/.*"] + frozen
-    elif name == "finetune_top":
-        k = _check_count("freeze_blocks", args.freeze_blocks, blocks)
-        frozen = _block_regexes(blocks[:k]) + frozen
-    elif name == "layer_transfer" and args.transfer_frozen:
-        frozen = _block_regexes(blocks[: args.transfer_blocks]) + frozen
-    elif name == "gradual_unfreeze":
-        if args.unfreeze_every <= 0:
-            raise ConfigError(
-                "gradual_unfreeze needs strategy_args.unfreeze_every > 0 (steps per stage)"
-            )
-        stages = network_rules.gradual_unfreeze_stages(blocks, int(args.unfreeze_every))
-        plan.frozen_at = lambda step: tuple(stages.frozen_at(step)) + tuple(frozen)
-        plan.stage_at = stages.stage_at
-        plan.stage_start = lambda step: stages.stage_at(step) * int(args.unfreeze_every)
-        info["unfreeze_every"] = int(args.unfreeze_every)
-
-    fine_tunes_backbone = name in (
-        "finetune_full",
-        "lp_ft",
-        "l2sp",
-        "wise_ft",
-        "reinit_top",
-        "finetune_top",
-        "gradual_unfreeze",
-    ) or (name == "layer_transfer" and not args.transfer_frozen)
-    if fine_tunes_backbone:
-        depth_rules = _depth_lr_rules(args, blocks)
-        if depth_rules:
-            lr_mults = depth_rules + lr_mults
-        elif args.backbone_lr_mult != 1.0 and name != "layer_transfer":
-            lr_mults = [("backbone/.*", float(args.backbone_lr_mult))] + lr_mults
-
-    if name in ("lp_ft", "wise_ft"):
-        from jtl.linear_probe import fit_probe_on_target
-
-        head, probe_info = fit_probe_on_target(config, model, variables, data)
-        probe_info.pop("fitted")
-        params = dict(variables["params"])
-        params["head"] = {"kernel": jnp.asarray(head.kernel), "bias": jnp.asarray(head.bias)}
-        variables = {**variables, "params": params}
-        plan.variables = variables
-        info.update({f"lp_{k}": v for k, v in probe_info.items()})
-        info["lp_val_accuracy"] = head.val_accuracy
-    if name == "l2sp":
-        plan.penalty = _l2sp_penalty(
-            variables["params"], float(args.l2sp_alpha), float(args.l2sp_beta)
-        )
-        optim.weight_decay = 0.0  # L2-SP replaces decay towards zero
-    if name == "wise_ft":
-        start = jax.tree.map(
-            np.asarray, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-        )
-        plan.finish = _wise_finish(start, tuple(float(a) for a in args.wise_alphas))
-    if args.freeze_batch_stats:
-        plan.apply_train = frozen_bn_apply(blocks, frozen, plan.frozen_at)
-    del fresh
-    optim.frozen = tuple(frozen)
-    optim.lr_mults = tuple(tuple(r) for r in lr_mults)
-    return plan
-
-
 def frozen_bn_apply(
     blocks: list[str], frozen: list[str], frozen_at: Callable[[int], tuple[str, ...]] | None
 ) -> Callable[[Any, dict, jax.Array, bool], tuple[Any, dict]]:
@@ -356,76 +206,337 @@ def frozen_bn_apply(
     return apply
 
 
-# ----------------------------------------------------------------------------- PEFT
+# ----------------------------------------------------------------------------- the registry
+
+
+@dataclasses.dataclass
+class ProbePlan:
+    """A strategy with no SGD steps: `fit()` returns its summary fields (the trainer adds the
+    run's data and timing fields and writes summary.json)."""
+
+    fit: Callable[[], dict[str, Any]]
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a strategy function gets: the run's config, model and data, the starting weights
+    (pretrained already merged in where the strategy asks for them), and a copy of
+    `config.optim` that the strategy's rules go into."""
+
+    config: mlc.ConfigDict
+    model: Any
+    variables: dict[str, Any]
+    data: Any
+    optim: mlc.ConfigDict
+    info: dict[str, Any]
+
+    @property
+    def args(self) -> mlc.ConfigDict:
+        return self.config.strategy_args
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.model.block_names())
+
+    def count(self, name: str) -> int:
+        """`strategy_args.NAME`, a number of backbone blocks, checked against the model."""
+        value, blocks = self.args[name], self.blocks
+        if not 0 <= value <= len(blocks):
+            raise ConfigError(
+                f"strategy_args.{name}={value} is out of range: the model has {len(blocks)} "
+                f"backbone blocks ({', '.join(blocks)}); use 0..{len(blocks)}"
+            )
+        return int(value)
+
+    def block_rules(self, blocks: list[str]) -> list[str]:
+        return [network_rules.block_regex(b) for b in blocks]
+
+    def sgd_plan(
+        self,
+        frozen: list[str] | tuple[str, ...] = (),
+        *,
+        depth_rates: bool = False,
+        backbone_rate: bool = False,
+        **fields: Any,
+    ) -> Plan:
+        """A `Plan` whose `frozen` rules come first, then the config's own.
+
+        `depth_rates`: the backbone trains, so `layer_decay` / `discriminative` apply;
+        `backbone_rate`: without those, `backbone_lr_mult` applies. `freeze_batch_stats` runs
+        the fully frozen blocks in inference mode.
+        """
+        optim, args = self.optim, self.args
+        frozen = [*frozen, *optim.frozen]
+        lr_mults = list(optim.lr_mults)
+        rules = _depth_lr_rules(args, self.blocks) if depth_rates else []
+        if rules:
+            lr_mults = rules + lr_mults
+        elif backbone_rate and args.backbone_lr_mult != 1.0:
+            lr_mults = [("backbone/.*", float(args.backbone_lr_mult))] + lr_mults
+        optim.frozen = tuple(frozen)
+        optim.lr_mults = tuple(tuple(r) for r in lr_mults)
+        fields.setdefault("variables", self.variables)
+        plan = Plan(optim=optim, info=self.info, **fields)
+        if args.freeze_batch_stats:
+            plan.apply_train = frozen_bn_apply(self.blocks, frozen, plan.frozen_at)
+        return plan
+
+    def peft_plan(self, frozen: str, model: Any = None, **info: Any) -> Plan:
+        """A parameter-efficient plan: `frozen` covers the base, checkpoints leave it out."""
+        self.optim.frozen = (frozen, *self.optim.frozen)
+        plan = Plan(variables=self.variables, optim=self.optim, model=model)
+        plan.info = {**self.info, **info}
+        if self.args.freeze_batch_stats:  # the base is frozen: BN runs on its stats
+            plan.apply_train = frozen_bn_apply(self.blocks, list(plan.optim.frozen), None)
+        params = plan.variables["params"]
+        if self.config.init.checkpoint:  # the base the slim checkpoints name (always, in runs)
+            plan.checkpoint = SlimCheckpoint.from_params(
+                params, trainable_mask(params, plan.optim), self.config.init.checkpoint
+            )
+        return plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """A registered strategy: its plan function and what it starts from."""
+
+    name: str
+    plan: Callable[[Setup], Plan | ProbePlan]
+    pretrained: bool  # needs `init.checkpoint`; merged into the init before `plan` runs
+    # Regexes of pretrained weights NOT loaded (they keep their fresh init), from the setup.
+    keep_fresh: Callable[[Setup], list[str]] | None
+    peft: bool
+
+
+REGISTRY: dict[str, Strategy] = {}
+
+
+def register(
+    name: str,
+    *,
+    pretrained: bool = True,
+    keep_fresh: Callable[[Setup], list[str]] | None = None,
+    peft: bool = False,
+) -> Callable[[Callable[[Setup], Plan | ProbePlan]], Callable[[Setup], Plan | ProbePlan]]:
+    """Adds a strategy function to `REGISTRY` (in the module docstring's table order)."""
+
+    def add(fn: Callable[[Setup], Plan | ProbePlan]) -> Callable[[Setup], Plan | ProbePlan]:
+        if name in REGISTRY:
+            raise ValueError(f"strategy {name!r} registered twice")
+        REGISTRY[name] = Strategy(name, fn, pretrained, keep_fresh, peft)
+        return fn
+
+    return add
+
+
+def plan_strategy(
+    config: mlc.ConfigDict, model: Any, variables: dict[str, Any], data: Any
+) -> Plan | ProbePlan:
+    """Expands `config.strategy` into a plan; unknown names fail with the list of valid ones."""
+    name = config.strategy
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(REGISTRY)}")
+    strategy = REGISTRY[name]
+    setup = Setup(config, model, variables, data, mlc.ConfigDict(config.optim.to_dict()), {})
+    if strategy.pretrained and not config.init.checkpoint:
+        raise ConfigError(
+            f"strategy {name!r} needs pretrained weights: set --config.init.checkpoint=DIR "
+            "(a run workdir or a `jtl import` output)"
+        )
+    if not strategy.pretrained and config.init.checkpoint:
+        raise ConfigError(
+            f"strategy {name!r} trains from random init but init.checkpoint is set; use a "
+            "transfer strategy (e.g. --config.strategy=finetune_full) or set "
+            "--config.init.checkpoint=''"
+        )
+    if strategy.pretrained:
+        fresh = tuple(strategy.keep_fresh(setup)) if strategy.keep_fresh else ()
+        setup.variables, report = load_pretrained(config, variables, fresh)
+        setup.info["init"] = report.summary()
+    return strategy.plan(setup)
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+@register("scratch", pretrained=False)
+def scratch(s: Setup) -> Plan:
+    """Random init (He for convs), a PyTorch-style uniform head, everything trains."""
+    variables = _scratch_head(s.variables, s.args.scratch_head_init, s.config.seed)
+    return Plan(variables=variables, optim=s.optim, info=s.info)
+
+
+@register("linear_probe")
+def linear_probe(s: Setup) -> ProbePlan:
+    """Cached bottleneck features, then logistic / ridge / SVM chosen on validation."""
+    from jtl.linear_probe import probe_summary
+
+    return ProbePlan(lambda: {**probe_summary(s.config, s.model, s.variables, s.data), **s.info})
+
+
+@register("head_only")
+def head_only(s: Setup) -> Plan:
+    """The new head trains by SGD through the frozen pretrained network."""
+    return s.sgd_plan(["backbone/.*"])
+
+
+@register("finetune_top")
+def finetune_top(s: Setup) -> Plan:
+    """The first `freeze_blocks` blocks (stem first) frozen; the rest and the head train."""
+    return s.sgd_plan(
+        s.block_rules(s.blocks[: s.count("freeze_blocks")]), depth_rates=True, backbone_rate=True
+    )
+
+
+@register("finetune_full")
+def finetune_full(s: Setup) -> Plan:
+    """Everything trains, the backbone at `backbone_lr_mult` (or LLRD / discriminative)."""
+    return s.sgd_plan(depth_rates=True, backbone_rate=True)
+
+
+def _probed_head(s: Setup) -> dict[str, Any]:
+    """LP-FT's start: the pretrained backbone with a linear probe fitted on the target."""
+    from jtl.linear_probe import fit_probe_on_target
+
+    head, probe_info = fit_probe_on_target(s.config, s.model, s.variables, s.data)
+    probe_info.pop("fitted")
+    s.info.update({f"lp_{k}": v for k, v in probe_info.items()})
+    s.info["lp_val_accuracy"] = head.val_accuracy
+    params = dict(s.variables["params"])
+    params["head"] = {"kernel": jnp.asarray(head.kernel), "bias": jnp.asarray(head.bias)}
+    return {**s.variables, "params": params}
+
+
+@register("lp_ft")
+def lp_ft(s: Setup) -> Plan:
+    """Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022)."""
+    return s.sgd_plan(depth_rates=True, backbone_rate=True, variables=_probed_head(s))
+
+
+@register("l2sp")
+def l2sp(s: Setup) -> Plan:
+    """Full fine-tuning pulled towards the pretrained weights instead of towards zero."""
+    s.optim.weight_decay = 0.0  # L2-SP replaces decay towards zero
+    penalty = _l2sp_penalty(
+        s.variables["params"], float(s.args.l2sp_alpha), float(s.args.l2sp_beta)
+    )
+    return s.sgd_plan(depth_rates=True, backbone_rate=True, penalty=penalty)
+
+
+@register("wise_ft")
+def wise_ft(s: Setup) -> Plan:
+    """LP-FT, then the weight-space ensemble with the start picked on validation."""
+    variables = _probed_head(s)
+    start = jax.tree.map(
+        np.asarray, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    )
+    finish = _wise_finish(start, tuple(float(a) for a in s.args.wise_alphas))
+    return s.sgd_plan(depth_rates=True, backbone_rate=True, variables=variables, finish=finish)
+
+
+def _top_blocks(s: Setup) -> list[str]:
+    return s.block_rules(s.blocks[len(s.blocks) - s.count("reinit_blocks") :])
+
+
+@register("reinit_top", keep_fresh=_top_blocks)
+def reinit_top(s: Setup) -> Plan:
+    """The top `reinit_blocks` blocks start from fresh init (a re-init ablation)."""
+    return s.sgd_plan(depth_rates=True, backbone_rate=True)
+
+
+@register(
+    "layer_transfer",
+    keep_fresh=lambda s: s.block_rules(s.blocks[s.count("transfer_blocks") :]),
+)
+def layer_transfer(s: Setup) -> Plan:
+    """Yosinski et al.: the first `transfer_blocks` pretrained (frozen if `transfer_frozen`)."""
+    if s.args.transfer_frozen:
+        return s.sgd_plan(s.block_rules(s.blocks[: s.args.transfer_blocks]))
+    return s.sgd_plan(depth_rates=True)
+
+
+@register("gradual_unfreeze")
+def gradual_unfreeze(s: Setup) -> Plan:
+    """ULMFiT: the head first, then one more block from the top every `unfreeze_every` steps."""
+    every = int(s.args.unfreeze_every)
+    if every <= 0:
+        raise ConfigError(
+            "gradual_unfreeze needs strategy_args.unfreeze_every > 0 (steps per stage)"
+        )
+    stages = network_rules.gradual_unfreeze_stages(s.blocks, every)
+    base_frozen = tuple(s.optim.frozen)
+    s.info["unfreeze_every"] = every
+    return s.sgd_plan(
+        depth_rates=True,
+        backbone_rate=True,
+        frozen_at=lambda step: tuple(stages.frozen_at(step)) + base_frozen,
+        stage_at=stages.stage_at,
+        stage_start=lambda step: stages.stage_at(step) * every,
+    )
 
 
 def _peft_rng(config: mlc.ConfigDict) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x9EF7)
 
 
-def _frozen_first(optim: mlc.ConfigDict, *rules: str) -> mlc.ConfigDict:
-    optim.frozen = tuple(rules) + tuple(optim.frozen)
-    return optim
-
-
-def lora_plan(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
-) -> Plan:
+@register("lora", peft=True)
+def lora(s: Setup) -> Plan:
     """LoRA: frozen base, trainable head + `lora/...` factors (see jtl.peft for the transform).
 
     Default targets: BERT's attention query and value kernels (the LoRA paper's choice);
     every backbone conv / Dense kernel for image models.
     """
-    args = config.strategy_args
+    args = s.args
     targets = tuple(args.lora_targets)
     if not targets:
-        text = config.model.name in TEXT_MODELS
+        text = s.config.model.name in TEXT_MODELS
         targets = (r"backbone/block\d+/(query|value)/kernel",) if text else (r"backbone/.*/kernel",)
-    params = dict(variables["params"])
+    params = dict(s.variables["params"])
     rank = int(args.lora_rank)
     keys = peft.lora_targets(params, targets)
-    params[peft.LORA] = peft.init_lora(params, keys, rank, _peft_rng(config))
+    params[peft.LORA] = peft.init_lora(params, keys, rank, _peft_rng(s.config))
+    s.variables = {**s.variables, "params": params}
     scale = float(args.lora_alpha) / rank
-    return Plan(
-        variables={**variables, "params": params},
-        optim=_frozen_first(optim, "backbone/.*"),
-        model=peft.PeftModel(model, scale),
-        info={"lora_rank": rank, "lora_alpha": float(args.lora_alpha), "lora_kernels": len(keys)},
+    return s.peft_plan(
+        "backbone/.*",
+        peft.PeftModel(s.model, scale),
+        lora_rank=rank,
+        lora_alpha=float(args.lora_alpha),
+        lora_kernels=len(keys),
     )
-
-
-def bitfit_plan(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
-) -> Plan:
-    """BitFit: trains every `bias` and norm `scale` in the backbone (and the head), nothing else."""
-    del config, model, data
-    return Plan(variables=variables, optim=_frozen_first(optim, BITFIT_FROZEN))
 
 
 # Every backbone leaf whose own name is not `bias` or `scale` (flax norms: scale + bias).
 BITFIT_FROZEN = r"backbone/.*/(?!(bias|scale)$)[^/]+"
 
 
-def adapter_plan(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
-) -> Plan:
+@register("bitfit", peft=True)
+def bitfit(s: Setup) -> Plan:
+    """BitFit: trains every `bias` and norm `scale` in the backbone (and the head), nothing else."""
+    return s.peft_plan(BITFIT_FROZEN)
+
+
+@register("adapter", peft=True)
+def adapter(s: Setup) -> Plan:
     """Bottleneck adapters after `adapter_blocks` (default: every block but the stem)."""
-    args = config.strategy_args
-    blocks = list(args.adapter_blocks) or _blocks(model)[1:]
-    dims = peft.adapter_dims(model, variables, data.example_inputs(), blocks)
-    params = dict(variables["params"])
-    params[peft.ADAPTER] = peft.init_adapters(dims, int(args.adapter_reduction), _peft_rng(config))
-    return Plan(
-        variables={**variables, "params": params},
-        optim=_frozen_first(optim, "backbone/.*"),
-        model=peft.PeftModel(model),
-        info={"adapter_blocks": blocks, "adapter_reduction": int(args.adapter_reduction)},
+    args = s.args
+    blocks = list(args.adapter_blocks) or s.blocks[1:]
+    dims = peft.adapter_dims(s.model, s.variables, s.data.example_inputs(), blocks)
+    params = dict(s.variables["params"])
+    params[peft.ADAPTER] = peft.init_adapters(
+        dims, int(args.adapter_reduction), _peft_rng(s.config)
+    )
+    s.variables = {**s.variables, "params": params}
+    return s.peft_plan(
+        "backbone/.*",
+        peft.PeftModel(s.model),
+        adapter_blocks=blocks,
+        adapter_reduction=int(args.adapter_reduction),
     )
 
 
-def norm_only_plan(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, optim: mlc.ConfigDict
-) -> Plan:
+@register("norm_only", peft=True)
+def norm_only(s: Setup) -> Plan:
     """Trains the normalisation layers' scale and offset (and the head), nothing else.
 
     BatchNorm statistics update by default (`freeze_batch_stats=False`): re-estimating them on
@@ -433,8 +544,7 @@ def norm_only_plan(
     the same default as every other strategy. `freeze_batch_stats=True` runs the backbone in
     inference mode instead (source statistics, only scale and offset learn).
     """
-    del config
-    norms = peft.norm_module_paths(model, variables, data.example_inputs())
+    norms = peft.norm_module_paths(s.model, s.variables, s.data.example_inputs())
     inside = [p[len("backbone/") :] for p in norms if p.startswith("backbone/")]
     if not inside:
         raise ConfigError(
@@ -442,15 +552,8 @@ def norm_only_plan(
             "use a model with BatchNorm/LayerNorm/GroupNorm, e.g. --config.model.kwargs.norm=batch",
         )
     keep = "|".join(re.escape(p) for p in inside)
-    frozen = f"backbone/(?!({keep})/).*"
-    return Plan(
-        variables=variables, optim=_frozen_first(optim, frozen), info={"norm_layers": len(inside)}
-    )
+    return s.peft_plan(f"backbone/(?!({keep})/).*", norm_layers=len(inside))
 
 
-PEFT_PLANS: dict[str, Callable[..., Plan]] = {
-    "lora": lora_plan,
-    "bitfit": bitfit_plan,
-    "adapter": adapter_plan,
-    "norm_only": norm_only_plan,
-}
+STRATEGIES = tuple(REGISTRY)
+PEFT_STRATEGIES = tuple(n for n, st in REGISTRY.items() if st.peft)

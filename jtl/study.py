@@ -40,7 +40,7 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
-from jtl import costs
+from jtl import costs, run_summary
 from jtl import study_sweep as sweep_lib
 from jtl.study_budget import budget_overrides, convergence_defaults, validate_budget
 
@@ -296,7 +296,7 @@ def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Trains unless finished; returns the summary."""
     if is_finished(workdir, config):
-        return json.loads((workdir / "summary.json").read_text())
+        return dict(run_summary.read(workdir) or {})
     from jtl.train import train
 
     return train(config, workdir)
@@ -382,10 +382,9 @@ def _run_in_process(cell: Cell, root: Path) -> None:
 
 def diverged_step(workdir: Path) -> int | None:
     """The step a finished cell diverged at (summary.json `diverged`), else None."""
-    path = workdir / "summary.json"
-    if not path.exists():
+    s = run_summary.read(workdir)
+    if s is None:
         return None
-    s = json.loads(path.read_text())
     return int(s.get("diverged_step") or 0) if s.get("diverged") else None
 
 

@@ -35,6 +35,7 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
+from jtl import run_summary
 
 # sweep axis -> the cell-config key it sets
 AXES = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
@@ -161,8 +162,9 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
 
     from jtl import checkpoint as ckpt
     from jtl import sharding
+    from jtl.data.target import TargetData
     from jtl.early_stopping import resolve_budget
-    from jtl.train import TargetData, _init_variables, build_model, evaluate, make_eval_step
+    from jtl.train import _init_variables, build_model, evaluate, make_eval_step
 
     t = time.time()
     mesh = sharding.make_mesh()
@@ -198,7 +200,7 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
     """
     out = []
     for gid, trials in groups(cells).items():
-        summaries = [_read(c.workdir(root) / "summary.json") for c in trials]
+        summaries = [run_summary.read(c.workdir(root)) for c in trials]
         if any(s is None for s in summaries):
             continue  # the grid is not complete yet: no choice, no test number
         fingerprints = [_fingerprint(c.workdir(root)) for c in trials]
@@ -266,7 +268,7 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     summary with the test numbers evaluated after selection, the chosen values, the validation
     accuracy of every trial and the tuning cost of the whole grid.
     """
-    summary = _read(cell.workdir(root) / "summary.json")
+    summary = run_summary.read(cell.workdir(root))
     if summary is None:
         return None
     if not cell.trial:

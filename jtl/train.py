@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,9 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import costs, guard, sharding
-from jtl.data import pipeline, registry, subsets
-from jtl.data import text as text_data
+from jtl import costs, guard, run_summary, sharding, source_model
 from jtl.data.pipeline import model_inputs
+from jtl.data.target import TargetData
 from jtl.dispatch import InFlight
 from jtl.early_stopping import EarlyStopping, resolve_budget
 from jtl.errors import DivergedError
@@ -36,126 +35,13 @@ from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
 from jtl.paths import as_path
-from jtl.strategies import Plan, plan_strategy
+from jtl.strategies import Plan, ProbePlan, plan_strategy
 
 State = dict[str, Any]
 
 
 class WorkdirConflictError(RuntimeError):
     """The workdir already holds a different experiment; refusing to mix or overwrite it."""
-
-
-def enable_compilation_cache(directory: str | Path | None = None) -> None:
-    """Persistent XLA cache: repeated runs (study cells, tests) skip recompiling the same step."""
-    from jtl.data.sources import cache_dir
-
-    directory = Path(directory) if directory else cache_dir() / "xla_cache"
-    jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class TargetData:
-    """The target data set with its validation split and (nested) training subset resolved."""
-
-    def __init__(self, config: mlc.ConfigDict) -> None:
-        self.dataset = registry.load(
-            config.dataset,
-            data_dir=config.data_dir or None,
-            skip_bad_images=bool(config.get("skip_bad_images", False)),
-        )
-        labels = self.dataset.labels("train")
-        train_idx, self.val_idx = subsets.train_val_split(
-            labels, config.val_fraction, seed=config.data_seed
-        )
-        per_class = config.train_per_class or None
-        fraction = None if per_class else config.train_fraction
-        self.train_idx = subsets.nested_subset(
-            labels, train_idx, fraction=fraction, per_class=per_class, seed=config.data_seed
-        )
-        if config.num_folds:
-            if not 0 <= config.fold < config.num_folds:
-                raise ValueError(f"fold={config.fold} must be in [0, num_folds={config.num_folds})")
-            folds = subsets.kfold_splits(
-                labels, self.train_idx, config.num_folds, seed=config.data_seed
-            )
-            self.train_idx, self.val_idx = folds[config.fold]
-        self.test_idx = np.arange(len(self.dataset.splits["test"]))
-        self.image_size = config.image_size
-        self.channels = config.channels
-        # Text (e.g. austen): batches of token arrays instead of images; see jtl.data.text.
-        self.text = self.dataset.modality == "text"
-        self.seq_len = int(config.seq_len or 0)
-        self._fitted_eval: dict[str, pipeline.FittedSource] = {}
-
-    @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
-
-    def example_inputs(self) -> Any:
-        """One model input (batch of 1) for `model.init`: an image, or a dict of token arrays."""
-        if self.text:
-            t = self.seq_len or self.dataset.image_shape[0]
-            return {"input_ids": jnp.zeros((1, t), jnp.int32), "attention_mask": jnp.ones((1, t))}
-        return jnp.zeros((1, self.image_size, self.image_size, self.channels), jnp.float32)
-
-    def train_batches(self, config: mlc.ConfigDict, start_step: int) -> Iterator[dict]:
-        if self.text:
-            return text_data.train_batches(
-                self.dataset.splits["train"],
-                self.train_idx,
-                batch_size=config.batch_size,
-                seed=config.seed,
-                seq_len=self.seq_len,
-                start_step=start_step,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-        return pipeline.train_batches(
-            self.dataset.splits["train"],
-            self.train_idx,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            image_size=self.image_size,
-            channels=self.channels,
-            augment=config.augment,
-            start_step=start_step,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
-        if split == "val":
-            source, idx = self.dataset.splits["train"], self.val_idx
-        else:
-            source, idx = self.dataset.splits[split], self.test_idx
-        if not self.text and len(idx):
-            # Resized once, kept in memory (when small): a run validates many times.
-            if split not in self._fitted_eval:
-                self._fitted_eval[split] = pipeline.FittedSource(
-                    source, idx, self.image_size, self.channels
-                )
-            source, idx = self._fitted_eval[split], np.arange(len(idx))
-        if self.text:
-            return text_data.eval_batches(
-                source,
-                idx,
-                batch_size=batch_size,
-                seq_len=self.seq_len,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-        return pipeline.eval_batches(
-            source,
-            idx,
-            batch_size=batch_size,
-            image_size=self.image_size,
-            channels=self.channels,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
 
 
 # ----------------------------------------------------------------------------- steps
@@ -366,7 +252,7 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
 
 def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        _atomic_write(workdir / "summary.json", run_summary.dumps(summary))
     logging.info("Finished: test accuracy %s (%s)", summary["test_accuracy"], workdir)
 
 
@@ -391,7 +277,7 @@ def _diverged(
     summary = guard.diverged_summary(base, step, what, last, policy)
     summary["wall_time_s"] = time.time() - t_start
     if jax.process_index() == 0:
-        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        _atomic_write(workdir / "summary.json", run_summary.dumps(summary))
     raise DivergedError(
         f"training diverged at step {step}: non-finite {what}; summary.json records it, "
         f"last finite checkpoint: {f'step {last}' if last else 'none'}",
@@ -437,7 +323,20 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "num_classes": int(data.num_classes),
         "devices": jax.device_count(),
         "processes": jax.process_count(),
+        "input_scale": data.input_scale,
     }
+    if jax.process_index() == 0:  # the workdir describes its model (jtl predict, advise, export)
+        names = data.dataset.class_names or [str(i) for i in range(data.num_classes)]
+        meta = source_model.model_json(
+            config.model.name,
+            {**config.model.kwargs, "num_classes": int(data.num_classes)},
+            names,
+            config.image_size,
+            config.channels,
+            data.input_scale,
+            text=data.text,
+        )
+        _atomic_write(workdir / source_model.MODEL_JSON, json.dumps(meta, indent=2) + "\n")
     if data.dataset.skipped_images:
         base["skipped_images"] = len(data.dataset.skipped_images)
         if jax.process_index() == 0:
@@ -449,36 +348,11 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             workdir / "skipped_images.txt",
         )
 
-    if config.strategy == "linear_probe":
-        from jtl.linear_probe import run_linear_probe
-        from jtl.strategies import load_pretrained
-
-        if not config.init.checkpoint:
-            raise ValueError("linear_probe needs --config.init.checkpoint=DIR (pretrained weights)")
-        variables, report = load_pretrained(config, variables)
-        result = run_linear_probe(config, model, variables, data)
-        n_total = int(sum(np.size(x) for x in jax.tree.leaves(variables["params"])))
-        summary = {
-            **base,
-            **result,
-            "init": report.summary(),
-            "steps": 0,
-            "images_seen": int(sum(len(s) for s in data.dataset.splits.values())),
-            "trainable_params": int(result["feature_dim"] + 1) * data.num_classes,
-            "frozen_params": n_total,
-            "flops_per_step": None,
-            # No SGD state, no checkpoint: the probe lives in summary.json.
-            **costs.cost_fields(None, None),
-            # A convex fit solved to its optimum, its L2 chosen on validation: converged.
-            "budget": "closed_form",
-            "converged": True,
-            "train_time_s": result["feature_time_s"] + result["probe_fit_time_s"],
-            "wall_time_s": time.time() - t_start,
-        }
+    plan = plan_strategy(config, model, variables, data)
+    if isinstance(plan, ProbePlan):  # no SGD steps: the plan's fit is the whole run
+        summary = {**base, **plan.fit(), "wall_time_s": time.time() - t_start}
         _write_summary(workdir, summary)
         return summary
-
-    plan = plan_strategy(config, model, variables, data, workdir)
     model = plan.model if plan.model is not None else model  # PEFT: applies its own subtrees
     params = plan.variables["params"]
     frozen_at = plan.frozen_at or (lambda step: tuple(plan.optim.frozen))

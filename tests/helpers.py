@@ -1,6 +1,7 @@
 """Helpers shared by test modules (not fixtures: plain functions)."""
 
 from pathlib import Path
+from typing import Any
 
 from jtl import checkpoint as ckpt
 
@@ -35,3 +36,22 @@ def tiny_study_cells(root: Path, seeds: tuple[int, ...] = (0,)) -> list:
     s.advise_sample = 0
     study_lib.validate(s)
     return study_lib.expand(s, root)
+
+
+def fake_summary(**fields: Any) -> dict[str, Any]:
+    """A summary.json that follows jtl.run_summary's schema, with `fields` overriding."""
+    base = {
+        "dataset": "digits",
+        "model": "cnn_small",
+        "strategy": "scratch",
+        "seed": 0,
+        "train_examples": 50,
+        "num_classes": 10,
+        "test_accuracy": 0.5,
+        "val_accuracy": 0.5,
+        "steps": 4,
+        "steps_run": 4,
+        "diverged": False,
+        "wall_time_s": 1.0,
+    }
+    return {**base, **fields}

@@ -36,7 +36,7 @@ def minilm():
 
 @pytest.fixture(scope="module")
 def embed(minilm):
-    from jtl.interop.bert import tokenize
+    from jtl.data.tokenizer import tokenize
 
     model, variables = minilm
     ids, mask = tokenize(SENTENCES)
@@ -106,7 +106,7 @@ def test_parity_with_numpy_reference(embed) -> None:
 
 
 def test_tokenize_hello_world() -> None:
-    from jtl.interop.bert import tokenize
+    from jtl.data.tokenizer import tokenize
 
     ids, mask = tokenize(["Hello world"])
     assert ids.tolist() == [[101, 7592, 2088, 102]]

@@ -357,7 +357,7 @@ def test_unknown_augmentation():
 def test_cached_eval_batches_equal_the_streamed_ones(channels):
     """TargetData resizes its eval splits once; the batches are the streamed pipeline's."""
     from jtl import config as config_lib
-    from jtl.train import TargetData
+    from jtl.data.target import TargetData
 
     c = config_lib.load_config("configs/tiny.py", [f"channels={channels}", "val_fraction=0.1"])
     data = TargetData(c)

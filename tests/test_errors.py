@@ -23,7 +23,7 @@ from jtl import cli
 from jtl import study as study_lib
 from jtl.data import registry
 from jtl.errors import DataError, DivergedError, UserError, format_error
-from tests.helpers import tiny_study_cells
+from tests.helpers import fake_summary, tiny_study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -215,7 +215,7 @@ def test_unreadable_images_error_or_skip(tmp_path):
 
 def test_per_class_beyond_the_data_is_an_error(tmp_path):
     from jtl import config as config_lib
-    from jtl.train import TargetData
+    from jtl.data.target import TargetData
 
     config = config_lib.load_config(TINY, ["train_per_class=5000"])
     with pytest.raises(DataError, match="maximum available is 1[01][0-9]"):
@@ -231,10 +231,9 @@ def test_diverged_cells_are_listed_not_averaged(tmp_path, monkeypatch):
     ok, bad = cells
     for cell in cells:
         cell.workdir(tmp_path).mkdir(parents=True)
-    ok_summary = {"train_examples": 50, "num_classes": 10, "test_accuracy": 0.5, "steps": 4}
-    (ok.workdir(tmp_path) / "summary.json").write_text(json.dumps(ok_summary))
+    (ok.workdir(tmp_path) / "summary.json").write_text(json.dumps(fake_summary()))
     (bad.workdir(tmp_path) / "summary.json").write_text(
-        json.dumps({"diverged": True, "diverged_step": 3, "test_accuracy": None})
+        json.dumps(fake_summary(diverged=True, diverged_step=3, test_accuracy=None))
     )
     rows = study_lib.collect(cells, tmp_path)
     assert [r["cell"] for r in rows] == [ok.id]
@@ -263,10 +262,10 @@ def test_background_write_failures_are_not_logged_twice(monkeypatch):
 
     from absl import logging
 
-    from jtl.cli import _setup_logging
+    from jtl.process import setup_logging
 
     monkeypatch.delenv("JTL_DEBUG", raising=False)
-    _setup_logging()
+    setup_logging()
     handler = logging.get_absl_handler()
 
     def shown(name: str, level: int, path: str) -> bool:

@@ -53,7 +53,9 @@ def test_wheel_install_runs_a_study_config_and_a_training_run_from_anywhere(tmp_
     # editable-install hook does not run); jtl itself only from the wheel.
     purelib = subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     deps = [p for p in site.getsitepackages() if "site-packages" in p]
     Path(purelib, "deps.pth").write_text("\n".join(deps) + "\n")

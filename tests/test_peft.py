@@ -20,7 +20,7 @@ from jtl import costs, peft, strategies
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.slim_checkpoint import SlimCheckpoint
-from tests.helpers import saved_weights, tiny_study_cells
+from tests.helpers import fake_summary, saved_weights, tiny_study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -69,7 +69,8 @@ def _setup(name: str, **kw):
 
 def _plan(strategy: str, model, v, x, config):
     optim = mlc.ConfigDict(config.optim.to_dict())
-    return strategies.PEFT_PLANS[strategy](config, model, v, _Data(x), optim)
+    setup = strategies.Setup(config, model, v, _Data(x), optim, {})
+    return strategies.REGISTRY[strategy].plan(setup)
 
 
 def _logits(model, v, x):
@@ -441,7 +442,6 @@ def test_study_rows_carry_each_runs_cost_fields(tmp_path):
     (cell,) = tiny_study_cells(tmp_path)
     cell.workdir(tmp_path).mkdir(parents=True)
     cost = dict(zip(costs.COST_FIELDS, (98_506, 1.5e9, 788_064, 1_176_721, 7 * 2**27), strict=True))
-    summary = {"train_examples": 50, "num_classes": 10, "test_accuracy": 0.5, "steps": 4, **cost}
-    (cell.workdir(tmp_path) / "summary.json").write_text(json.dumps(summary))
+    (cell.workdir(tmp_path) / "summary.json").write_text(json.dumps(fake_summary(**cost)))
     (row,) = study_lib.collect([cell], tmp_path)
     assert {k: row[k] for k in costs.COST_FIELDS} == cost

@@ -78,14 +78,15 @@ def test_bn_stats_move_unless_frozen(source, tmp_path):
 
 def test_lp_ft_starts_from_the_probed_head(source, tmp_path):
     from jtl import linear_probe
+    from jtl.data.target import TargetData
     from jtl.models import get_model
-    from jtl.train import TargetData, _init_variables
+    from jtl.train import _init_variables
 
     cfg = _target(source, "lp_ft")
     data = TargetData(cfg)
     model = get_model("cnn_small", 10, norm="batch")
     v = _init_variables(model, cfg)
-    plan = strategies.plan_strategy(cfg, model, v, data, tmp_path)
+    plan = strategies.plan_strategy(cfg, model, v, data)
     loaded, _ = strategies.load_pretrained(cfg, v)
     head, _ = linear_probe.fit_probe_on_target(cfg, model, loaded, data)
     np.testing.assert_allclose(plan.variables["params"]["head"]["kernel"], head.kernel, rtol=1e-6)
@@ -178,8 +179,9 @@ def test_linear_probe_at_least_matches_sklearn_on_cached_features(source, tmp_pa
     from sklearn.linear_model import LogisticRegression
 
     from jtl import linear_probe
+    from jtl.data.target import TargetData
     from jtl.models import get_model
-    from jtl.train import TargetData, _init_variables
+    from jtl.train import _init_variables
 
     cfg = _target(source, "linear_probe", "train_fraction=1.0")
     data = TargetData(cfg)
@@ -213,3 +215,21 @@ def test_scratch_head_is_uniform_unless_zeros():
     assert strategies._scratch_head(v, "zeros", seed=3) is v
     with pytest.raises(ValueError, match="scratch_head_init"):
         strategies._scratch_head(v, "normal", seed=3)
+
+
+def test_registry_matches_readme_and_tests():
+    """A strategy is one registered function, one README table row and one test: the registry,
+    the README's table (same order) and the test files must name the same strategies."""
+    import re
+
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \|", readme, flags=re.M)
+    assert rows == list(strategies.REGISTRY), "README's strategy table != strategies.REGISTRY"
+    tests = "".join(p.read_text() for p in (root / "tests").glob("test_*.py"))
+    for name, st in strategies.REGISTRY.items():
+        assert st.plan.__doc__, f"strategy {name}: its function needs a docstring"
+        assert re.search(rf"[\"'=]{name}[\"',)]", tests), f"no test names strategy {name!r}"
+    assert strategies.STRATEGIES == tuple(strategies.REGISTRY)
+    with pytest.raises(ValueError, match="registered twice"):
+        strategies.register("scratch")(strategies.scratch)

@@ -12,7 +12,7 @@ import pytest
 
 from jtl import study as study_lib
 from jtl.config import load_config
-from jtl.train import TargetData
+from jtl.data.target import TargetData
 
 REPO = Path(__file__).resolve().parent.parent
 

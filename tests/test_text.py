@@ -107,7 +107,7 @@ def test_real_austen_builder(tmp_path):
     assert train.input_ids.shape == (10760, 128) and train.input_ids[:, 0].tolist().count(101)
     assert set(np.unique(train.input_ids[:, 0])) == {101}  # [CLS]
     # the stored ids are the MiniLM tokenization of the stored text
-    from jtl.interop.bert import tokenize
+    from jtl.data.tokenizer import tokenize
 
     ids, _ = tokenize(test.texts[:3], max_len=128, pad_to_max=True)
     np.testing.assert_array_equal(ids, test.input_ids[:3])

@@ -126,3 +126,70 @@ def test_wrong_architecture_file_lists_keys(tmp_path):
     torch.save(net.state_dict(), path)
     with pytest.raises(ConversionError, match="layer3"):
         convert_file(path, "resnet50")
+
+
+def test_transfer_from_an_imported_torchvision_resnet_feeds_its_normalisation(tmp_path):
+    """The README's old known gap: fine-tuning an imported torchvision ResNet fed it jtl's
+    [-1, 1] inputs. Now the transfer run reads `preprocess` from the import and feeds ImageNet
+    mean/std: jtl's logits on the run's own batches equal the PyTorch network's on the same
+    images normalized the torchvision way; the run's model.json and summary say so."""
+    import json
+    from pathlib import Path
+
+    import jax
+
+    from jtl import config as config_lib
+    from jtl import source_model
+    from jtl.data import augment
+    from jtl.data.target import TargetData
+    from jtl.interop.importer import import_checkpoint
+    from jtl.models import get_model
+    from jtl.train import train
+
+    torch.manual_seed(0)
+    net = TorchvisionResNet(Basic, (2, 2, 2, 2), 10).eval()
+    _randomize_bn(net, 1)
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    imported = tmp_path / "imported"
+    import_checkpoint(tmp_path / "r18.pth", "resnet18", imported)
+    assert source_model.source_input_scale(imported) == "torchvision"
+
+    tiny = str(Path(__file__).parent.parent / "configs" / "tiny.py")
+    overrides = [
+        "model.name=resnet18",
+        "model.kwargs={}",
+        "image_size=32",
+        "channels=3",
+        "strategy=finetune_full",
+        f"init.checkpoint={imported}",
+        "batch_size=8",
+        "eval_batch_size=8",
+        "train_per_class=2",
+    ]
+    config = config_lib.load_config(f"{tiny}:steps=2", overrides)
+    data = TargetData(config)
+    assert data.input_scale == "torchvision"
+    batch = next(data.eval_batches("test", 8))
+    raw = data.dataset.splits["test"]
+    images = augment.fit_images(np.stack([raw[i]["image"] for i in range(8)]), 32, 3)
+    expected = (images / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(batch["image"], expected, atol=1e-5)
+
+    info, _, variables = source_model.load(imported, batch["image"][:1])
+    model = get_model("resnet18", 10)
+    ours = np.asarray(
+        jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, batch["image"])
+    )
+    with torch.no_grad():
+        ref = net(torch.from_numpy(expected.astype(np.float32).transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+    summary = train(config, tmp_path / "run")
+    assert summary["input_scale"] == "torchvision"
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert meta["input_scale"] == "torchvision" and meta["preprocess"] == "fit"
+    run = source_model.describe(tmp_path / "run")
+    assert (run.model, run.num_classes, run.input_scale) == ("resnet18", 10, "torchvision")
+    # A run whose model.json says torchvision predicts with the same normalisation.
+    x = source_model.prepare_image(run, np.asarray(raw[0]["image"]))
+    np.testing.assert_allclose(x, expected[0], atol=1e-5)

@@ -87,14 +87,48 @@ def fit_image(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
     return fit_images(image[None], image_size, channels)[0]
 
 
-_NORMALIZE_LUT = (np.arange(256, dtype=np.float32) - 127.5) / 127.5
+# Input scales: uint8 v -> (v / 255 - mean) / std per channel. jtl's own runs use
+# `minus_one_one`; a transfer run feeds its source's scale (`config.input_scale`, "auto" reads
+# it from the source's import.json / model.json): torchvision's ImageNet weights expect the
+# ImageNet mean and std, EfficientNet-Lite0 (TF) (v - 127) / 128.
+INPUT_SCALES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "minus_one_one": ((0.5,), (0.5,)),
+    "torchvision": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "lite0": ((127 / 255,), (128 / 255,)),
+}
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1], the input scale of every jtl model (a table lookup: fast)."""
-    if images.dtype == np.uint8:
-        return np.take(_NORMALIZE_LUT, images)
-    return (images.astype(np.float32) - 127.5) / 127.5
+def _affine(scale: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) x 255 as float32 [k]: x -> (x - mean) / std on the 0..255 scale."""
+    if scale not in INPUT_SCALES:
+        raise ValueError(f"input_scale={scale!r}: use one of {', '.join(INPUT_SCALES)}")
+    mean, std = (np.asarray(v, np.float64) * 255 for v in INPUT_SCALES[scale])
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _lut(scale: str) -> np.ndarray:
+    """f32[256, k]: the scaled value of every uint8 level, per channel (k = 1 or 3)."""
+    mean, std = _affine(scale)
+    return (np.arange(256, dtype=np.float32)[:, None] - mean) / std
+
+
+_LUTS = {name: _lut(name) for name in INPUT_SCALES}
+
+
+def normalize(images: np.ndarray, scale: str = "minus_one_one") -> np.ndarray:
+    """uint8 [..., C] -> float32 in `scale` (default [-1, 1]); a table lookup: fast."""
+    mean, std = _affine(scale)
+    if len(mean) > 1 and images.shape[-1] != len(mean):
+        raise ValueError(
+            f"input_scale={scale!r} is per channel ({len(mean)}); the images have "
+            f"{images.shape[-1]} channels (set --config.channels={len(mean)})"
+        )
+    if images.dtype != np.uint8:
+        return (images.astype(np.float32) - mean) / std
+    lut = _LUTS[scale]
+    if lut.shape[1] == 1:
+        return np.take(lut[:, 0], images)
+    return np.stack([np.take(lut[:, c], images[..., c]) for c in range(lut.shape[1])], axis=-1)
 
 
 def _crop(pad: float) -> Op:

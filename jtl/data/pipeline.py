@@ -21,7 +21,7 @@ import numpy as np
 
 from jtl.data import augment as aug
 
-_FOREVER = 1 << 62
+FOREVER = 1 << 62  # the length of an endless (resumable) batch stream
 # Batch keys of text data sets (jtl.data.text), passed to the model as one dict.
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # A training subset whose resized uint8 images fit in this many bytes is kept in memory.
@@ -95,7 +95,8 @@ class FittedSource:
         return {"image": image, "label": int(record["label"])}
 
 
-def _local_slice(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+def local_slice(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """(offset, rows) of this process's slice of every global batch (images and text alike)."""
     if batch_size % process_count:
         raise ValueError(
             f"global batch size {batch_size} is not divisible by {process_count} processes"
@@ -113,9 +114,11 @@ def _augment_example(record: dict, rng: np.random.Generator, ops: list) -> dict[
     return {"image": x, "label": record["label"]}
 
 
-def _to_batch(images: np.ndarray, labels: np.ndarray, channels: int) -> dict[str, np.ndarray]:
+def _to_batch(
+    images: np.ndarray, labels: np.ndarray, channels: int, scale: str
+) -> dict[str, np.ndarray]:
     return {
-        "image": aug.normalize(aug.expand_channels(images, channels)),
+        "image": aug.normalize(aug.expand_channels(images, channels), scale),
         "label": np.asarray(labels, np.int32),
     }
 
@@ -129,6 +132,7 @@ def train_batches(
     image_size: int,
     channels: int,
     augment: str = "",
+    scale: str = "minus_one_one",
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
@@ -146,7 +150,7 @@ def train_batches(
         raise ValueError("the training subset is empty")
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
-    offset, local = _local_slice(batch_size, process_index, process_count)
+    offset, local = local_slice(batch_size, process_index, process_count)
     ops = aug.parse(augment)
     fitted = FittedSource(source, indices, image_size, channels)
     elements = (
@@ -160,9 +164,9 @@ def train_batches(
         start = k * batch_size + offset
         items = [elements[start + j] for j in range(local)]
         images = np.stack([it["image"] for it in items])
-        return _to_batch(images, [it["label"] for it in items], channels)
+        return _to_batch(images, [it["label"] for it in items], channels, scale)
 
-    batches = grain.MapDataset.range(start_step, _FOREVER).map(batch_at)
+    batches = grain.MapDataset.range(start_step, FOREVER).map(batch_at)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
     return iter(batches.to_iter_dataset(options))
 
@@ -174,6 +178,7 @@ def eval_batches(
     batch_size: int,
     image_size: int,
     channels: int,
+    scale: str = "minus_one_one",
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -182,20 +187,20 @@ def eval_batches(
     Every process yields the same number of batches (its slice of each global batch), so
     collective evaluation steps stay in lockstep.
     """
-    offset, local = _local_slice(batch_size, process_index, process_count)
+    offset, local = local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
     num_batches = -(-len(indices) // batch_size)
     if isinstance(source, FittedSource) and source.images is not None:
         # Already resized and in memory (TargetData caches its eval splits): plain slicing.
         # Per evaluation this saves the re-read and re-resize and grain's thread start-up,
         # which dominated a study cell's frequent validation passes.
-        return _in_memory_eval_batches(source, indices, batch_size, offset, local, channels)
+        return _in_memory_eval_batches(source, indices, batch_size, offset, local, channels, scale)
 
     def batch_at(k: int) -> dict[str, np.ndarray]:
         pos = np.arange(k * batch_size + offset, k * batch_size + offset + local)
         mask = pos < len(indices)
         images, labels = read_records(source, indices[np.where(mask, pos, 0)])
-        out = _to_batch(aug.fit_images(images, image_size, channels), labels, channels)
+        out = _to_batch(aug.fit_images(images, image_size, channels), labels, channels, scale)
         out["mask"] = mask.astype(np.float32)
         return out
 
@@ -210,6 +215,7 @@ def _in_memory_eval_batches(
     offset: int,
     local: int,
     channels: int,
+    scale: str,
 ) -> Iterator[dict[str, np.ndarray]]:
     """`eval_batches` over a fitted in-memory source: same batches, masks and order."""
     assert source.images is not None
@@ -217,20 +223,24 @@ def _in_memory_eval_batches(
         pos = np.arange(k * batch_size + offset, k * batch_size + offset + local)
         mask = pos < len(indices)
         rows = indices[np.where(mask, pos, 0)]
-        out = _to_batch(source.images[rows], source.labels[rows], channels)
+        out = _to_batch(source.images[rows], source.labels[rows], channels, scale)
         out["mask"] = mask.astype(np.float32)
         yield out
 
 
 def load_arrays(
-    source: Any, indices: Sequence[int], image_size: int, channels: int
+    source: Any,
+    indices: Sequence[int],
+    image_size: int,
+    channels: int,
+    scale: str = "minus_one_one",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocessed `(x f32[N,H,W,C], y i32[N])` of `indices`, for feature caches and probes."""
     indices = np.asarray(indices, np.int64)
     xs, ys = [], []
     for s in range(0, len(indices), _CHUNK):
         images, labels = read_records(source, indices[s : s + _CHUNK])
-        batch = _to_batch(aug.fit_images(images, image_size, channels), labels, channels)
+        batch = _to_batch(aug.fit_images(images, image_size, channels), labels, channels, scale)
         xs.append(batch["image"])
         ys.append(batch["label"])
     if not xs:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jtl.paths import cache_dir
+
 MNIST_FILES = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -79,11 +81,6 @@ class MissingSourceError(FileNotFoundError):
 
 class ChecksumError(ValueError):
     """A fetched file does not match its known sha256."""
-
-
-def cache_dir() -> Path:
-    """`$JTL_DATA_DIR`, default `~/.cache/jtl`: raw files, prepared tfds data, feature caches."""
-    return Path(os.environ.get("JTL_DATA_DIR") or Path.home() / ".cache" / "jtl").expanduser()
 
 
 def raw_dir(name: str) -> Path:

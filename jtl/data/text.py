@@ -40,7 +40,6 @@ SPLIT_BLOCK = 20
 TEST_EVERY = 5  # block k is test when k % TEST_EVERY == TEST_BLOCK
 TEST_BLOCK = 2
 MAX_LEN = 128
-TEXT_KEYS = ("input_ids", "attention_mask")
 
 _HEADING = re.compile(r"^\s*(chapter|volume)\b", re.IGNORECASE)
 _CLOSING = re.compile(r"^\s*(the end|finis)\s*\.?\s*$", re.IGNORECASE)
@@ -180,7 +179,7 @@ def train_batches(
         raise ValueError("the training subset is empty")
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0")
-    offset, local = pipeline._local_slice(batch_size, process_index, process_count)
+    offset, local = pipeline.local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
     order = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(None)
 
@@ -188,7 +187,7 @@ def train_batches(
         start = k * batch_size + offset
         return source.arrays([order[start + j] for j in range(local)], seq_len)
 
-    batches = grain.MapDataset.range(start_step, pipeline._FOREVER).map(batch_at)
+    batches = grain.MapDataset.range(start_step, pipeline.FOREVER).map(batch_at)
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
     return iter(batches.to_iter_dataset(options))
 
@@ -203,7 +202,7 @@ def eval_batches(
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over `indices` in order; the last batch is padded, with `mask` 0 on padding."""
-    offset, local = pipeline._local_slice(batch_size, process_index, process_count)
+    offset, local = pipeline.local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
     num_batches = -(-len(indices) // batch_size)
 
@@ -220,7 +219,7 @@ def eval_batches(
 
 def tokenize_minilm(texts: Sequence[str], max_len: int = MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
     """all-MiniLM-L6-v2 WordPiece ids and masks int32 [n, max_len] (padded to max_len)."""
-    from jtl.interop.bert import tokenize
+    from jtl.data.tokenizer import tokenize
 
     ids, mask = [], []
     for s in range(0, len(texts), 1024):
