@@ -19,6 +19,7 @@ from typing import Any
 import ml_collections as mlc
 
 from jtl.errors import ConfigError, MissingFileError
+from jtl.optim import optimizers
 
 
 def base_config() -> mlc.ConfigDict:
@@ -65,7 +66,7 @@ def base_config() -> mlc.ConfigDict:
     c.min_delta = 0.0
     c.max_epochs = 0.0  # > 0: the cap in epochs of the training subset (sets total_steps)
     c.eval_every_epochs = 0.0  # > 0: validate every this many epochs (sets eval_every)
-    c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study_sweep.py)
+    c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study/sweep.py)
     # A non-finite loss or gradient norm: "stop" the run (summary.json says diverged, the last
     # finite checkpoint is kept, exit non-zero) or "skip" the step (state unchanged, counted).
     c.nonfinite = "stop"
@@ -77,21 +78,13 @@ def base_config() -> mlc.ConfigDict:
     c.model.name = "resnet20"
     c.model.kwargs = mlc.ConfigDict({"norm": "batch"})
 
-    c.optim = mlc.ConfigDict()
-    c.optim.name = "momentum"
-    c.optim.lr = 0.1
-    c.optim.momentum = 0.9
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
+    # The optimizer library's defaults (jtl.optim.optimizers.DEFAULTS, the one definition;
+    # frozen / lr_mults / wd_mults / schedules are big_vision-style ordered rules on "/"-joined
+    # parameter paths, fullmatch, first wins), with a run's usual recipe on top: momentum SGD,
+    # weight decay 5e-4, cosine schedule.
+    c.optim = mlc.ConfigDict({"name": "momentum", "lr": 0.1, **optimizers.DEFAULTS})
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "cosine"
-    c.optim.warmup_steps = 0
-    c.optim.clip_norm = 0.0
-    # big_vision-style ordered rules on "/"-joined parameter paths (fullmatch, first wins).
-    c.optim.frozen = ()
-    c.optim.lr_mults = ()
-    c.optim.wd_mults = ()
-    c.optim.schedules = ()
 
     # Transfer: which checkpoint to start from, and which keys to re-initialize.
     c.init = mlc.ConfigDict()

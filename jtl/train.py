@@ -524,7 +524,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
 
     early.prune()
     # eval_test=False (sweep trials): the test split is not read; the study evaluates only the
-    # trial chosen on validation, from its checkpoint (jtl.study_sweep).
+    # trial chosen on validation, from its checkpoint (jtl.study.sweep).
     splits = ("val", "test") if config.eval_test else ("val",)
     final = {split: evaluate_split(eval_variables(state), split) for split in splits}
     final.setdefault("test", {"loss": None, "accuracy": None})

@@ -81,7 +81,7 @@ def test_stall_stops_and_a_resume_mid_run_ends_identical(tmp_path, monkeypatch):
     every = config.checkpoint_every
     kill = next(s for s in range(every, es["stopped_step"], every) if s > es["best_step"])
     # The last checkpoint holds the reported (best) weights: what a sweep tests after selection.
-    from jtl.study_sweep import evaluate_test
+    from jtl.study.sweep import evaluate_test
 
     again = evaluate_test(config, tmp_path / "whole")
     assert again["test_accuracy"] == whole["test_accuracy"]

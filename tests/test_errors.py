@@ -23,6 +23,7 @@ from jtl import cli
 from jtl import study as study_lib
 from jtl.data import registry
 from jtl.errors import DataError, DivergedError, UserError, format_error
+from jtl.study import run as study_run
 from tests.helpers import fake_summary, tiny_study_cells
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +243,7 @@ def test_diverged_cells_are_listed_not_averaged(tmp_path, monkeypatch):
     def diverge(config, workdir):
         raise DivergedError("training diverged at step 3")
 
-    monkeypatch.setattr(study_lib, "run_train", diverge)
+    monkeypatch.setattr(study_run, "run_train", diverge)
     (bad.workdir(tmp_path) / "summary.json").unlink()
     _, failed = study_lib.run_cells([bad], tmp_path)
     assert failed == []  # a diverged cell is a result, not a failure

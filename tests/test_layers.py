@@ -15,16 +15,15 @@ JTL = Path(__file__).parent.parent / "jtl"
 LAYERS = [
     # 0: utilities that know nothing of data, models or training (may import each other)
     (
-        "errors paths costs cpu dispatch early_stopping transferability sharding config "
+        "errors paths costs cpu dispatch early_stopping transferability sharding "
         "run_summary guard metrics"
     ),
     "data models optim checkpoint report",  # the report reads result rows only
-    "interop peft probe",
+    "interop peft probe config",  # config: base_config builds on the optimizer's defaults
     "slim_checkpoint linear_probe source_model",
     "strategies",
     "train predict export advise",
-    "study_budget study_sweep",
-    "study",
+    "study",  # a package: grid, budget, sweep, run, results
     "process",
     "quickstart",
     "cli",

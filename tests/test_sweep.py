@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jtl import study as study_lib
-from jtl import study_sweep as sweep_lib
+from jtl.study import sweep as sweep_lib
 from tests.test_study import _study
 
 
@@ -147,7 +147,7 @@ def test_selection_reads_validation_only_and_a_partial_grid_resumes(tmp_path, sp
 
 
 def test_diverged_trials_lose_the_selection_and_all_diverged_selects_nothing():
-    from jtl.study_sweep import select
+    from jtl.study.sweep import select
 
     ok = {"val_accuracy": 0.5}
     assert select([{"diverged": True, "val_accuracy": 0.9}, ok, {"val_accuracy": 0.4}]) == 1

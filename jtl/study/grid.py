@@ -1,0 +1,261 @@
+"""The study grid: a study config (`configs/studies/NAME.py`) and the cells it expands into.
+
+Each cell is one `jtl train` run: a cell config plus arguments and overrides, with its own
+sub-directory, its config loaded once (`Cell.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shlex
+from pathlib import Path
+
+import ml_collections as mlc
+
+from jtl import config as config_lib
+from jtl.study import sweep as sweep_lib
+from jtl.study.budget import budget_overrides, convergence_defaults, validate_budget
+
+SOURCE_ARG_KINDS = ("train", "import", "checkpoint")
+
+
+class StudyError(ValueError):
+    """A study config that cannot be run as written; the message names the field and the fix."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def study_defaults() -> mlc.ConfigDict:
+    """Every field a study config may set; study files start from this."""
+    s = mlc.ConfigDict()
+    s.name = "study"
+    s.title = ""
+    s.cell_config = "configs/transfer.py"
+    # name -> ConfigDict(kind="train", config=SPEC) | (kind="import", model=M, file=PATH or
+    # "package") | (kind="checkpoint", path=DIR). "none" (scratch) is implicit.
+    s.sources = mlc.ConfigDict()
+    s.targets = mlc.ConfigDict()  # name -> cell-config argument string, e.g. "target=digits"
+    s.strategies = ("scratch", "finetune_full")
+    # Scratch arms: label -> cell-config arguments, e.g. {"resnet20": "", "cnn": "model=cnn_small"}
+    # ("" label = the cell config's default model, shown as plain "scratch").
+    s.scratch_models = mlc.ConfigDict({"": ""})
+    s.sizes = ("10", "100", "full")  # examples per class, "NN%" of the train split, or "full"
+    s.sizes_by_target = mlc.ConfigDict()  # target -> sizes (e.g. a target with 75 per class)
+    s.seeds = (0, 1, 2)
+    s.steps = 200
+    s.steps_by_size = mlc.ConfigDict()  # size label -> steps (overrides `steps`)
+    s.scratch_schedule_mult = 1.0
+    s.strategy_overrides = mlc.ConfigDict()  # strategy -> ("strategy_args.freeze_blocks=2", ...)
+    s.overrides = ()  # config overrides for every cell
+    s.target_overrides = mlc.ConfigDict()  # target -> config overrides for its cells
+    s.kfold = mlc.ConfigDict({"folds": 3, "max_per_class": 100})  # folds < 2: off
+    s.early_stopping_patience = 0  # equal-step budgets only: stop early on validation
+    # "equal_steps" (the `steps` budget above) or "converged": every cell trains until
+    # validation accuracy stalls (`convergence`: patience, min_delta, max_epochs[_by_size] cap,
+    # scratch x scratch_schedule_mult, eval_every_epochs or eval_every_steps); see
+    # jtl/study/budget.py. The report gives no verdict from a cell that hit its cap.
+    s.budget = "equal_steps"
+    s.convergence = convergence_defaults()
+    # Equal tuning budget: values per axis (lr, weight_decay); their product is every SGD arm's
+    # grid, chosen on validation only (jtl/study/sweep.py). Linear probes are not swept (they
+    # pick their L2 on validation internally). sweep_by_strategy: strategy -> its own grid,
+    # with the same number of trials.
+    s.sweep = sweep_lib.sweep_defaults()
+    s.sweep_by_strategy = mlc.ConfigDict()
+    s.advise_sample = 500  # target examples scored per (source, target); 0 = no advisor
+    return s
+
+
+def load_study(spec: str) -> mlc.ConfigDict:
+    """`configs/studies/NAME.py[:arg]` -> a validated study config."""
+    path, _, arg = spec.partition(":")
+    file = _resolve(path)
+    module = config_lib.load_module(file)
+    study = module.get_config(arg) if arg else module.get_config()
+    validate(study)
+    return study
+
+
+def _resolve(path: str) -> Path:
+    """A config path as given, in the checkout, or in the installed configs (config_lib)."""
+    return config_lib.resolve_config_path(path)
+
+
+def validate(study: mlc.ConfigDict) -> None:
+    if not study.targets:
+        raise StudyError("study.targets is empty: add e.g. targets.digits = 'target=digits'")
+    if not study.seeds:
+        raise StudyError("study.seeds is empty: give at least one seed, e.g. (0,)")
+    for name, src in study.sources.items():
+        if name == "none":
+            raise StudyError("source name 'none' is reserved for scratch; rename the source")
+        if src.get("kind") not in SOURCE_ARG_KINDS:
+            raise StudyError(
+                f"sources.{name}.kind={src.get('kind')!r}: use one of {SOURCE_ARG_KINDS}"
+            )
+    transfer = [s for s in study.strategies if s != "scratch"]
+    if transfer and not study.sources:
+        raise StudyError(
+            f"strategies {transfer} need a pretrained source: add study.sources.NAME, or keep "
+            "only 'scratch'"
+        )
+    for size in study.sizes:
+        _size_args(size)
+    for field in ("sizes_by_target", "target_overrides"):
+        unknown = set(study[field]) - set(study.targets)
+        if unknown:
+            raise StudyError(f"{field} names {sorted(unknown)}, not in targets")
+    sizes = set(map(str, study.sizes)) | {str(s) for v in study.sizes_by_target.values() for s in v}
+    unknown = set(study.steps_by_size) - sizes
+    if unknown:
+        raise StudyError(f"steps_by_size has sizes {sorted(unknown)} not in sizes {study.sizes}")
+    for problem in (validate_budget(study), sweep_lib.validate_sweep(study)):
+        if problem:
+            raise StudyError(problem)
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def _size_args(size: str) -> tuple[str, int | None]:
+    """Size label -> (cell-config arguments, examples per class or None)."""
+    size = str(size)
+    if size == "full":
+        return "fraction=1.0", None
+    if size.endswith("%"):
+        frac = float(size[:-1]) / 100
+        if not 0 < frac <= 1:
+            raise StudyError(f"size {size!r}: a percentage must be in (0, 100]")
+        return f"fraction={frac}", None
+    if size.isdigit() and int(size) > 0:
+        return f"per_class={int(size)}", int(size)
+    raise StudyError(f"size {size!r}: use examples per class ('10'), a percentage ('25%'), 'full'")
+
+
+def size_label(size: str) -> str:
+    return f"{size}/class" if str(size).isdigit() else str(size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the grid; `id` is also its sub-directory under `cells/`."""
+
+    id: str
+    target: str
+    source: str
+    strategy: str
+    model: str
+    arm: str
+    size: str
+    seed: int
+    fold: int
+    spec: str
+    overrides: tuple[str, ...]
+    trial: str = ""  # sweep trial label (e.g. "lr0.1"); "" = not a trial
+
+    def workdir(self, root: Path) -> Path:
+        return Path(root) / "cells" / self.id
+
+    def command(self, root: Path, jtl: str = "jtl") -> list[str]:
+        """The `jtl train` command that runs this cell (the same on a laptop or a cluster)."""
+        return [
+            *shlex.split(jtl),
+            "train",
+            "--config",
+            self.spec,
+            "--workdir",
+            str(self.workdir(root)),
+            *[f"--config.{o}" for o in self.overrides],
+        ]
+
+    @functools.cached_property
+    def _config(self) -> mlc.ConfigDict:
+        return config_lib.load_config(self.spec, self.overrides)
+
+    def config(self) -> mlc.ConfigDict:
+        """The cell's resolved config, loaded once per cell (each call returns a copy, so a
+        caller that edits it changes nothing for the others)."""
+        return self._config.copy_and_resolve_references()
+
+
+def source_dir(root: Path, name: str, study: mlc.ConfigDict) -> Path:
+    src = study.sources[name]
+    if src.kind == "checkpoint":
+        return Path(src.path).absolute()
+    return Path(root).absolute() / "sources" / name
+
+
+def _arms(study: mlc.ConfigDict) -> list[tuple[str, str, str, str]]:
+    """(source, strategy, model label, extra args) per line of the report."""
+    arms = []
+    for strategy in study.strategies:
+        if strategy == "scratch":
+            for label, args in study.scratch_models.items():
+                arms.append(("none", "scratch", label, args))
+        else:
+            for source in study.sources:
+                arms.append((source, strategy, "", ""))
+    return arms
+
+
+def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
+    """The grid as cells, in a run order that finishes whole sizes first (early partial report)."""
+    root = Path(root).absolute()
+    cell_config = _resolve(study.cell_config)
+    arms = _arms(study)
+    multi_source = len(study.sources) > 1
+    folds = int(study.kfold.folds)
+    cells = []
+    by_target = [s for sizes in study.sizes_by_target.values() for s in sizes]
+    all_sizes = list(dict.fromkeys(str(s) for s in [*study.sizes, *by_target]))
+    for size in all_sizes:
+        size_args, per_class = _size_args(size)
+        kfold = folds >= 2 and per_class is not None and per_class <= study.kfold.max_per_class
+        base_steps = int(study.steps_by_size.get(str(size), study.steps))
+        for target, target_args in study.targets.items():
+            if str(size) not in map(str, study.sizes_by_target.get(target, study.sizes)):
+                continue
+            for source, strategy, model, model_args in arms:
+                arm = strategy
+                if strategy == "scratch" and model:
+                    arm = f"scratch/{model}"
+                elif multi_source:
+                    arm = f"{strategy}@{source}"
+                steps = base_steps
+                if strategy == "scratch":
+                    steps = max(1, round(base_steps * study.scratch_schedule_mult))
+                for r, seed in enumerate(study.seeds):
+                    fold = r % folds if kfold else -1
+                    args = [target_args, f"strategy={strategy}", size_args, f"steps={steps}"]
+                    args.append(f"seed={seed}")
+                    if source != "none":
+                        args.append(f"init={source_dir(root, source, study)}")
+                    args.append(model_args)
+                    overrides = list(study.overrides)
+                    overrides += list(study.target_overrides.get(target, ()))
+                    overrides += list(study.strategy_overrides.get(strategy, ()))
+                    if kfold:
+                        overrides += [f"num_folds={folds}", f"fold={fold}"]
+                    overrides += budget_overrides(study, strategy, str(size))
+                    arm_dir = arm.replace("/", "-").replace("@", "-")
+                    rep = f"seed{seed}" + (f"_fold{fold}" if kfold else "")
+                    cell = Cell(
+                        id=f"{target}/{arm_dir}/{str(size).replace('%', 'pct')}/{rep}",
+                        target=target,
+                        source=source,
+                        strategy=strategy,
+                        model=model,
+                        arm=arm,
+                        size=size_label(size),
+                        seed=int(seed),
+                        fold=fold,
+                        spec=f"{cell_config}:" + ",".join(a for a in args if a),
+                        overrides=tuple(overrides),
+                    )
+                    cells += sweep_lib.trial_cells(study, cell)
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise StudyError("two cells share a directory: make target and model labels distinct")
+    return cells

@@ -1,0 +1,147 @@
+"""A study's results: one row per finished cell, diverged cells, transferability scores.
+
+The report package reads only these rows (`jtl.report.build_report`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+from absl import logging
+
+from jtl import costs, run_summary
+from jtl.study import sweep as sweep_lib
+from jtl.study.grid import Cell, source_dir
+
+
+def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> list[dict]:
+    """Transferability scores per (source, target), cached in `advise/`, for the report."""
+    if not study.advise_sample or not study.sources:
+        return []
+    from jtl.advise import advise
+
+    out = []
+    for source in study.sources:
+        for target in study.targets:
+            cache = root / "advise" / f"{source}__{target}.json"
+            if cache.exists():
+                out.append(json.loads(cache.read_text()))
+                continue
+            config = next(c for c in cells if c.target == target).config()
+            try:
+                result = advise(
+                    source_dir(root, source, study),
+                    config.dataset,
+                    sample=study.advise_sample,
+                    image_size=config.image_size,
+                )
+            except Exception as e:  # noqa: BLE001 - a model advise cannot score is reported
+                logging.warning("advise %s -> %s failed: %s", source, target, e)
+                continue
+            record = {
+                "source": source,
+                "target": target,
+                **{k: float(v) for k, v in result["pretrained"].items()},
+                "random_init": result["random_init"],
+                "recommendation": result["recommendation"],
+                "reasons": result["reasons"],
+            }
+            record["hscore"] = record.get("h_score", float("nan"))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(record, indent=2) + "\n")
+            out.append(record)
+    return out
+
+
+def diverged_step(workdir: Path) -> int | None:
+    """The step a finished cell diverged at (summary.json `diverged`), else None."""
+    s = run_summary.read(workdir)
+    if s is None:
+        return None
+    return int(s.get("diverged_step") or 0) if s.get("diverged") else None
+
+
+def diverged_cells(cells: Sequence[Cell], root: Path) -> list[str]:
+    """`cell id: diverged at step N` for every diverged cell (the report lists them)."""
+    out = []
+    for cell in cells:
+        step = diverged_step(cell.workdir(root))
+        if step is not None:
+            out.append(f"{cell.id}: diverged at step {step}")
+    return out
+
+
+def _curve(workdir: Path) -> dict[str, list[list[float]]]:
+    from jtl.metrics import read_metrics
+
+    curve: dict[str, list[list[float]]] = {"train": [], "val": []}
+    for r in read_metrics(workdir):
+        if r.get("split") in curve and "loss" in r:
+            curve[r["split"]].append([r["step"], r["loss"], r.get("accuracy")])
+    return curve
+
+
+def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
+    """One row per finished cell: its identity, summary numbers, cost, convergence and curves.
+
+    A swept cell gives one row, from the trial chosen on validation (jtl.study.sweep), once
+    its whole grid has finished and been selected.
+    """
+    rows = []
+    for cell in cells:
+        result = sweep_lib.cell_result(cell, root)
+        if result is None:
+            continue
+        cell_id, s, sweep = result
+        if s.get("diverged"):  # no accuracy to average in; see diverged_cells
+            continue
+        flops = s.get("flops_per_step")
+        steps_run = s.get("steps_run", s.get("steps", 0))
+        num_classes = s.get("num_classes") or 0
+        rows.append(
+            {
+                "cell": cell_id,
+                "target": cell.target,
+                "source": cell.source,
+                "strategy": cell.strategy,
+                "model": cell.model or s.get("model", ""),
+                "arm": cell.arm,
+                "size": cell.size,
+                "train_examples": int(s["train_examples"]),
+                "per_class": s["train_examples"] / num_classes if num_classes else None,
+                "seed": cell.seed,
+                "fold": cell.fold,
+                "test_accuracy": float(s["test_accuracy"]),
+                "val_accuracy": float(s.get("val_accuracy", float("nan"))),
+                "test_loss": float(s.get("test_loss", float("nan"))),
+                "val_loss": float(s.get("val_loss", float("nan"))),
+                "steps": int(steps_run),
+                "wall_time_s": float(s.get("wall_time_s", float("nan"))),
+                "images_seen": int(s.get("images_seen", 0)),
+                "train_flops": flops * steps_run if flops else None,
+                # Cost of the run (jtl.costs); older summaries lack some: None.
+                **{k: s.get(k) for k in costs.COST_FIELDS},
+                "early_stopped_step": (s.get("early_stopping") or {}).get("stopped_step"),
+                # Runs from before converged budgets were equal-step runs.
+                "budget": s.get("budget", "equal_steps"),
+                "converged": bool(s.get("converged", False)),
+                "best_step": s.get("best_step"),
+                "epochs_run": s.get("epochs_run"),
+                "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,
+                **_probe_choice(s),
+                **sweep,
+                "curve": _curve(cell.workdir(root)),
+            }
+        )
+    return rows
+
+
+def _probe_choice(summary: dict[str, Any]) -> dict[str, Any]:
+    """A linear probe's own validation choice (probe kind and L2), shown with the sweeps."""
+    if "probe" not in summary:
+        return {}
+    return {"chosen": {"probe": summary["probe"], "l2": summary.get("probe_hyper")}}

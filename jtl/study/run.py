@@ -1,0 +1,313 @@
+"""Running a study: the fine-tune-vs-scratch grid, run cell by cell, resumable, then one report.
+
+A study config (`configs/studies/NAME.py`) names sources (pretrained checkpoints: trained
+here, imported, or given), targets, strategies, scratch models, training-set sizes and seeds.
+`expand` turns it into cells; each cell is a normal `jtl train` run (`Cell.command`) in its own
+sub-directory, so a cell can equally run in this process, in a local worker (`--parallel N`)
+or as one cluster job (`--cell I`, see launch/). A finished cell (summary.json of the same
+config) is skipped, a killed one resumes from its checkpoint, and re-running a finished study
+only rebuilds the report.
+
+Fair budgets: every strategy gets the same optimizer steps at a size (`steps`, or
+`steps_by_size`), scratch gets `scratch_schedule_mult` times more (He et al. needed longer
+schedules to catch up); or, with `budget = "converged"`, every cell trains until validation
+stalls, capped by `convergence.max_epochs` (jtl/study/budget.py). `sweep` gives every arm the
+same hyperparameter grid, chosen on validation only (jtl/study/sweep.py). Sizes of at most
+`kfold.max_per_class` examples per class use k-fold cross-validation inside the labelled
+budget: replicate r trains with seed `seeds[r]` on all folds but `r % k` and validates on that
+one, so the spread covers data splits and seeds, and the test set never takes part in model
+selection.
+
+The cell-config contract: every `cell_config` accepts the arguments `target, strategy,
+per_class, fraction, init, steps, seed` (see configs/transfer.py); anything else goes through
+`overrides` (config keys) or a target's / scratch model's argument string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections as mlc
+from absl import logging
+
+from jtl import config as config_lib
+from jtl import run_summary
+from jtl.study import sweep as sweep_lib
+from jtl.study.grid import Cell, StudyError, _resolve, expand, load_study, source_dir
+from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
+
+
+def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
+    """A finished run of exactly this config lives in `workdir` (then it is not re-run)."""
+    summary, cfg = workdir / "summary.json", workdir / "config.json"
+    if not (summary.exists() and cfg.exists()):
+        return False
+    return not config_lib.config_diff(json.loads(cfg.read_text()), config)
+
+
+def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Trains unless finished; returns the summary."""
+    if is_finished(workdir, config):
+        return dict(run_summary.read(workdir) or {})
+    from jtl.train import train
+
+    return train(config, workdir)
+
+
+def prepare_sources(study: mlc.ConfigDict, root: Path) -> dict[str, Path]:
+    """Trains / imports every source once (skipped when already there)."""
+    out = {}
+    for name, src in study.sources.items():
+        directory = source_dir(root, name, study)
+        if src.kind == "train":
+            spec = str(_resolve(src.config.partition(":")[0]))
+            arg = src.config.partition(":")[2]
+            config = config_lib.load_config(f"{spec}:{arg}" if arg else spec, ["progress=False"])
+            summary = run_train(config, directory)
+            if summary.get("diverged"):  # finished, but nothing to transfer from
+                raise StudyError(
+                    f"source {name!r} diverged at step {summary.get('diverged_step')} "
+                    f"(see {directory}/summary.json); fix its config (e.g. a lower LR) and "
+                    "move that workdir aside"
+                )
+            logging.info("source %s: test accuracy %.4f", name, summary["test_accuracy"])
+        elif src.kind == "import":
+            if not (directory / "import.json").exists():
+                from jtl.interop.importer import import_checkpoint, package_weights
+
+                file = package_weights(src.model) if src.file == "package" else src.file
+                import_checkpoint(file, src.model, directory)
+        elif not directory.exists():
+            raise StudyError(f"sources.{name}.path={src.path!r} does not exist")
+        out[name] = directory
+    return out
+
+
+def _run_in_process(cell: Cell, root: Path) -> None:
+    from jtl.errors import DivergedError
+
+    config = cell.config()
+    config.progress = False
+    try:
+        run_train(config, cell.workdir(root))
+    except DivergedError as e:  # a result, not a failure: summary.json records it
+        logging.warning("cell %s diverged: %s", cell.id, e)
+
+
+def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple[Cell, str]]:
+    """Runs cells as `jtl train` subprocesses, `workers` at a time, one XLA device each."""
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
+        env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
+    jtl = f"{shlex.quote(sys.executable)} -m jtl.cli"
+    queue = list(cells)
+    running: list[tuple[Cell, subprocess.Popen, Any]] = []
+    failed = []
+    while queue or running:
+        while queue and len(running) < workers:
+            cell = queue.pop(0)
+            workdir = cell.workdir(root)
+            workdir.mkdir(parents=True, exist_ok=True)
+            log = (workdir / "train.log").open("a")
+            cmd = [*cell.command(root, jtl), "--config.progress=False"]
+            running.append((cell, subprocess.Popen(cmd, stdout=log, stderr=log, env=env), log))
+        time.sleep(0.5)
+        for item in list(running):
+            cell, proc, log = item
+            if proc.poll() is None:
+                continue
+            log.close()
+            running.remove(item)
+            if proc.returncode and diverged_step(cell.workdir(root)) is None:
+                failed.append((cell, f"exit {proc.returncode}, see {cell.workdir(root)}/train.log"))
+            else:
+                logging.info("cell done: %s", cell.id)
+    return failed
+
+
+class StudyClock:
+    """Wall time spent on a study, summed over invocations and saved as it goes.
+
+    `timing.json` is rewritten after every finished cell, so a killed or resumed study still
+    reports the time it took in total (`runs` lists each invocation's start and seconds).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "timing.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("wall_time_s", 0.0)
+        self.data.setdefault("runs", [])
+        self.run: dict[str, Any] | None = None
+        self.last = time.time()
+
+    @property
+    def wall_time_s(self) -> float:
+        return float(self.data["wall_time_s"])
+
+    def start(self) -> None:
+        """Counts from now (call when work starts: sources, cells)."""
+        self.last = time.time()
+        self.run = {"start": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": 0.0, "cells_run": 0}
+        self.data["runs"].append(self.run)
+
+    def tick(self, cells_done: int = 0) -> None:
+        """Adds the time since the last tick and saves."""
+        if self.run is None:
+            return
+        now = time.time()
+        self.data["wall_time_s"] += now - self.last
+        self.run["seconds"] += now - self.last
+        self.run["cells_run"] += cells_done
+        self.last = now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+
+
+def run_cells(
+    cells: Sequence[Cell], root: Path, parallel: int = 1, clock: StudyClock | None = None
+) -> tuple[int, list[tuple[Cell, str]]]:
+    """Runs unfinished cells; returns (cells run, failures). A failure never stops the rest."""
+    todo = [c for c in cells if not is_finished(c.workdir(root), c.config())]
+    logging.info("%d of %d cells to run", len(todo), len(cells))
+    if parallel > 1:
+        failed = _run_parallel(todo, root, parallel)
+        if clock is not None:
+            clock.tick(cells_done=len(todo) - len(failed))
+        return len(todo), failed
+    failed = []
+    for i, cell in enumerate(todo):
+        t = time.time()
+        try:
+            _run_in_process(cell, root)
+        except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
+            logging.exception("cell %s failed", cell.id)
+            failed.append((cell, f"{type(e).__name__}: {e}"))
+            if clock is not None:
+                clock.tick()  # a failed cell's time was spent too
+            continue
+        print(f"[study] {i + 1}/{len(todo)} {cell.id} ({time.time() - t:.0f}s)", flush=True)
+        if clock is not None:
+            clock.tick(cells_done=1)
+    return len(todo), failed
+
+
+def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path:
+    """cells.txt: one `jtl train` command per line, for cluster array jobs or by hand."""
+    lines = [
+        f"# {len(cells)} cells of {study_spec}; line i+2 is `jtl study ... --cell {{i}}`",
+        *(shlex.join(c.command(root)) for c in cells),
+    ]
+    path = root / "cells.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
+    """study.json pins the grid: a workdir never silently mixes two different studies."""
+    path = root / "study.json"
+    d = config_lib.to_dict(study)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("study") != d:
+            before = old.get("study", {})
+            diff = sorted(k for k in set(before) | set(d) if before.get(k) != d.get(k))
+            raise StudyError(
+                f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
+                "changed; use a new --workdir, or the same study config to resume."
+            )
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"spec": spec, "study": d}, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def machine_description() -> str:
+    import platform
+
+    import jax
+
+    devices = jax.devices()
+    kind = devices[0].device_kind if devices else "?"
+    return (
+        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+        f"{len(devices)} {devices[0].platform if devices else '?'} device(s) ({kind}), "
+        f"jax {jax.__version__}"
+    )
+
+
+def run_study(
+    spec: str,
+    workdir: str | Path,
+    parallel: int = 1,
+    cell_index: int | None = None,
+    only: str = "all",
+    command: str = "",
+) -> dict[str, Any]:
+    """Runs (or resumes) a study and writes its report; returns the report's paths and status.
+
+    `only`: "all", "sources", "cells" (sources must exist), "report" (from finished cells).
+    `cell_index`: run just that cell (a cluster array job), then stop without a report.
+    """
+    root = Path(workdir).absolute()
+    study = load_study(spec)
+    record_study(root, spec, study)
+    cells = expand(study, root)
+    write_cells_file(cells, root, spec)
+    if cell_index is not None:
+        if not 0 <= cell_index < len(cells):
+            raise StudyError(f"--cell {cell_index}: this study has cells 0..{len(cells) - 1}")
+        prepare_sources(study, root)
+        _, failed = run_cells([cells[cell_index]], root)
+        return {"cells": 1, "failed": [(c.id, why) for c, why in failed]}
+    failed: list[tuple[Cell, str]] = []
+    clock = StudyClock(root)
+    todo = only != "report" and any(not is_finished(c.workdir(root), c.config()) for c in cells)
+    if todo:
+        clock.start()
+    if only in ("all", "sources"):
+        prepare_sources(study, root)
+        clock.tick()
+    if only in ("all", "cells"):
+        _, failed = run_cells(cells, root, parallel, clock)
+    if only == "sources":
+        return {"cells": 0, "failed": []}
+    advise = advise_scores(study, root, cells)
+    sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, then test it
+    clock.tick()
+    rows = collect(cells, root)
+    from jtl.report import build_report
+
+    meta = {
+        "name": study.name,
+        "title": study.title or study.name,
+        "command": command or f"jtl study --config {spec} --workdir {workdir}",
+        "machine": machine_description(),
+        "wall_time_s": clock.wall_time_s,
+        "wall_time_runs": len(clock.data["runs"]),
+        "cells": len(cells),
+        "finished_cells": len(rows),
+        "failed_cells": [f"{c.id}: {why}" for c, why in failed],
+        "diverged_cells": diverged_cells(cells, root),
+        "advise": advise,
+        "budget": study.budget,
+        "convergence": config_lib.to_dict(study.convergence) if study.budget == "converged" else {},
+        "sweep": {s: sweep_lib.grid(study, s) for s in study.strategies},
+    }
+    paths = build_report(meta, rows, root)
+    return {
+        "cells": len(cells),
+        "finished": len(rows),
+        "failed": meta["failed_cells"],
+        "diverged": meta["diverged_cells"],
+        **paths,
+    }
