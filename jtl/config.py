@@ -259,7 +259,14 @@ def config_diff(
     for key in sorted(set(new) | set(before)):
         if key.split(".")[0] in ignore or before.get(key) == new.get(key):
             continue
-        if key not in before and key in defaults and new.get(key) == defaults[key]:
+        if key == "input_scale" and key not in before:
+            # Before input scales, every run fed [-1, 1]: "auto" is the same experiment only
+            # where it still resolves to that (not for a torchvision or Lite0 source).
+            from jtl.data.target import resolve_input_scale
+
+            if resolve_input_scale(config) == "minus_one_one":
+                continue
+        elif key not in before and key in defaults and new.get(key) == defaults[key]:
             continue
         diff.append(key)
     return diff

@@ -193,3 +193,23 @@ def test_transfer_from_an_imported_torchvision_resnet_feeds_its_normalisation(tm
     # A run whose model.json says torchvision predicts with the same normalisation.
     x = source_model.prepare_image(run, np.asarray(raw[0]["image"]))
     np.testing.assert_allclose(x, expected[0], atol=1e-5)
+
+
+def test_a_run_from_before_input_scales_is_not_resumed_with_another_scale(tmp_path):
+    """An old config.json (no input_scale field) fed [-1, 1]: it still matches a config whose
+    "auto" resolves to [-1, 1], but not one whose source is an imported torchvision ResNet."""
+    from pathlib import Path
+
+    from jtl import config as config_lib
+    from jtl.interop.importer import import_checkpoint
+
+    torch.manual_seed(0)
+    torch.save(TorchvisionResNet(Basic, (2, 2, 2, 2), 10).state_dict(), tmp_path / "r18.pth")
+    imported = tmp_path / "imported"
+    import_checkpoint(tmp_path / "r18.pth", "resnet18", imported)
+    tiny = str(Path(__file__).parent.parent / "configs" / "tiny.py")
+    for init, expected in (("", []), (str(imported / "checkpoints"), ["input_scale"])):
+        config = config_lib.load_config(tiny, [f"init.checkpoint={init}"])
+        old = config_lib.to_dict(config)
+        del old["input_scale"]
+        assert config_lib.config_diff(old, config) == expected

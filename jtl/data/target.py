@@ -157,9 +157,11 @@ def scale_for(preprocess: str) -> str:
 def self_description(directory: Any) -> dict[str, Any] | None:
     """A checkpoint directory's `import.json` (imports, exports) or `model.json` (runs)."""
     directory = epath.Path(directory)
-    for name in ("import.json", "model.json"):
-        if (directory / name).exists():
-            return json.loads((directory / name).read_text())
+    # `init.checkpoint` may name the run or import itself, or its `checkpoints/` directory.
+    for d in (directory, directory.parent) if directory.name == "checkpoints" else (directory,):
+        for name in ("import.json", "model.json"):
+            if (d / name).exists():
+                return json.loads((d / name).read_text())
     return None
 
 
