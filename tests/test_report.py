@@ -407,3 +407,15 @@ def test_report_without_transfer_or_curves(tmp_path):
     assert "curves_plot" not in paths
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
     assert data["rows"][0]["val_loss"] is None
+
+
+def test_summary_without_scratch_ranks_the_transfer_arms(tmp_path):
+    """A study with no scratch arm (e.g. PEFT vs probe vs fine-tuning) ranks what it ran
+    instead of claiming that only its best arm was run."""
+    rows = grid("t", {"lora": {"full": 0.6}, "finetune_full": {"full": 0.7}})
+    study = {"name": "s", "title": "No scratch", "command": "x", "machine": "m",
+             "wall_time_s": 1.0, "advise": []}  # fmt: skip
+    md = sr.build_report(study, rows, tmp_path)["md"].read_text()
+    assert "the best transfer arm is finetune_full with 70.0" in md
+    assert "(then lora 60.0" in md and "no scratch arm was run" in md
+    assert "only finetune_full was run" not in md

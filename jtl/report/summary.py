@@ -22,9 +22,17 @@ def _size_sentence(agg: Sequence[dict], target: str, size: str) -> str:
     s, t = _best(_at(agg, target, size, True)), _best(_at(agg, target, size, False))
     n_ex = _ex((s or t)["train_examples"])
     head = f"At {size} ({n_ex} training examples)"
-    if s is None or t is None:
-        only = s or t
-        return f"{head} only {only['arm']} was run: {_pct(only)} % test accuracy."
+    if s is None or t is None:  # one kind of arm only (e.g. a study without a scratch arm)
+        ranked = sorted(_at(agg, target, size, s is not None), key=lambda a: -a["mean"])
+        best = ranked[0]
+        if len(ranked) == 1:
+            return f"{head} only {best['arm']} was run: {_pct(best)} % test accuracy."
+        kind = "scratch" if t is None else "transfer"
+        others = ", ".join(f"{a['arm']} {_pct(a)} %" for a in ranked[1:])
+        return (
+            f"{head} the best {kind} arm is {best['arm']} with {_pct(best)} % test accuracy "
+            f"(then {others}); no {'transfer' if t is None else 'scratch'} arm was run."
+        )
     gap = 100 * (t["mean"] - s["mean"])
     p = welch_p_two_sided(t["values"], s["values"])
     p_text = f", Welch p = {p:.2g}" if p is not None else ", 1 run: no test"
