@@ -445,3 +445,19 @@ def test_study_rows_carry_each_runs_cost_fields(tmp_path):
     (cell.workdir(tmp_path) / "summary.json").write_text(json.dumps(fake_summary(**cost)))
     (row,) = study_lib.collect([cell], tmp_path)
     assert {k: row[k] for k in costs.COST_FIELDS} == cost
+
+
+@pytest.mark.parametrize("strategy", ["lora", "adapter"])
+def test_a_swept_peft_trial_is_test_evaluated_from_its_slim_checkpoint(source, tmp_path, strategy):
+    """A sweep trial never reads test; once chosen, the study evaluates it from its checkpoint.
+    For a PEFT trial that is a slim checkpoint with lora / adapter subtrees: the number must be
+    the one the same run reports when it evaluates test itself."""
+    from jtl.study.sweep import evaluate_test
+    from jtl.train import train
+
+    itself = train(_target(source, strategy), tmp_path / "itself")
+    trial = _target(source, strategy, "eval_test=False")
+    assert train(trial, tmp_path / "trial")["test_accuracy"] is None
+    out = evaluate_test(trial, tmp_path / "trial")
+    assert out["test_accuracy"] == pytest.approx(itself["test_accuracy"], abs=1e-6)
+    assert out["test_loss"] == pytest.approx(itself["test_loss"], rel=1e-5)

@@ -160,19 +160,22 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
     import jax
 
-    from jtl import checkpoint as ckpt
-    from jtl import sharding
+    from jtl import peft, sharding, slim_checkpoint
     from jtl.data.target import TargetData
-    from jtl.early_stopping import resolve_budget
-    from jtl.train import _init_variables, build_model, evaluate, make_eval_step
+    from jtl.train import build_model, evaluate, make_eval_step
 
     t = time.time()
     mesh = sharding.make_mesh()
     data = TargetData(config)
-    config = resolve_budget(config, len(data.train_idx))
     model = build_model(config, data.num_classes)
-    variables = _init_variables(model, config, data.example_inputs())
-    variables, _ = ckpt.load_variables(workdir, variables, exclude=(), strict=True)
+    # Whatever the run saved: full weights, or a PEFT run's slim checkpoint (its frozen base
+    # read back from the base it names, sha256-checked) with its lora / adapter subtrees.
+    variables, _, meta = slim_checkpoint.read_variables(str(workdir))
+    if meta.get(slim_checkpoint.BASE_KEY):
+        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(workdir))
+    if any(k in variables["params"] for k in peft.PEFT_KEYS):
+        args = config.strategy_args
+        model = peft.PeftModel(model, float(args.lora_alpha) / int(args.lora_rank))
     v = {"params": sharding.replicate(variables["params"], mesh)}
     if variables.get("batch_stats"):
         v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
