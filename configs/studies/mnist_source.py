@@ -19,10 +19,13 @@ one epoch of Fashion-MNIST), so their reports say "equal-step budget, not conver
 verdicts. `protocol=converged` trains every cell until validation accuracy stalls (patience 4
 evaluations, min_delta 0.2 points; capped at 150 / 30 / 8 epochs at 10 / 100 / more per class,
 scratch x2) and tunes every SGD arm over the same 3 learning rates (0.01, 0.03, 0.1), chosen on
-validation; Fashion-MNIST then runs at 10, 100 and 1000 per class. 384 runs (360 SGD trials,
-24 probes); the caps add up to 9.6 M training images at most (early stops cut that), ~1.6 h
-at the caps at ~1,700 img/s (ResNet-20 w0.5 on the AVX-512 2-core CPU, docs/speed.md) before
-evaluation and per-cell overhead. Not run yet.
+validation; Fashion-MNIST then runs at 10, 100 and 1000 per class. 384 runs with 3 seeds
+(360 SGD trials, 24 probes). Measured with `seeds=2` (256 runs): 100.6 min on the 2-core
+AVX-512 CPU shared with other jobs (docs/results.md "Study: mnist_source, converged and
+tuned"): scratch catches up on digits (finetune_full ahead by 0.8 / 0.6 points at 10 / 100
+per class, not significant), MNIST transfer does not help on Fashion-MNIST (scratch best at
+10 and 100 per class; probe and finetune_top significantly below scratch), and 11 arm/size
+groups at full / 1000 per class hit their 8-epoch cap (no verdict there: raise the caps).
 
 Expected (2-core CPU; docs/results.md "Study: mnist_source" has the tables and plots; measured
 before issue 11 changed cnn_small and dropped the cells' crop(2) augmentation, so re-run): test %
