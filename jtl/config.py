@@ -66,6 +66,10 @@ def base_config() -> mlc.ConfigDict:
     c.min_delta = 0.0
     c.max_epochs = 0.0  # > 0: the cap in epochs of the training subset (sets total_steps)
     c.eval_every_epochs = 0.0  # > 0: validate every this many epochs (sets eval_every)
+    # Floors in steps for the two above: on a tiny training set an epoch is one or two steps,
+    # so an epoch cap stops after a handful of steps and patience counts single steps.
+    c.min_steps = 0
+    c.min_eval_every = 0
     c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study/sweep.py)
     # A non-finite loss or gradient norm: "stop" the run (summary.json says diverged, the last
     # finite checkpoint is kept, exit non-zero) or "skip" the step (state unchanged, counted).
@@ -232,11 +236,12 @@ def fingerprint(config: mlc.ConfigDict, ignore: Sequence[str] = ("progress", "cp
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}; empty dicts are leaves."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -252,9 +257,9 @@ def config_diff(
     A field jtl added after the run was saved does not count while `config` holds its default
     (it cannot have changed the old run), so adding a config field never orphans old results.
     """
-    new = _flat(to_dict(config))
-    before = _flat({k: v for k, v in old.items() if not k.startswith("_")})
-    defaults = _flat(to_dict(base_config()))
+    new = flatten(to_dict(config))
+    before = flatten({k: v for k, v in old.items() if not k.startswith("_")})
+    defaults = flatten(to_dict(base_config()))
     diff = []
     for key in sorted(set(new) | set(before)):
         if key.split(".")[0] in ignore or before.get(key) == new.get(key):

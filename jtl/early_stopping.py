@@ -37,7 +37,8 @@ def resolve_budget(config: mlc.ConfigDict, train_examples: int) -> mlc.ConfigDic
     """`config` with epoch-based fields turned into steps for this training subset.
 
     `max_epochs > 0` sets `total_steps` (the cap, and the length of the LR schedule) to
-    ceil(max_epochs x steps per epoch); `eval_every_epochs > 0` sets `eval_every`. Returns
+    ceil(max_epochs x steps per epoch), at least `min_steps`; `eval_every_epochs > 0` sets
+    `eval_every`, at least `min_eval_every` steps. Returns
     `config` itself when neither is set, so equal-step runs are untouched.
     """
     if not (config.max_epochs > 0 or config.eval_every_epochs > 0):
@@ -45,11 +46,14 @@ def resolve_budget(config: mlc.ConfigDict, train_examples: int) -> mlc.ConfigDic
     spe = steps_per_epoch(train_examples, config.batch_size)
     out = mlc.ConfigDict(config.to_dict())
     if config.max_epochs > 0:
-        out.total_steps = max(1, math.ceil(config.max_epochs * spe))
+        out.total_steps = max(
+            1, int(config.get("min_steps", 0)), math.ceil(config.max_epochs * spe)
+        )
         # A tiny subset's cap can be shorter than the configured warmup: warm up over the cap.
         out.optim.warmup_steps = min(int(config.optim.warmup_steps), out.total_steps)
     if config.eval_every_epochs > 0:
-        out.eval_every = max(1, round(config.eval_every_epochs * spe))
+        out.eval_every = max(1, int(config.get("min_eval_every", 0)))
+        out.eval_every = max(out.eval_every, round(config.eval_every_epochs * spe))
     logging.info(
         "Budget: %d steps (%.3g epochs of %d examples), validation every %d steps",
         out.total_steps,

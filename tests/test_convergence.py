@@ -107,3 +107,43 @@ def test_stall_stops_and_a_resume_mid_run_ends_identical(tmp_path, monkeypatch):
     assert kept == [f"{es['best_step']}.npz"]  # only the reported weights stay
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
     assert summary["converged"] is True
+
+
+def test_step_floors_keep_tiny_sets_from_stopping_after_a_few_steps():
+    """134 images at batch 32 are ~4 steps per epoch: an 8-epoch cap would be 34 steps and
+    epoch-wise validation would count patience in single steps. The floors lift both."""
+    c = _config("max_epochs=8", "min_steps=300", "min_eval_every=10")
+    r = resolve_budget(c, 134)
+    assert (r.total_steps, r.eval_every) == (300, 10)
+    big = resolve_budget(c, 10_000)  # the floors do not bind on a large set
+    assert (big.total_steps, big.eval_every) == (2500, 312)  # round(312.5)
+
+
+def test_a_study_field_added_later_does_not_orphan_a_recorded_study(tmp_path):
+    import json
+
+    from jtl.study import StudyError, load_study, record_study
+
+    study = load_study(f"{REPO}/configs/studies/mnist_source.py:quick")
+    record_study(tmp_path, "spec", study)
+    recorded = json.loads((tmp_path / "study.json").read_text())
+    del recorded["study"]["convergence"]["min_steps"]  # as written before the field existed
+    (tmp_path / "study.json").write_text(json.dumps(recorded))
+    record_study(tmp_path, "spec", study)  # still the same study
+    study.convergence.min_steps = 300
+    with pytest.raises(StudyError, match="convergence.min_steps"):
+        record_study(tmp_path, "spec", study)
+
+
+def test_study_floors_reach_every_cell_and_scratch_gets_its_longer_floor():
+    from jtl.study import load_study
+    from jtl.study.budget import budget_overrides
+
+    study = load_study(f"{REPO}/configs/studies/mnist_source.py:protocol=converged")
+    assert not any(
+        o.startswith(("min_steps", "min_eval")) for o in budget_overrides(study, "scratch", "full")
+    )
+    study.convergence.min_steps, study.convergence.min_eval_every_steps = 300, 10
+    scratch = budget_overrides(study, "scratch", "full")
+    assert "min_steps=600" in scratch and "min_eval_every=10" in scratch  # scratch x2 schedule
+    assert "min_steps=300" in budget_overrides(study, "finetune_full", "full")

@@ -32,6 +32,10 @@ def convergence_defaults() -> mlc.ConfigDict:
             "eval_every_epochs": 1.0,  # validation frequency in epochs ...
             "eval_every_epochs_by_size": mlc.ConfigDict(),  # size label -> epochs (tiny sizes)
             "eval_every_steps": 0,  # ... or in steps (> 0 wins)
+            # Floors in steps (0 = none): a tiny "full" set (e.g. 134 images) has 1-3 steps per
+            # epoch, so epoch caps and epoch-based patience alone stop it after a few steps.
+            "min_steps": 0,
+            "min_eval_every_steps": 0,
             "checkpoint_every": 500,  # steps; a killed cell resumes from here
         }
     )
@@ -72,6 +76,13 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
     ]
     if cap > 0:
         out.append(f"max_epochs={cap}")
+        if int(c.min_steps) > 0:
+            floor = int(c.min_steps) * (
+                float(study.scratch_schedule_mult) if strategy == "scratch" else 1
+            )
+            out.append(f"min_steps={int(floor)}")
+    if int(c.min_eval_every_steps) > 0:
+        out.append(f"min_eval_every={int(c.min_eval_every_steps)}")
     if int(c.eval_every_steps) > 0:
         out.append(f"eval_every={int(c.eval_every_steps)}")
     else:

@@ -210,15 +210,29 @@ def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path
     return path
 
 
+def to_dict_defaults() -> dict[str, Any]:
+    from jtl.study.grid import study_defaults
+
+    return config_lib.to_dict(study_defaults())
+
+
 def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
     """study.json pins the grid: a workdir never silently mixes two different studies."""
     path = root / "study.json"
     d = config_lib.to_dict(study)
     if path.exists():
         old = json.loads(path.read_text())
-        if old.get("study") != d:
-            before = old.get("study", {})
-            diff = sorted(k for k in set(before) | set(d) if before.get(k) != d.get(k))
+        before = config_lib.flatten(old.get("study", {}))
+        new, defaults = config_lib.flatten(d), config_lib.flatten(to_dict_defaults())
+        # A field jtl added after the study was recorded does not count while it holds its
+        # default (it cannot have changed the recorded cells), as for run configs.
+        diff = sorted(
+            k
+            for k in set(before) | set(new)
+            if before.get(k) != new.get(k)
+            and not (k not in before and k in defaults and new.get(k) == defaults[k])
+        )
+        if diff:
             raise StudyError(
                 f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
                 "changed; use a new --workdir, or the same study config to resume."
