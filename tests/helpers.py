@@ -55,3 +55,35 @@ def fake_summary(**fields: Any) -> dict[str, Any]:
         "wall_time_s": 1.0,
     }
     return {**base, **fields}
+
+
+def interrupted_then_resumed(monkeypatch: Any, config: Any, workdir: Path, at_step: int) -> dict:
+    """Trains `config` in `workdir`, interrupts it (a KeyboardInterrupt, like a preemption)
+    right after the train metrics of `at_step` are written, resumes it; returns the summary."""
+    import pytest
+
+    from jtl import train as train_lib
+
+    real_write = train_lib.MetricWriter.write
+
+    def crash(self: Any, step: int, split: str, **kw: Any) -> None:
+        real_write(self, step, split, **kw)
+        if step == at_step and split == "train":
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(config, workdir)
+    monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
+    return train_lib.train(config, workdir)
+
+
+def assert_same_saved_weights(workdir_a: Path, workdir_b: Path, step: int) -> list[str]:
+    """Bit-identical params and batch stats at `step` in two runs; returns the keys."""
+    import numpy as np
+
+    a, b = saved_weights(workdir_a, step), saved_weights(workdir_b, step)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    return list(a)

@@ -20,7 +20,13 @@ from jtl import costs, peft, strategies
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
 from jtl.slim_checkpoint import SlimCheckpoint
-from tests.helpers import fake_summary, saved_weights, tiny_study_cells
+from tests.helpers import (
+    assert_same_saved_weights,
+    fake_summary,
+    interrupted_then_resumed,
+    saved_weights,
+    tiny_study_cells,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -295,26 +301,12 @@ def lora_run(source, tmp_path_factory):
 
 
 def test_lora_kill_and_resume_matches_uninterrupted(source, lora_run, tmp_path, monkeypatch):
-    from jtl import train as train_lib
-
     full_dir, full = lora_run
-    real_write = train_lib.MetricWriter.write
-
-    def crash(self, step, split, **kw):
-        real_write(self, step, split, **kw)
-        if step == 16 and split == "train":
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_lib.train(_target(source, "lora", "log_every=4"), tmp_path / "resumed")
-    monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
-    resumed = train_lib.train(_target(source, "lora", "log_every=4"), tmp_path / "resumed")
+    config = _target(source, "lora", "log_every=4")
+    resumed = interrupted_then_resumed(monkeypatch, config, tmp_path / "resumed", at_step=16)
     assert resumed["resumed_from_step"] == 10
-    a, b = saved_weights(full_dir, 20), saved_weights(tmp_path / "resumed", 20)
-    assert a.keys() == b.keys() and any(k.startswith("params/lora/") for k in a)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    keys = assert_same_saved_weights(full_dir, tmp_path / "resumed", 20)
+    assert any(k.startswith("params/lora/") for k in keys)
     assert resumed["test_accuracy"] == full["test_accuracy"]
 
 

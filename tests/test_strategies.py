@@ -10,7 +10,7 @@ import pytest
 
 from jtl import config as config_lib
 from jtl import strategies
-from tests.helpers import saved_weights
+from tests.helpers import assert_same_saved_weights, interrupted_then_resumed, saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -142,22 +142,10 @@ def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch
 
     args = ["strategy_args.unfreeze_every=5", "checkpoint_every=5", "log_every=5", "total_steps=15"]
     full = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "full")
-    real = train_lib.MetricWriter.write
-
-    def crash(self, step, split, **kw):
-        real(self, step, split, **kw)
-        if step == 10 and split == "train":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "res")
-    monkeypatch.setattr(train_lib.MetricWriter, "write", real)
-    res = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "res")
+    config = _target(source, "gradual_unfreeze", *args)
+    res = interrupted_then_resumed(monkeypatch, config, tmp_path / "res", at_step=10)
     assert res["resumed_from_step"] in (5, 10)
-    a, b = saved_weights(tmp_path / "full", 15), saved_weights(tmp_path / "res", 15)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_saved_weights(tmp_path / "full", tmp_path / "res", 15)
     assert full["test_accuracy"] == res["test_accuracy"]
 
 

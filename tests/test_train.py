@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jtl import config as config_lib
-from tests.helpers import saved_weights
+from tests.helpers import assert_same_saved_weights, interrupted_then_resumed
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -72,23 +72,10 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
     cfg = ["checkpoint_every=10", "eval_every=10", "augment='crop(2)|flip'"]
     full = train_lib.train(_tiny(*cfg, "total_steps=30"), tmp_path / "full")
 
-    real_write = train_lib.MetricWriter.write
-
-    def crash(self, step, split, **kw):
-        real_write(self, step, split, **kw)
-        if step == 24 and split == "train":
-            raise KeyboardInterrupt("simulated preemption")
-
-    monkeypatch.setattr(train_lib.MetricWriter, "write", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_lib.train(_tiny(*cfg, "total_steps=30", "log_every=4"), tmp_path / "resumed")
-    monkeypatch.setattr(train_lib.MetricWriter, "write", real_write)
-    resumed = train_lib.train(_tiny(*cfg, "total_steps=30", "log_every=4"), tmp_path / "resumed")
+    config = _tiny(*cfg, "total_steps=30", "log_every=4")
+    resumed = interrupted_then_resumed(monkeypatch, config, tmp_path / "resumed", at_step=24)
     assert resumed["resumed_from_step"] in (10, 20)
-    a, b = saved_weights(tmp_path / "full", 30), saved_weights(tmp_path / "resumed", 30)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_saved_weights(tmp_path / "full", tmp_path / "resumed", 30)
     assert resumed["test_accuracy"] == full["test_accuracy"]
 
 
