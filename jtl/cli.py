@@ -208,9 +208,8 @@ def cmd_study(argv: Sequence[str]) -> int:
     cell_index = int(cell) if cell is not None else None
     study = study_lib.load_study(args.config)
     cells = study_lib.expand(study, args.workdir)
-    batches = {b for c in cells for b in (c.config().batch_size, c.config().eval_batch_size)}
     # --parallel: the cells' own processes set their devices.
-    setup_process(batches, 0 if args.parallel <= 1 else None, verbose=False)
+    setup_process(study_lib.batch_sizes(cells), 0 if args.parallel <= 1 else None, verbose=False)
     # The command that (re)runs the whole study, not this invocation's `--only`/`--cell`.
     command = f"jtl study --config {shlex.quote(args.config)} --workdir {shlex.quote(args.workdir)}"
     if args.parallel > 1:

@@ -247,31 +247,41 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def recorded_diff(
+    before: dict[str, Any],
+    new: dict[str, Any],
+    defaults: dict[str, Any],
+    ignore: Sequence[str] = (),
+) -> list[str]:
+    """Dotted keys where a recorded config (`before`) and `new` differ, both as nested dicts.
+
+    A field jtl added after the record was written does not count while `new` holds its
+    default (it cannot have changed what was recorded), so adding a field never orphans old
+    results. Keys whose first part is in `ignore` do not count either.
+    """
+    before, new, defaults = flatten(before), flatten(new), flatten(defaults)
+    return [
+        key
+        for key in sorted(set(new) | set(before))
+        if key.split(".")[0] not in ignore
+        and before.get(key) != new.get(key)
+        and not (key not in before and key in defaults and new.get(key) == defaults[key])
+    ]
+
+
 def config_diff(
     old: dict[str, Any],
     config: mlc.ConfigDict,
     ignore: Sequence[str] = ("progress", "cpu_devices"),
 ) -> list[str]:
-    """Dotted keys where a saved `config.json` and `config` describe different experiments.
+    """Dotted keys where a saved `config.json` and `config` describe different experiments."""
+    before = {k: v for k, v in old.items() if not k.startswith("_")}
+    diff = recorded_diff(before, to_dict(config), to_dict(base_config()), ignore)
+    if "input_scale" not in before:
+        # Before input scales, every run fed [-1, 1]: the same experiment only where
+        # `input_scale` still resolves to that (not for a torchvision or Lite0 source).
+        from jtl.data.target import resolve_input_scale
 
-    A field jtl added after the run was saved does not count while `config` holds its default
-    (it cannot have changed the old run), so adding a config field never orphans old results.
-    """
-    new = flatten(to_dict(config))
-    before = flatten({k: v for k, v in old.items() if not k.startswith("_")})
-    defaults = flatten(to_dict(base_config()))
-    diff = []
-    for key in sorted(set(new) | set(before)):
-        if key.split(".")[0] in ignore or before.get(key) == new.get(key):
-            continue
-        if key == "input_scale" and key not in before:
-            # Before input scales, every run fed [-1, 1]: "auto" is the same experiment only
-            # where it still resolves to that (not for a torchvision or Lite0 source).
-            from jtl.data.target import resolve_input_scale
-
-            if resolve_input_scale(config) == "minus_one_one":
-                continue
-        elif key not in before and key in defaults and new.get(key) == defaults[key]:
-            continue
-        diff.append(key)
+        same = resolve_input_scale(config) == "minus_one_one"
+        diff = sorted([k for k in diff if k != "input_scale"] + ([] if same else ["input_scale"]))
     return diff

@@ -27,14 +27,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"[quickstart] html:   {workdir / 'report.html'} (self-contained)", flush=True)
 
     from jtl.process import setup_process
-    from jtl.study import expand, load_study
+    from jtl.study import batch_sizes, expand, load_study
 
-    study = load_study(args.study)
-    batches = set()
-    for cell in expand(study, workdir):
-        config = cell.config()
-        batches |= {config.batch_size, config.eval_batch_size}
-    setup_process(batches, verbose=False)  # before jax starts: one CPU device per core
+    cells = expand(load_study(args.study), workdir)
+    setup_process(batch_sizes(cells), verbose=False)  # before jax starts: a CPU device per core
     from jtl.data import sources
     from jtl.study import run_study
 

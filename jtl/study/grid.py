@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections as mlc
@@ -259,3 +260,9 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
     if len(set(ids)) != len(ids):
         raise StudyError("two cells share a directory: make target and model labels distinct")
     return cells
+
+
+def batch_sizes(cells: Sequence[Cell]) -> set[int]:
+    """Every train and eval batch size of the cells (the CPU device count must divide them)."""
+    configs = [c.config() for c in cells]
+    return {b for c in configs for b in (c.batch_size, c.eval_batch_size)}

@@ -41,7 +41,15 @@ from absl import logging
 from jtl import config as config_lib
 from jtl import run_summary
 from jtl.study import sweep as sweep_lib
-from jtl.study.grid import Cell, StudyError, _resolve, expand, load_study, source_dir
+from jtl.study.grid import (
+    Cell,
+    StudyError,
+    _resolve,
+    expand,
+    load_study,
+    source_dir,
+    study_defaults,
+)
 from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
 
 
@@ -210,28 +218,14 @@ def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path
     return path
 
 
-def to_dict_defaults() -> dict[str, Any]:
-    from jtl.study.grid import study_defaults
-
-    return config_lib.to_dict(study_defaults())
-
-
 def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
     """study.json pins the grid: a workdir never silently mixes two different studies."""
     path = root / "study.json"
     d = config_lib.to_dict(study)
     if path.exists():
         old = json.loads(path.read_text())
-        before = config_lib.flatten(old.get("study", {}))
-        new, defaults = config_lib.flatten(d), config_lib.flatten(to_dict_defaults())
-        # A field jtl added after the study was recorded does not count while it holds its
-        # default (it cannot have changed the recorded cells), as for run configs.
-        diff = sorted(
-            k
-            for k in set(before) | set(new)
-            if before.get(k) != new.get(k)
-            and not (k not in before and k in defaults and new.get(k) == defaults[k])
-        )
+        defaults = config_lib.to_dict(study_defaults())
+        diff = config_lib.recorded_diff(old.get("study", {}), d, defaults)
         if diff:
             raise StudyError(
                 f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
