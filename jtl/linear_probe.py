@@ -32,10 +32,6 @@ def _checkpoint_identity(path: str) -> str:
     return json.dumps([str(p), stamp])
 
 
-def _scale(data: Any) -> str:
-    return getattr(data, "input_scale", "minus_one_one")
-
-
 def split_features(
     config: mlc.ConfigDict, model: Any, variables: dict, data: Any, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +49,7 @@ def split_features(
         channels=config.channels,
         **({"seq_len": config.seq_len} if text else {}),
         # Keys from before input scales existed stay valid for the default scale.
-        **({"input_scale": _scale(data)} if _scale(data) != "minus_one_one" else {}),
+        **({"input_scale": data.input_scale} if data.input_scale != "minus_one_one" else {}),
     )
     path = (
         cache_dir()
@@ -92,7 +88,7 @@ def split_features(
                 batch_size=config.eval_batch_size,
                 image_size=config.image_size,
                 channels=config.channels,
-                scale=_scale(data),
+                scale=data.input_scale,
             )
         out = probe.extract_features(lambda vv, x: fn(vv, shard(x)), v, batches)
         logging.info(
