@@ -43,8 +43,7 @@ def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[
             "retrain with --config.strategy=lora for a mergeable model",
         )
     if peft.LORA in params:
-        args = config["strategy_args"]
-        scale = float(args["lora_alpha"]) / int(args["lora_rank"])
+        scale = peft.lora_scale(config["strategy_args"])
         params = jax.tree.map(np.asarray, peft.merge_lora(params, scale))
     return {**variables, "params": params}
 

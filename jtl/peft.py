@@ -88,6 +88,11 @@ def init_lora(params: dict, targets: Iterable[tuple[str, ...]], rank: int, rng: 
     return traverse_util.unflatten_dict(out)
 
 
+def lora_scale(strategy_args: Any) -> float:
+    """LoRA's alpha / r from a run's `strategy_args` (a ConfigDict or its saved dict)."""
+    return float(strategy_args["lora_alpha"]) / int(strategy_args["lora_rank"])
+
+
 def merge_lora(params: dict, scale: float) -> dict:
     """The base params with W + scale * reshape(a @ b) in place of each targeted W.
 

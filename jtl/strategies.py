@@ -496,10 +496,9 @@ def lora(s: Setup) -> Plan:
     keys = peft.lora_targets(params, targets)
     params[peft.LORA] = peft.init_lora(params, keys, rank, _peft_rng(s.config))
     s.variables = {**s.variables, "params": params}
-    scale = float(args.lora_alpha) / rank
     return s.peft_plan(
         "backbone/.*",
-        peft.PeftModel(s.model, scale),
+        peft.PeftModel(s.model, peft.lora_scale(args)),
         lora_rank=rank,
         lora_alpha=float(args.lora_alpha),
         lora_kernels=len(keys),

@@ -174,8 +174,7 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     if meta.get(slim_checkpoint.BASE_KEY):
         variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(workdir))
     if any(k in variables["params"] for k in peft.PEFT_KEYS):
-        args = config.strategy_args
-        model = peft.PeftModel(model, float(args.lora_alpha) / int(args.lora_rank))
+        model = peft.PeftModel(model, peft.lora_scale(config.strategy_args))
     v = {"params": sharding.replicate(variables["params"], mesh)}
     if variables.get("batch_stats"):
         v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
