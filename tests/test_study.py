@@ -210,7 +210,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     [
         ("configs/studies/mnist_source.py", 144),
         ("configs/studies/mnist_source.py:quick", 12),
-        ("configs/studies/mnist_source.py:protocol=converged", 384),
+        ("configs/studies/mnist_source.py:protocol=converged", 224),
         ("configs/studies/mnist_source.py:quick,protocol=converged", 28),
         ("configs/studies/imagenet_source.py", 36),
         ("configs/studies/imagenet_source.py:quick", 6),

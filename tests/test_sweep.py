@@ -154,3 +154,67 @@ def test_diverged_trials_lose_the_selection_and_all_diverged_selects_nothing():
     assert select([{"val_accuracy": float("nan")}, {"diverged": True}, ok]) == 2
     assert select([{"diverged": True}, {"val_accuracy": float("nan")}]) is None
     assert select([{"val_accuracy": 0.7}, {"val_accuracy": 0.7}]) == 0  # ties: grid order
+
+
+def test_later_seeds_train_once_at_the_tuning_seeds_choice(tmp_path):
+    root = tmp_path / "study"
+    s = _study(strategies=("scratch",), sizes=("5",), seeds=(0, 1, 2), sweep_tune_seeds=1,
+               sweep=mlc.ConfigDict({"lr": (0.0, 0.003), "weight_decay": ()}))  # fmt: skip
+    cells = study_lib.expand(s, root)
+    assert [(c.seed, c.trial, c.tuned_by) for c in cells] == [
+        (0, "lr0", ()), (0, "lr0.003", ()),
+        (1, "", ("digits/scratch/5/seed0_fold0",)), (2, "", ("digits/scratch/5/seed0_fold0",)),
+    ]  # fmt: skip
+    root.mkdir()
+    lines = study_lib.write_cells_file(cells, root, "S").read_text().splitlines()
+    assert lines[3].endswith("--cell 2") and " train " in lines[1]  # resolved when it runs
+
+    # Before its tuning seed's grid has finished, a later seed refuses to run (it would train at
+    # the config's default learning rate otherwise).
+    (n, [(cell, why)]) = study_lib.run_cells(cells[2:3], root)
+    assert n == 1 and "tuning seeds" in why and not cell.workdir(root).exists()
+
+    assert study_lib.run_cells(cells, root) == (4, [])
+    vals = [json.loads((c.workdir(root) / "summary.json").read_text())["val_accuracy"]
+            for c in cells[:2]]  # fmt: skip
+    assert vals[0] != vals[1]
+    best_lr = (0.0, 0.003)[int(np.argmax(vals))]
+    for c in cells[2:]:
+        saved = json.loads((c.workdir(root) / "config.json").read_text())
+        assert saved["optim"]["lr"] == best_lr and saved["eval_test"]
+    assert study_lib.run_cells(cells, root) == (0, [])  # resolved again: nothing re-runs
+
+    sweep_lib.finalize(cells, root)
+    rows = study_lib.collect(sweep_lib.resolve_all(cells, root), root)
+    assert [(r["seed"], r.get("sweep_trials"), r.get("tuned_on")) for r in rows] == [
+        (0, 2, None), (1, None, [cells[0].id.rsplit("/", 1)[0]]),
+        (2, None, [cells[0].id.rsplit("/", 1)[0]]),
+    ]  # fmt: skip
+    assert all(r["chosen"] == {"lr": best_lr} for r in rows)
+    with pytest.raises(study_lib.StudyError, match="sweep_tune_seeds"):
+        _study(seeds=(0,), sweep_tune_seeds=2)
+
+
+def test_tuned_choice_is_the_best_mean_over_the_tuning_seeds(tmp_path):
+    from jtl.study.grid import Cell
+
+    def cell(cid, trial="", tuned_by=()):
+        return Cell(cid, "t", "none", "scratch", "", "scratch", "full", 0, -1, "spec",
+                    ("optim.lr=" + trial[2:],) if trial else (), trial, tuned_by)  # fmt: skip
+
+    trials = [cell(f"a/seed{s}/lr{lr}", f"lr{lr}") for s in (0, 1) for lr in (0.1, 0.01)]
+    later = cell("a/seed2", tuned_by=("a/seed0", "a/seed1"))
+    assert sweep_lib.resolve(later, trials, tmp_path) == later  # nothing finished yet
+    base = {"dataset": "d", "model": "m", "strategy": "scratch", "seed": 0, "steps": 1,
+            "train_examples": 1, "num_classes": 2, "wall_time_s": 1.0,
+            "test_accuracy": None}  # fmt: skip
+    # seed 0 prefers 0.1 (0.9 vs 0.5), seed 1 prefers 0.01 (0.7 vs 0.2): means 0.55 vs 0.6.
+    for c, acc in zip(trials, (0.9, 0.5, 0.2, 0.7), strict=True):
+        c.workdir(tmp_path).mkdir(parents=True)
+        (c.workdir(tmp_path) / "summary.json").write_text(json.dumps({**base, "val_accuracy": acc}))
+    resolved = sweep_lib.resolve(later, trials, tmp_path)
+    assert resolved.chosen == "lr0.01" and resolved.overrides[-1] == "optim.lr=0.01"
+    # A value that diverged on any tuning seed loses, whatever its mean.
+    diverged = {**base, "diverged": True, "val_accuracy": 0.99}
+    (trials[3].workdir(tmp_path) / "summary.json").write_text(json.dumps(diverged))
+    assert sweep_lib.resolve(later, trials, tmp_path).chosen == "lr0.1"

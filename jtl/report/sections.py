@@ -297,6 +297,14 @@ def _tuning_section(doc: _Doc, agg: Sequence[dict], rows: Sequence[dict]) -> Non
         "(mean over seeds and folds). Linear probes are not swept: they pick their L2 strength "
         "on validation from their own grid."
     )
+    reused = sum(1 for r in rows if r.get("tuned_on"))
+    if reused:
+        doc.p(
+            f"{reused} cells (later seeds) did not run the grid: each trained once at the values "
+            "with the best mean validation accuracy over the first seeds' grids of the same "
+            "target, arm and size (`sweep_tune_seeds`); the cost table counts that one run for "
+            "them, and the grid once, on the seeds that ran it."
+        )
     table = []
     for a in agg:
         if not a.get("chosen"):

@@ -65,6 +65,10 @@ def study_defaults() -> mlc.ConfigDict:
     # with the same number of trials.
     s.sweep = sweep_lib.sweep_defaults()
     s.sweep_by_strategy = mlc.ConfigDict()
+    # 0: every seed runs the whole grid. N > 0: only the first N seeds do; each later seed trains
+    # once, at the values with the best mean validation accuracy over those N seeds' grids (same
+    # target, arm and size). Every arm still gets the same grid; the sweep costs N/len(seeds).
+    s.sweep_tune_seeds = 0
     s.advise_sample = 500  # target examples scored per (source, target); 0 = no advisor
     return s
 
@@ -155,6 +159,10 @@ class Cell:
     spec: str
     overrides: tuple[str, ...]
     trial: str = ""  # sweep trial label (e.g. "lr0.1"); "" = not a trial
+    # A later seed of a swept arm under `sweep_tune_seeds`: the ids of the cells whose grids
+    # choose its values, and (once they finished: jtl.study.sweep.resolve) the chosen label.
+    tuned_by: tuple[str, ...] = ()
+    chosen: str = ""
 
     def workdir(self, root: Path) -> Path:
         return Path(root) / "cells" / self.id
@@ -227,6 +235,8 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                 steps = base_steps
                 if strategy == "scratch":
                     steps = max(1, round(base_steps * study.scratch_schedule_mult))
+                tune_seeds = int(study.sweep_tune_seeds) if sweep_lib.grid(study, strategy) else 0
+                tuner_ids: list[str] = []
                 for r, seed in enumerate(study.seeds):
                     fold = r % folds if kfold else -1
                     args = [target_args, f"strategy={strategy}", size_args, f"steps={steps}"]
@@ -255,6 +265,9 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                         spec=f"{cell_config}:" + ",".join(a for a in args if a),
                         overrides=tuple(overrides),
                     )
+                    if tune_seeds and r >= tune_seeds:
+                        cell = dataclasses.replace(cell, tuned_by=tuple(tuner_ids[:tune_seeds]))
+                    tuner_ids.append(cell.id)
                     cells += sweep_lib.trial_cells(study, cell)
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):

@@ -183,10 +183,16 @@ def run_cells(
     cells: Sequence[Cell], root: Path, parallel: int = 1, clock: StudyClock | None = None
 ) -> tuple[int, list[tuple[Cell, str]]]:
     """Runs unfinished cells; returns (cells run, failures). A failure never stops the rest."""
-    todo = [c for c in cells if not is_finished(c.workdir(root), c.config())]
+    grid = sweep_lib.resolve_all(cells, root)
+    todo = [c for c in grid if not is_finished(c.workdir(root), c.config())]
     logging.info("%d of %d cells to run", len(todo), len(cells))
     if parallel > 1:
-        failed = _run_parallel(todo, root, parallel)
+        # Later seeds that reuse the first seeds' choice (sweep_tune_seeds) wait for their grids.
+        first = [c for c in todo if not (c.tuned_by and not c.chosen)]
+        failed = _run_parallel(first, root, parallel)
+        later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
+        failed += [(c, _UNTUNED) for c in later if not c.chosen]
+        failed += _run_parallel([c for c in later if c.chosen], root, parallel)
         if clock is not None:
             clock.tick(cells_done=len(todo) - len(failed))
         return len(todo), failed
@@ -194,6 +200,9 @@ def run_cells(
     for i, cell in enumerate(todo):
         t = time.time()
         try:
+            cell = sweep_lib.resolve(cell, grid, root)  # its tuning seeds ran earlier in `todo`
+            if cell.tuned_by and not cell.chosen:
+                raise StudyError(_UNTUNED)
             _run_in_process(cell, root)
         except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
             logging.exception("cell %s failed", cell.id)
@@ -207,11 +216,24 @@ def run_cells(
     return len(todo), failed
 
 
+_UNTUNED = "its tuning seeds' trials have not all finished (sweep_tune_seeds): run those first"
+
+
 def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path:
-    """cells.txt: one `jtl train` command per line, for cluster array jobs or by hand."""
+    """cells.txt: one command per line, for cluster array jobs or by hand.
+
+    A cell's line is its `jtl train` command; a later seed whose learning rate its tuning seeds
+    choose (not yet known) gets `jtl study ... --cell I`, which resolves it when it runs.
+    """
+    def line(i: int, c: Cell) -> str:
+        if c.tuned_by and not c.chosen:
+            study = ["jtl", "study", "--config", study_spec, "--workdir", str(root)]
+            return shlex.join([*study, "--cell", str(i)])
+        return shlex.join(c.command(root))
+
     lines = [
         f"# {len(cells)} cells of {study_spec}; line i+2 is `jtl study ... --cell {{i}}`",
-        *(shlex.join(c.command(root)) for c in cells),
+        *(line(i, c) for i, c in enumerate(cells)),
     ]
     path = root / "cells.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -269,7 +291,7 @@ def run_study(
     root = Path(workdir).absolute()
     study = load_study(spec)
     record_study(root, spec, study)
-    cells = expand(study, root)
+    cells = sweep_lib.resolve_all(expand(study, root), root)
     write_cells_file(cells, root, spec)
     if cell_index is not None:
         if not 0 <= cell_index < len(cells):
@@ -289,6 +311,7 @@ def run_study(
         _, failed = run_cells(cells, root, parallel, clock)
     if only == "sources":
         return {"cells": 0, "failed": []}
+    cells = sweep_lib.resolve_all(cells, root)  # later seeds whose tuning seeds ran just now
     advise = advise_scores(study, root, cells)
     sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, then test it
     clock.tick()

@@ -12,6 +12,10 @@ evaluates that one trial on test, from its final checkpoint (which holds its bes
 weights), writing `selected.json` beside the trials. The report reads the chosen values, each
 arm's spread of validation accuracy across its grid, and the tuning cost (all trials).
 
+`study.sweep_tune_seeds = N` tunes on the first N seeds only: a later seed's cell trains once,
+at the values with the best mean validation accuracy over those seeds' grids (`resolve`, just
+before it runs). Every arm still gets the same grid; the report marks those rows `tuned_on`.
+
 Linear-probe arms are not swept: SGD hyperparameters mean nothing to them, and they already
 choose their L2 strength on validation from their own grid (jtl/probe.py); they count as one
 run whose internal validation grid is their tuning budget, and the report says so. LP-FT's
@@ -76,6 +80,10 @@ def validate_sweep(study: mlc.ConfigDict) -> str | None:
     if unknown:
         return f"sweep_by_strategy names {sorted(unknown)}, not in strategies"
     counts = {s: len(grid(study, s)) for s in study.strategies if s not in NOT_SWEPT}
+    tune = study.get("sweep_tune_seeds", 0)
+    if not isinstance(tune, int) or not 0 <= tune <= len(study.seeds):
+        n = len(study.seeds)
+        return f"sweep_tune_seeds={tune!r}: use 0 (every seed tunes) up to len(seeds)={n}"
     if any(counts.values()):
         if len(set(counts.values())) > 1:
             return f"every swept arm needs the same number of trials, got {counts}"
@@ -85,9 +93,10 @@ def validate_sweep(study: mlc.ConfigDict) -> str | None:
 
 
 def trial_cells(study: mlc.ConfigDict, cell: Any) -> list[Any]:
-    """`cell` itself when its arm is not swept, else one cell per trial of the grid."""
+    """`cell` itself when its arm is not swept or it reuses earlier seeds' choice (`tuned_by`),
+    else one cell per trial of the grid."""
     trials = grid(study, cell.strategy)
-    if not trials:
+    if not trials or cell.tuned_by:
         return [cell]
     out = []
     for values in trials:
@@ -116,6 +125,51 @@ def groups(cells: Sequence[Any]) -> dict[str, list[Any]]:
         if c.trial:
             out[group_id(c)].append(c)
     return dict(out)
+
+
+def tuned_choice(cell: Any, cells: Sequence[Any], root: Path) -> str | None:
+    """The trial label a `tuned_by` cell trains at: best mean validation accuracy over the
+    tuning seeds' grids (a value that diverged on any of them loses; ties go to the first in grid
+    order). None while any of their trials is unfinished; StudyError when every value diverged.
+    """
+    by_group = groups(cells)
+    scores: dict[str, list[float]] = defaultdict(list)
+    for gid in cell.tuned_by:
+        for trial in by_group.get(gid, ()):
+            summary = run_summary.read(trial.workdir(root))
+            if summary is None:
+                return None
+            scores[trial.trial].append(trial_val_accuracy(summary))
+    if not scores:
+        return None
+    means = {label: sum(v) / len(v) for label, v in scores.items()}
+    best = max(means.values())
+    if best == -math.inf:
+        from jtl.study.grid import StudyError
+
+        raise StudyError(f"{cell.id}: every trial of its tuning seeds diverged ({cell.tuned_by})")
+    return next(label for label, m in means.items() if m == best)
+
+
+def resolve(cell: Any, cells: Sequence[Any], root: Path) -> Any:
+    """`cell` with its tuning seeds' chosen values set, once their grids finished (else as is).
+
+    Why: a later seed's learning rate is known only after the first seeds' trials ran, so its
+    config (and so its fingerprint) is completed here, just before it is checked or run.
+    """
+    if not cell.tuned_by or cell.chosen:
+        return cell
+    label = tuned_choice(cell, cells, root)
+    if label is None:
+        return cell
+    trial = next(t for t in cells if t.trial == label and group_id(t) == cell.tuned_by[0])
+    sets = [f"{AXES[k]}={v!r}" for k, v in grid_values(trial).items()]
+    return dataclasses.replace(cell, overrides=(*cell.overrides, *sets), chosen=label)
+
+
+def resolve_all(cells: Sequence[Any], root: Path) -> list[Any]:
+    """Every `tuned_by` cell whose tuning seeds finished, resolved (see `resolve`)."""
+    return [resolve(c, cells, root) for c in cells]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -273,6 +327,8 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     summary = run_summary.read(cell.workdir(root))
     if summary is None:
         return None
+    if cell.chosen:  # a later seed at its tuning seeds' choice: its own cost only
+        return cell.id, summary, {"chosen": grid_values(cell), "tuned_on": list(cell.tuned_by)}
     if not cell.trial:
         return cell.id, summary, {}
     gid = group_id(cell)
