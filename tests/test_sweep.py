@@ -218,3 +218,14 @@ def test_tuned_choice_is_the_best_mean_over_the_tuning_seeds(tmp_path):
     diverged = {**base, "diverged": True, "val_accuracy": 0.99}
     (trials[3].workdir(tmp_path) / "summary.json").write_text(json.dumps(diverged))
     assert sweep_lib.resolve(later, trials, tmp_path).chosen == "lr0.1"
+    # Once the later seed's run started, its choice stays with it (a resume never conflicts).
+    later.workdir(tmp_path).mkdir(parents=True)
+    saved = {"optim": {"lr": 0.01, "weight_decay": 5e-4}}
+    (later.workdir(tmp_path) / "config.json").write_text(json.dumps(saved))
+    assert sweep_lib.resolve(later, trials, tmp_path).chosen == "lr0.01"
+    # Every value diverged on a tuning seed: unresolved, with the reason (the study goes on).
+    (later.workdir(tmp_path) / "config.json").unlink()
+    (trials[0].workdir(tmp_path) / "summary.json").write_text(json.dumps(diverged))
+    assert sweep_lib.resolve(later, trials, tmp_path) == later
+    assert "diverged" in sweep_lib.why_unresolved(later, trials, tmp_path)
+    assert sweep_lib.resolve(later, trials[:2], tmp_path) == later  # a tuning seed is missing

@@ -19,8 +19,9 @@ one epoch of Fashion-MNIST), so their reports say "equal-step budget, not conver
 verdicts. `protocol=converged` trains every cell until validation accuracy stalls (patience 4
 evaluations, min_delta 0.2 points; capped at 150 / 30 / 8 epochs at 10 / 100 / more per class,
 scratch x2) and tunes every SGD arm over the same 3 learning rates (0.01, 0.03, 0.1), chosen on
-validation; Fashion-MNIST then runs at 10, 100 and 1000 per class. 384 runs with 3 seeds
-(360 SGD trials, 24 probes). Measured with `seeds=2` (256 runs): 100.6 min on the 2-core
+validation; Fashion-MNIST then runs at 10, 100 and 1000 per class. 224 runs with 3 seeds
+(the grid runs on seed 0; seeds 1 and 2 train once at its choice: `sweep_tune_seeds=1`).
+Measured with `seeds=2` (256 runs): 100.6 min on the 2-core
 AVX-512 CPU shared with other jobs (docs/results.md "Study: mnist_source, converged and
 tuned"): scratch catches up on digits (finetune_full ahead by 0.8 / 0.6 points at 10 / 100
 per class, not significant), MNIST transfer does not help on Fashion-MNIST (scratch best at

@@ -82,7 +82,8 @@ def aggregate(rows: Sequence[dict[str, Any]], metric: str = "test_accuracy") -> 
                 "not_converged": sum(1 for r in runs if not r.get("converged")),
                 "budget": _budget(runs),
                 "epochs_run": _mean_or_none([r.get("epochs_run") for r in runs]),
-                "chosen": [r["chosen"] for r in runs if r.get("chosen")],
+                # Choices made (a later seed that reused its tuning seeds' choice is no new one).
+                "chosen": [r["chosen"] for r in runs if r.get("chosen") and not r.get("tuned_on")],
                 "sweep_trials": _mean_or_none([r.get("sweep_trials") for r in runs]),
                 "sweep_spread": _mean_or_none([r.get("sweep_spread") for r in runs]),
                 "probe_grid": _mean_or_none([r.get("probe_grid") for r in runs]),

@@ -185,7 +185,7 @@ def _cost_section(
         ]
         if swept:
             row += [
-                _fmt(c.get("trials"), ".0f"),
+                _fmt(c.get("trials"), ".3g"),  # 1.67 with sweep_tune_seeds=1 of 3 seeds
                 _fmt_time(c.get("tuning_wall_time_s")),
                 _fmt(c.get("tuning_images_seen"), ",.0f"),
                 _fmt(c.get("tuning_train_flops"), ".3g"),
@@ -303,7 +303,8 @@ def _tuning_section(doc: _Doc, agg: Sequence[dict], rows: Sequence[dict]) -> Non
             f"{reused} cells (later seeds) did not run the grid: each trained once at the values "
             "with the best mean validation accuracy over the first seeds' grids of the same "
             "target, arm and size (`sweep_tune_seeds`); the cost table counts that one run for "
-            "them, and the grid once, on the seeds that ran it."
+            "them, and the grid once, on the seeds that ran it. The chosen column lists the "
+            "tuning seeds' choices only."
         )
     table = []
     for a in agg:

@@ -191,7 +191,7 @@ def run_cells(
         first = [c for c in todo if not (c.tuned_by and not c.chosen)]
         failed = _run_parallel(first, root, parallel)
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
-        failed += [(c, _UNTUNED) for c in later if not c.chosen]
+        failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in later if not c.chosen]
         failed += _run_parallel([c for c in later if c.chosen], root, parallel)
         if clock is not None:
             clock.tick(cells_done=len(todo) - len(failed))
@@ -202,7 +202,7 @@ def run_cells(
         try:
             cell = sweep_lib.resolve(cell, grid, root)  # its tuning seeds ran earlier in `todo`
             if cell.tuned_by and not cell.chosen:
-                raise StudyError(_UNTUNED)
+                raise StudyError(sweep_lib.why_unresolved(cell, grid, root))
             _run_in_process(cell, root)
         except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
             logging.exception("cell %s failed", cell.id)
@@ -214,9 +214,6 @@ def run_cells(
         if clock is not None:
             clock.tick(cells_done=1)
     return len(todo), failed
-
-
-_UNTUNED = "its tuning seeds' trials have not all finished (sweep_tune_seeds): run those first"
 
 
 def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path:

@@ -130,32 +130,37 @@ def groups(cells: Sequence[Any]) -> dict[str, list[Any]]:
 def tuned_choice(cell: Any, cells: Sequence[Any], root: Path) -> str | None:
     """The trial label a `tuned_by` cell trains at: best mean validation accuracy over the
     tuning seeds' grids (a value that diverged on any of them loses; ties go to the first in grid
-    order). None while any of their trials is unfinished; StudyError when every value diverged.
+    order). None while any of their trials is unfinished, or when every value diverged.
     """
     by_group = groups(cells)
+    if any(gid not in by_group for gid in cell.tuned_by):
+        return None
     scores: dict[str, list[float]] = defaultdict(list)
     for gid in cell.tuned_by:
-        for trial in by_group.get(gid, ()):
+        for trial in by_group[gid]:
             summary = run_summary.read(trial.workdir(root))
             if summary is None:
                 return None
             scores[trial.trial].append(trial_val_accuracy(summary))
-    if not scores:
-        return None
     means = {label: sum(v) / len(v) for label, v in scores.items()}
     best = max(means.values())
-    if best == -math.inf:
-        from jtl.study.grid import StudyError
+    return next(label for label, m in means.items() if m == best) if best > -math.inf else None
 
-        raise StudyError(f"{cell.id}: every trial of its tuning seeds diverged ({cell.tuned_by})")
-    return next(label for label, m in means.items() if m == best)
+
+def _saved_choice(cell: Any, root: Path) -> dict[str, float] | None:
+    """The grid values a later seed's run started with (its config.json), if it started."""
+    cfg = _read(cell.workdir(root) / "config.json")
+    if cfg is None:
+        return None
+    return {axis: float(cfg[key.split(".")[0]][key.split(".")[1]]) for axis, key in AXES.items()}
 
 
 def resolve(cell: Any, cells: Sequence[Any], root: Path) -> Any:
     """`cell` with its tuning seeds' chosen values set, once their grids finished (else as is).
 
     Why: a later seed's learning rate is known only after the first seeds' trials ran, so its
-    config (and so its fingerprint) is completed here, just before it is checked or run.
+    config (and so its fingerprint) is completed here, just before it is checked or run. The
+    choice is made once: a cell whose run already started keeps the values it started with.
     """
     if not cell.tuned_by or cell.chosen:
         return cell
@@ -163,8 +168,25 @@ def resolve(cell: Any, cells: Sequence[Any], root: Path) -> Any:
     if label is None:
         return cell
     trial = next(t for t in cells if t.trial == label and group_id(t) == cell.tuned_by[0])
-    sets = [f"{AXES[k]}={v!r}" for k, v in grid_values(trial).items()]
+    values = grid_values(trial)
+    saved = _saved_choice(cell, root)
+    if saved is not None:
+        values = {axis: saved[axis] for axis in values}
+        label = trial_label(values)
+    sets = [f"{AXES[k]}={v!r}" for k, v in values.items()]
     return dataclasses.replace(cell, overrides=(*cell.overrides, *sets), chosen=label)
+
+
+def why_unresolved(cell: Any, cells: Sequence[Any], root: Path) -> str:
+    """Why a later seed has no chosen values yet (run_cells reports it as the cell's failure)."""
+    by_group = groups(cells)
+    trials = [t for gid in cell.tuned_by for t in by_group.get(gid, ())]
+    if trials and all(run_summary.read(t.workdir(root)) is not None for t in trials):
+        return f"every value of its tuning seeds' grid diverged ({', '.join(cell.tuned_by)})"
+    return (
+        f"its tuning seeds' trials ({', '.join(cell.tuned_by)}) have not all finished "
+        "(sweep_tune_seeds): run those first"
+    )
 
 
 def resolve_all(cells: Sequence[Any], root: Path) -> list[Any]:
