@@ -214,6 +214,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         ("configs/studies/mnist_source.py:quick,protocol=converged", 28),
         ("configs/studies/imagenet_source.py", 36),
         ("configs/studies/imagenet_source.py:quick", 6),
+        ("configs/studies/imagenet_source.py:protocol=converged", 40),
         ("configs/studies/austen_minilm.py", 12),
     ],
 )
