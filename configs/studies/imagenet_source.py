@@ -28,6 +28,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
+from jtl.study.budget import converged
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -89,15 +90,12 @@ def _converged_protocol(s: mlc.ConfigDict) -> None:
     s.scratch_models = mlc.ConfigDict({"": ""})
     s.strategy_overrides = mlc.ConfigDict()
     s.overrides = ("augment=", "log_every=20")
-    s.budget = "converged"
-    s.scratch_schedule_mult = 2.0
-    c = s.convergence
-    c.patience, c.min_delta = 4, 0.002
-    c.max_epochs = 15.0
-    c.max_epochs_by_size = mlc.ConfigDict({"10": 60.0})
-    c.eval_every_epochs = 1.0
-    c.eval_every_epochs_by_size = mlc.ConfigDict({"10": 4.0})
-    c.min_steps, c.min_eval_every_steps = 200, 10
-    c.checkpoint_every = 500
-    s.sweep.lr = (0.01, 0.05, 0.2)
-    s.sweep_tune_seeds = 1 if len(s.seeds) > 1 else 0
+    converged(
+        s,
+        max_epochs=15.0,
+        max_epochs_by_size={"10": 60.0},
+        eval_every_epochs_by_size={"10": 4.0},
+        lr_grid=(0.01, 0.05, 0.2),
+        min_steps=200,
+        min_eval_every_steps=10,
+    )

@@ -40,6 +40,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
+from jtl.study.budget import converged
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -93,25 +94,21 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
 
 def _converged_protocol(s: mlc.ConfigDict) -> None:
     """Every cell to convergence, every SGD arm tuned over the same learning-rate grid."""
-    s.budget = "converged"
-    s.scratch_schedule_mult = 2.0  # He et al.: scratch gets a longer cap
-    c = s.convergence
-    c.patience, c.min_delta = 4, 0.002
     # 10/class trains on ~67 images (3-fold CV): one step per epoch, so cap and validate in
-    # more epochs there; 1000/class (Fashion-MNIST) is 156 steps per epoch.
-    c.max_epochs = 30.0  # full digits: 19 steps per epoch
-    # Fashion-MNIST at 1000/class is 156 steps per epoch: 16 epochs (scratch 32) is where the
-    # 2-seed run's capped arms were heading; 8 stopped four of them still improving.
-    c.max_epochs_by_size = mlc.ConfigDict({"10": 150.0, "100": 30.0, "1000": 16.0})
-    c.eval_every_epochs = 1.0
-    c.eval_every_epochs_by_size = mlc.ConfigDict({"10": 10.0, "100": 2.0})
-    # Floors in steps: full lfw_subset (134 images) is 2 steps per epoch, so an epoch cap and
-    # epoch-wise patience alone would stop it after a few steps (scratch: x2).
-    c.min_steps, c.min_eval_every_steps = 200, 10
-    c.checkpoint_every = 500
-    s.sweep.lr = (0.01, 0.03, 0.1)
-    # Tune on seed 0's grid; seeds 1, 2 train once at its choice (same grid for every arm).
-    s.sweep_tune_seeds = 1 if len(s.seeds) > 1 else 0
+    # more epochs there; full digits is 19 steps per epoch. Fashion-MNIST at 1000/class is 156
+    # steps per epoch: 16 epochs (scratch 32) is where the 2-seed run's capped arms were
+    # heading; 8 stopped four of them still improving. Floors in steps: full lfw_subset (134
+    # images) is 2 steps per epoch, so an epoch cap and epoch-wise patience alone would stop it
+    # after a few steps (scratch: x2).
+    converged(
+        s,
+        max_epochs=30.0,
+        max_epochs_by_size={"10": 150.0, "100": 30.0, "1000": 16.0},
+        eval_every_epochs_by_size={"10": 10.0, "100": 2.0},
+        lr_grid=(0.01, 0.03, 0.1),
+        min_steps=200,
+        min_eval_every_steps=10,
+    )
     if "fashion_mnist" in s.targets and "lfw_subset" in s.targets:  # the full study
         # A converged source too: 2000 steps with crop(2) reached 99.51 % test (400: 98.68 %).
         s.sources.mnist.config = "configs/mnist_pretrain.py:steps=2000,augment=crop(2)"

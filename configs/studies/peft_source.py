@@ -34,6 +34,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
+from jtl.study.budget import converged
 
 PEFT = ("lora", "bitfit", "adapter", "norm_only")
 PEFT_ARGS = mlc.ConfigDict(
@@ -77,16 +78,13 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.advise_sample = 0
         if a.protocol == "converged":
             s.name += "_converged"
-            s.budget = "converged"
-            s.scratch_schedule_mult = 2.0
-            c = s.convergence
-            c.patience, c.min_delta = 4, 0.002
-            c.max_epochs = 15.0
-            c.max_epochs_by_size = mlc.ConfigDict({"10": 60.0})
-            c.eval_every_epochs = 1.0
-            c.eval_every_epochs_by_size = mlc.ConfigDict({"10": 4.0})
-            c.checkpoint_every = 500
-            s.sweep.lr = (0.01, 0.05, 0.2)
+            converged(
+                s,
+                max_epochs=15.0,
+                max_epochs_by_size={"10": 60.0},
+                eval_every_epochs_by_size={"10": 4.0},
+                lr_grid=(0.01, 0.05, 0.2),
+            )
         elif a.protocol == "equal_steps":
             # One LR for all arms made the PEFT arms diverge or crawl (adapters at 0.05: val
             # 12 % after 20 steps); every SGD arm gets the same three-point grid instead.

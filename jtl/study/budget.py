@@ -41,6 +41,37 @@ def convergence_defaults() -> mlc.ConfigDict:
     )
 
 
+def converged(
+    study: mlc.ConfigDict,
+    *,
+    max_epochs: float,
+    max_epochs_by_size: dict[str, float],
+    eval_every_epochs_by_size: dict[str, float],
+    lr_grid: tuple[float, ...],
+    min_steps: int = 0,
+    min_eval_every_steps: int = 0,
+) -> None:
+    """Puts a study on the reference converged, tuned protocol (the study configs' one recipe).
+
+    Patience 4 validations with a 0.2-point min_delta, scratch x2 (He et al.), validation every
+    epoch unless `eval_every_epochs_by_size` says otherwise, every SGD arm tuned over `lr_grid`
+    on the first seed (later seeds train once at its choice). The caps and floors are the
+    study's own: they depend on how many steps an epoch of its sizes is.
+    """
+    study.budget = "converged"
+    study.scratch_schedule_mult = 2.0
+    c = study.convergence
+    c.patience, c.min_delta = 4, 0.002
+    c.max_epochs = max_epochs
+    c.max_epochs_by_size = mlc.ConfigDict(max_epochs_by_size)
+    c.eval_every_epochs = 1.0
+    c.eval_every_epochs_by_size = mlc.ConfigDict(eval_every_epochs_by_size)
+    c.min_steps, c.min_eval_every_steps = min_steps, min_eval_every_steps
+    c.checkpoint_every = 500
+    study.sweep.lr = lr_grid
+    study.sweep_tune_seeds = 1 if len(study.seeds) > 1 else 0
+
+
 def validate_budget(study: mlc.ConfigDict) -> str | None:
     """An error message for a budget the runner cannot apply, else None."""
     if study.budget not in BUDGETS:
