@@ -2,8 +2,8 @@
 
 A run trained "to convergence" evaluates on validation every `eval_every` steps (or every
 `eval_every_epochs` epochs of its training subset) and stops once `early_stopping_patience`
-evaluations in a row brought no improvement of more than `min_delta`; `max_epochs` (epochs of
-the training subset) caps it. It reports the best evaluated weights. A run that hits the cap
+evaluations in a row brought no improvement of more than `min_delta`, but not before
+`stop_min_steps`; `max_epochs` (epochs of the training subset) caps it. It reports the best evaluated weights. A run that hits the cap
 while still improving is recorded as `converged: false`: its numbers are a lower bound, and the
 study report states no verdict from them.
 
@@ -73,8 +73,10 @@ class EarlyStopping:
         resumed_meta: dict[str, Any] | None = None,
         min_delta: float = 0.0,
         workdir: epath.Path | None = None,
+        min_step: int = 0,
     ) -> None:
         self.patience = int(patience)
+        self.min_step = int(min_step)  # no stop before this step (evaluations still count)
         self.min_delta = float(min_delta)
         self.workdir = workdir
         meta = (resumed_meta or {}).get("early_stopping", {})
@@ -106,7 +108,7 @@ class EarlyStopping:
             self._best = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
             return False
         self._bad += 1
-        if self._bad >= self.patience:
+        if self._bad >= self.patience and step >= self.min_step:
             self.stopped_step = step
             return True
         return False

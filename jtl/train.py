@@ -393,7 +393,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         logging.info(
             "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
         )
-    early = EarlyStopping(config.early_stopping_patience, meta, config.min_delta, workdir)
+    early = EarlyStopping(
+        config.early_stopping_patience,
+        meta,
+        config.min_delta,
+        workdir,
+        min_step=config.get("stop_min_steps", 0),
+    )
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)

@@ -33,6 +33,19 @@ def test_min_delta_and_patience_without_training():
     assert again.stopped and again.best_accuracy == 0.58  # the stop state survives a resume
 
 
+def test_patience_never_stops_before_stop_min_steps(tmp_path):
+    state = {"params": {"w": 1.0}, "batch_stats": {}}
+    es = EarlyStopping(patience=2, min_step=40)
+    assert not es.update(10, 0.9, state)  # best
+    assert not any(es.update(s, 0.5, state) for s in (20, 30))  # 2 stalls, but before step 40
+    assert es.update(40, 0.5, state) and (es.stopped_step, es.best_step) == (40, 10)
+    from jtl.train import train  # the trainer passes it: patience 1 would stop at step 6
+
+    s = train(_config("max_epochs=8", "early_stopping_patience=1", "stop_min_steps=18",
+                      "min_delta=0.99", "eval_every_epochs=0", "eval_every=3"), tmp_path)  # fmt: skip
+    assert s["early_stopping"]["stopped_step"] == 18 and s["steps_run"] == 18
+
+
 def test_resolve_budget_turns_epochs_into_steps():
     c = _config("max_epochs=8")
     r = resolve_budget(c, 100)  # 100 examples / batch 32 = 3.125 steps per epoch
@@ -148,3 +161,7 @@ def test_study_floors_reach_every_cell_and_scratch_gets_its_longer_floor():
     scratch = budget_overrides(study, "scratch", "full")
     assert "min_steps=600" in scratch and "min_eval_every=10" in scratch  # scratch x2 schedule
     assert "min_steps=300" in budget_overrides(study, "finetune_full", "full")
+    assert not any(o.startswith("stop_min_steps") for o in scratch)  # off unless asked for
+    study.convergence.stop_min_steps = 200
+    assert "stop_min_steps=400" in budget_overrides(study, "scratch", "full")
+    assert "stop_min_steps=200" in budget_overrides(study, "lp_ft", "10")

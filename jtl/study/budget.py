@@ -36,6 +36,9 @@ def convergence_defaults() -> mlc.ConfigDict:
             # epoch, so epoch caps and epoch-based patience alone stop it after a few steps.
             "min_steps": 0,
             "min_eval_every_steps": 0,
+            # Patience cannot stop a cell before this step (0 = any; scratch x its schedule
+            # multiplier): early, high-LR validation noise is not a plateau.
+            "stop_min_steps": 0,
             "checkpoint_every": 500,  # steps; a killed cell resumes from here
         }
     )
@@ -50,6 +53,7 @@ def converged(
     lr_grid: tuple[float, ...],
     min_steps: int = 0,
     min_eval_every_steps: int = 0,
+    stop_min_steps: int = 0,
 ) -> None:
     """Puts a study on the reference converged, tuned protocol (the study configs' one recipe).
 
@@ -67,6 +71,7 @@ def converged(
     c.eval_every_epochs = 1.0
     c.eval_every_epochs_by_size = mlc.ConfigDict(eval_every_epochs_by_size)
     c.min_steps, c.min_eval_every_steps = min_steps, min_eval_every_steps
+    c.stop_min_steps = stop_min_steps
     c.checkpoint_every = 500
     study.sweep.lr = lr_grid
     study.sweep_tune_seeds = 1 if len(study.seeds) > 1 else 0
@@ -112,6 +117,9 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
                 float(study.scratch_schedule_mult) if strategy == "scratch" else 1
             )
             out.append(f"min_steps={int(floor)}")
+    if int(c.get("stop_min_steps", 0)) > 0:
+        mult = float(study.scratch_schedule_mult) if strategy == "scratch" else 1
+        out.append(f"stop_min_steps={int(int(c.stop_min_steps) * mult)}")
     if int(c.min_eval_every_steps) > 0:
         out.append(f"min_eval_every={int(c.min_eval_every_steps)}")
     if int(c.eval_every_steps) > 0:
