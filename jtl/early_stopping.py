@@ -3,9 +3,10 @@
 A run trained "to convergence" evaluates on validation every `eval_every` steps (or every
 `eval_every_epochs` epochs of its training subset) and stops once `early_stopping_patience`
 evaluations in a row brought no improvement of more than `min_delta`, but not before
-`stop_min_steps`; `max_epochs` (epochs of the training subset) caps it. It reports the best evaluated weights. A run that hits the cap
-while still improving is recorded as `converged: false`: its numbers are a lower bound, and the
-study report states no verdict from them.
+`stop_min_steps`; `max_epochs` (epochs of the training subset) caps it. It reports the best
+evaluated weights. A run that hits the cap while still improving is recorded as
+`converged: false`: its numbers are a lower bound, and the study report states no verdict from
+them.
 
 Resume stays exact: the stop state (best step and accuracy, evaluations without improvement)
 lives in checkpoint metadata and the best weights in `best_weights/STEP.npz`, written with every

@@ -41,8 +41,9 @@ def test_patience_never_stops_before_stop_min_steps(tmp_path):
     assert es.update(40, 0.5, state) and (es.stopped_step, es.best_step) == (40, 10)
     from jtl.train import train  # the trainer passes it: patience 1 would stop at step 6
 
-    s = train(_config("max_epochs=8", "early_stopping_patience=1", "stop_min_steps=18",
-                      "min_delta=0.99", "eval_every_epochs=0", "eval_every=3"), tmp_path)  # fmt: skip
+    config = _config("max_epochs=8", "early_stopping_patience=1", "stop_min_steps=18",
+                     "min_delta=0.99", "eval_every_epochs=0", "eval_every=3")  # fmt: skip
+    s = train(config, tmp_path)
     assert s["early_stopping"]["stopped_step"] == 18 and s["steps_run"] == 18
 
 
