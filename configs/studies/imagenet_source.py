@@ -98,4 +98,5 @@ def _converged_protocol(s: mlc.ConfigDict) -> None:
         lr_grid=(0.01, 0.05, 0.2),
         min_steps=200,
         min_eval_every_steps=10,
+        stop_min_steps=200,  # patience counts from here (scratch: 400); see jtl/config.py
     )
