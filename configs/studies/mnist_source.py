@@ -44,7 +44,10 @@ from jtl.study.budget import converged
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    a = parse_arg(arg, quick=False, seeds=3, steps=150, pretrain_steps=400, protocol="equal_steps")
+    a = parse_arg(
+        arg, quick=False, seeds=3, steps=150, pretrain_steps=400, protocol="equal_steps",
+        stop_min_steps=0, source_dir="", fashion_max=1000,
+    )  # fmt: skip
     s = study_defaults()
     s.name = "mnist_source" + ("_quick" if a.quick else "")
     s.title = "MNIST-pretrained ResNet-20 -> digits, Fashion-MNIST, lfw_subset"
@@ -86,13 +89,15 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.advise_sample = 300
     if a.protocol == "converged":
         s.name += "_converged"
-        _converged_protocol(s)
+        _converged_protocol(s, a.stop_min_steps, a.fashion_max)
+        if a.source_dir:  # reuse a trained source (e.g. another study's sources/mnist)
+            s.sources.mnist = mlc.ConfigDict({"kind": "checkpoint", "path": a.source_dir})
     elif a.protocol != "equal_steps":
         raise ValueError(f"protocol={a.protocol!r}: use equal_steps or converged")
     return s
 
 
-def _converged_protocol(s: mlc.ConfigDict) -> None:
+def _converged_protocol(s: mlc.ConfigDict, stop_min_steps: int, fashion_max: int) -> None:
     """Every cell to convergence, every SGD arm tuned over the same learning-rate grid."""
     # 10/class trains on ~67 images (3-fold CV): one step per epoch, so cap and validate in
     # more epochs there; full digits is 19 steps per epoch. Fashion-MNIST at 1000/class is 156
@@ -108,10 +113,14 @@ def _converged_protocol(s: mlc.ConfigDict) -> None:
         lr_grid=(0.01, 0.03, 0.1),
         min_steps=200,
         min_eval_every_steps=10,
+        stop_min_steps=stop_min_steps,
     )
     if "fashion_mnist" in s.targets and "lfw_subset" in s.targets:  # the full study
         # A converged source too: 2000 steps with crop(2) reached 99.51 % test (400: 98.68 %).
         s.sources.mnist.config = "configs/mnist_pretrain.py:steps=2000,augment=crop(2)"
         s.sizes_by_target = mlc.ConfigDict(
-            {"lfw_subset": ("10", "full"), "fashion_mnist": ("10", "100", "1000")}
+            {
+                "lfw_subset": ("10", "full"),
+                "fashion_mnist": tuple(z for z in ("10", "100", "1000") if int(z) <= fashion_max),
+            }
         )
