@@ -46,7 +46,7 @@ from jtl.study.budget import converged
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(
         arg, quick=False, seeds=3, steps=150, pretrain_steps=400, protocol="equal_steps",
-        stop_min_steps=0, source_dir="", fashion_max=1000,
+        stop_min_steps=0, source_dir="", fashion_max=1000, targets="",
     )  # fmt: skip
     s = study_defaults()
     s.name = "mnist_source" + ("_quick" if a.quick else "")
@@ -92,6 +92,14 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         _converged_protocol(s, a.stop_min_steps, a.fashion_max)
         if a.source_dir:  # reuse a trained source (e.g. another study's sources/mnist)
             s.sources.mnist = mlc.ConfigDict({"kind": "checkpoint", "path": a.source_dir})
+        if a.targets:  # a subset, e.g. targets=digits+lfw_subset
+            keep = a.targets.split("+")
+            s.targets = mlc.ConfigDict({t: v for t, v in s.targets.items() if t in keep})
+            by_target = {t: v for t, v in s.sizes_by_target.items() if t in keep}
+            s.sizes_by_target = mlc.ConfigDict(by_target)
+            s.target_overrides = mlc.ConfigDict(
+                {t: v for t, v in s.target_overrides.items() if t in keep}
+            )
     elif a.protocol != "equal_steps":
         raise ValueError(f"protocol={a.protocol!r}: use equal_steps or converged")
     return s
