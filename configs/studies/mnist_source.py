@@ -16,24 +16,25 @@ Run (the `:quick` variant is what `make quickstart` runs):
 
 Budgets: the default and `:quick` give every arm the same optimizer steps (150 / 100: well under
 one epoch of Fashion-MNIST), so their reports say "equal-step budget, not converged" instead of
-verdicts. `protocol=converged` trains every cell until validation accuracy stalls (patience 4
-evaluations, min_delta 0.2 points; capped at 150 / 30 / 8 epochs at 10 / 100 / more per class,
-scratch x2) and tunes every SGD arm over the same 3 learning rates (0.01, 0.03, 0.1), chosen on
-validation; Fashion-MNIST then runs at 10, 100 and 1000 per class. 224 runs with 3 seeds
-(the grid runs on seed 0; seeds 1 and 2 train once at its choice: `sweep_tune_seeds=1`).
-Measured with `seeds=2` (256 runs): 100.6 min on the 2-core
-AVX-512 CPU shared with other jobs (docs/results.md "Study: mnist_source, converged and
-tuned"): scratch catches up on digits (finetune_full ahead by 0.8 / 0.6 points at 10 / 100
-per class, not significant), MNIST transfer does not help on Fashion-MNIST (scratch best at
-10 and 100 per class; probe and finetune_top significantly below scratch), and 11 arm/size
-groups at full / 1000 per class hit their 8-epoch cap (no verdict there: raise the caps).
+verdicts. `protocol=converged` (issue 11) trains every cell until validation accuracy stalls
+(patience 4 evaluations, min_delta 0.2 points; capped at 150 / 30 / 30 / 16 epochs at 10 / 100
+per class / full / 1000 per class, scratch x2; floors of 200 steps on the cap, scratch 400, and
+10 on the validation interval), tunes every SGD arm over the same 3 learning rates (0.01, 0.03,
+0.1) on seed 0's validation split (seeds 1 and 2 train once at its choice:
+`sweep_tune_seeds=1`), and trains its MNIST source 2000 steps with crop(2) (99.51 % test);
+Fashion-MNIST then runs at 10, 100 and 1000 per class. 224 runs.
 
-Expected (2-core CPU; docs/results.md "Study: mnist_source" has the tables and plots; measured
-before issue 11 changed cnn_small and dropped the cells' crop(2) augmentation, so re-run): test %
-at 10/class, full: digits scratch 80.1, 93.6 vs finetune_full 93.1, 96.7 and lp_ft 92.3, 97.1;
-fashion_mnist scratch 61.2, 69.4 vs lp_ft 64.1, 77.3; lfw_subset every arm 84.7-90.0, 96-100.
-Wall time: seed 0 alone (`:seeds=1`, 48 cells) 30.5 min on an idle machine, so ~84 min for the
-3 seeds; the quick variant 7.4 min then, 2.5 min after issues 11-12 (2026-11-30).
+Follow-up arguments of the converged protocol: `stop_min_steps=200` (patience cannot stop a cell
+before step 200, scratch 400), `source_dir=DIR` (reuse a trained source, e.g. another study's
+sources/mnist), `targets=digits+lfw_subset` (a subset), `fashion_max=100` (drop 1000/class).
+
+Expected, converged (measured 2026-11-30, idle 2-core AVX-512 CPU, **66.6 min**; docs/results.md
+"Study: mnist_source, converged and tuned, 3 seeds"), test % at 10/class, 100/class, largest:
+digits best scratch 89.9, 97.9, 96.8 vs finetune_full 94.7, 98.6, 97.9 and lp_ft 93.3, 98.6,
+98.3; fashion_mnist best scratch 63.3, 74.7, 87.3 vs lp_ft 59.0, 77.3, 87.5; lfw_subset best
+scratch 92.0, 97.3 vs lp_ft 88.0, 100.0. Equal-step numbers in docs/results.md were measured
+before issue 11 changed cnn_small and dropped crop(2): re-run before comparing. The quick
+variant: 2.5 min (2026-11-30).
 """
 
 import ml_collections as mlc
