@@ -95,12 +95,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
             s.sources.mnist = mlc.ConfigDict({"kind": "checkpoint", "path": a.source_dir})
         if a.targets:  # a subset, e.g. targets=digits+lfw_subset
             keep = a.targets.split("+")
-            s.targets = mlc.ConfigDict({t: v for t, v in s.targets.items() if t in keep})
-            by_target = {t: v for t, v in s.sizes_by_target.items() if t in keep}
-            s.sizes_by_target = mlc.ConfigDict(by_target)
-            s.target_overrides = mlc.ConfigDict(
-                {t: v for t, v in s.target_overrides.items() if t in keep}
-            )
+            for field in ("targets", "sizes_by_target", "target_overrides"):
+                s[field] = mlc.ConfigDict({t: v for t, v in s[field].items() if t in keep})
     elif a.protocol != "equal_steps":
         raise ValueError(f"protocol={a.protocol!r}: use equal_steps or converged")
     return s

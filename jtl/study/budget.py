@@ -102,9 +102,9 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
             return [f"early_stopping_patience={study.early_stopping_patience}"]
         return []
     c = study.convergence
-    cap = float(c.max_epochs_by_size.get(str(size), c.max_epochs))
-    if strategy == "scratch":
-        cap *= float(study.scratch_schedule_mult)
+    # He et al.'s longer schedule: scratch's cap and step floors are scaled alike.
+    mult = float(study.scratch_schedule_mult) if strategy == "scratch" else 1.0
+    cap = float(c.max_epochs_by_size.get(str(size), c.max_epochs)) * mult
     out = [
         f"early_stopping_patience={int(c.patience)}",
         f"min_delta={float(c.min_delta)}",
@@ -113,12 +113,8 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
     if cap > 0:
         out.append(f"max_epochs={cap}")
         if int(c.min_steps) > 0:
-            floor = int(c.min_steps) * (
-                float(study.scratch_schedule_mult) if strategy == "scratch" else 1
-            )
-            out.append(f"min_steps={int(floor)}")
-    if int(c.get("stop_min_steps", 0)) > 0:
-        mult = float(study.scratch_schedule_mult) if strategy == "scratch" else 1
+            out.append(f"min_steps={int(int(c.min_steps) * mult)}")
+    if int(c.stop_min_steps) > 0:
         out.append(f"stop_min_steps={int(int(c.stop_min_steps) * mult)}")
     if int(c.min_eval_every_steps) > 0:
         out.append(f"min_eval_every={int(c.min_eval_every_steps)}")
