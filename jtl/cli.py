@@ -84,6 +84,11 @@ def cmd_data(argv: Sequence[str]) -> int:
         for name in sources.OFFLINE_NAMES:
             state = "fetched" if sources.is_fetched(name) else "not fetched"
             print(f"{name:16s} {state}")
+        from jtl.data import transforms
+
+        print("\ntransforms (any image data set: 'NAME|t1|t2', applied left to right):")
+        for line in transforms.TABLE:
+            print(f"  {line}")
         return 0
     for name in names:
         if args.action == "fetch":

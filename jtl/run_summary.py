@@ -27,6 +27,7 @@ Number = int | float
 class RunSummary(TypedDict, total=False):
     # identity of the run
     dataset: str
+    data_transforms: list[str]  # the data-set name's transforms (jtl.data.transforms), in order
     model: str
     strategy: str
     seed: int

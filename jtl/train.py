@@ -26,6 +26,7 @@ from etils import epath
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl import costs, guard, run_summary, sharding, source_model
+from jtl.data import transforms
 from jtl.data.pipeline import model_inputs
 from jtl.data.target import TargetData
 from jtl.dispatch import InFlight
@@ -315,6 +316,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     variables = _init_variables(model, config, data.example_inputs())
     base = {
         "dataset": config.dataset,
+        "data_transforms": transforms.describe(config.dataset),
         "model": config.model.name,
         "strategy": config.strategy,
         "seed": config.seed,
@@ -336,6 +338,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             data.input_scale,
             text=data.text,
         )
+        meta["dataset"], meta["data_transforms"] = config.dataset, base["data_transforms"]
         _atomic_write(workdir / source_model.MODEL_JSON, json.dumps(meta, indent=2) + "\n")
     if data.dataset.skipped_images:
         base["skipped_images"] = len(data.dataset.skipped_images)

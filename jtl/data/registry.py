@@ -6,6 +6,7 @@
     load("folder:/data/imgs")   a user's ImageFolder tree
     load("cifar10")             any tfds catalog name (needs internet the first time)
     load("tfds:mnist")          force the catalog even where jtl has an offline builder
+    load("mnist|classes(5-9)")  any of the above through data-set transforms (jtl.data.transforms)
 
 Every form ends in `builder.download_and_prepare()` + `builder.as_data_source(split)` over
 ArrayRecord files, read without TensorFlow.
@@ -21,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jtl.data import builders, sources
+from jtl.data import builders, sources, transforms
 
 # Splits up to this size are read into memory once (fast epochs); larger ones stream.
 IN_MEMORY_BYTES = 1 << 30
@@ -221,8 +222,25 @@ def load(name: str, data_dir: str | Path | None = None, skip_bad_images: bool = 
     """Prepares (once) and opens a data set by name; see the module docstring for the forms.
 
     `skip_bad_images` (folder: data sets): leave unreadable files out instead of failing; the
-    skipped files are in `Dataset.skipped_images`.
+    skipped files are in `Dataset.skipped_images`. A name with transforms (`base|t1|t2`) opens
+    the base data set and passes every split through the same transforms.
     """
+    base, steps = transforms.split_name(name)
+    ds = _load_base(base, data_dir, skip_bad_images)
+    if not steps:
+        return ds
+    if ds.modality != "image":
+        raise transforms.TransformError(f"data set {name!r}: transforms apply to images only")
+    splits, num_classes, class_names = transforms.apply(
+        name, ds.splits, ds.labels, ds.num_classes, ds.class_names, ds.image_shape, steps,
+        wrap_arrays=ArraySource,
+    )  # fmt: skip
+    return dataclasses.replace(
+        ds, name=name, splits=splits, num_classes=num_classes, class_names=class_names, _labels={}
+    )
+
+
+def _load_base(name: str, data_dir: str | Path | None, skip_bad_images: bool) -> Dataset:
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
     builder = _builder_for(name, data_dir, skip_bad_images)
     try:
