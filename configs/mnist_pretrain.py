@@ -17,10 +17,11 @@ from jtl.models import default_width
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(
-        arg, steps=400, model="resnet20", norm="batch", width=0.0, batch=128, lr=0.1, augment=""
-    )
+        arg, steps=400, model="resnet20", norm="batch", width=0.0, batch=128, lr=0.1, augment="",
+        dataset="mnist",  # any image data set, e.g. mnist|classes(0-4) (jtl data list)
+    )  # fmt: skip
     c = base_config()
-    c.dataset = "mnist"
+    c.dataset = a.dataset
     c.image_size, c.channels = 28, 1
     c.augment = a.augment
     c.model.name = a.model

@@ -15,8 +15,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jtl import probe, source_model, transferability
+from jtl import advisor as advisor_lib
+from jtl import probe, run_summary, source_model, transferability
 from jtl.data import pipeline, registry, subsets
+
+# What the fitted advisor reads besides the scores (jtl.advisor.model.FEATURES).
+RECORD_KEYS = ("per_class", "num_classes", "source_accuracy")
 
 
 def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
@@ -89,13 +93,29 @@ def recommend(
     return "finetune_full", reasons
 
 
+def source_accuracy(checkpoint: Path) -> float | None:
+    """The source's own test accuracy (a trained run's summary.json), else None (imports)."""
+    summary = run_summary.read(checkpoint)
+    value = (summary or {}).get("test_accuracy")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def advise(
     checkpoint: str | Path,
     dataset: str,
     sample: int = 1000,
     image_size: int | None = None,
     seed: int = 0,
+    per_class: int | None = None,
+    advisor: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Scores of the source's features on a stratified sample of the target's train split.
+
+    `per_class`: the labelled examples per class the user will train on; the sample is capped
+    at that many per class, so the scores use no label the user would not have.
+    `advisor`: the fitted advisor's JSON (default: the one jtl ships, `jtl.advisor.FITTED`);
+    its prediction is `result["advice"]` (None when no fitted advisor exists).
+    """
     checkpoint = Path(checkpoint).absolute()
     src = source_model.describe(checkpoint)
     if src.is_text:
@@ -103,6 +123,8 @@ def advise(
     size = image_size or src.image_size
     ds = registry.load(dataset)
     labels = ds.labels("train")
+    if per_class:
+        sample = min(sample, int(per_class) * ds.num_classes)
     frac = min(1.0, sample / len(labels))
     idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
     x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src.channels)
@@ -112,14 +134,21 @@ def advise(
     init = {k: v for k, v in init.items() if k in variables}
     pretrained = scores_for(model, variables, x, y, ds.num_classes)
     random = scores_for(model, dict(init), x, y, ds.num_classes)
-    per_class = len(labels) / ds.num_classes
+    per_class = per_class or len(labels) / ds.num_classes
     strategy, reasons = recommend(pretrained, random, per_class, 1.0 / ds.num_classes)
-    return {
+    result = {
         "checkpoint": str(checkpoint),
         "dataset": dataset,
         "sample": int(len(y)),
+        "per_class": float(per_class),
+        "num_classes": int(ds.num_classes),
+        "source_accuracy": source_accuracy(checkpoint),
         "pretrained": pretrained,
         "random_init": random,
         "recommendation": strategy,
         "reasons": reasons,
     }
+    fitted = advisor_lib.load(advisor)
+    record = {**pretrained, "random_init": random, **{k: result[k] for k in RECORD_KEYS}}
+    result["advice"] = advisor_lib.advice(fitted, record) if fitted else None
+    return result

@@ -163,25 +163,77 @@ def cmd_advise(argv: Sequence[str]) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--sample", type=int, default=1000, help="target examples to score")
     p.add_argument("--image-size", type=int, default=None, help="default: the source's")
+    p.add_argument(
+        "--per_class",
+        "--per-class",
+        type=int,
+        default=None,
+        help="labelled examples per class you will train on (default: all of the train split); "
+        "the sample is capped at this many per class",
+    )
+    p.add_argument("--advisor", default=None, help="a fitted advisor JSON (default: the shipped)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     args = p.parse_args(argv)
+    if args.per_class is not None and args.per_class < 1:
+        raise ConfigError(f"--per_class {args.per_class}: give at least 1 example per class")
     setup_logging(verbose=False)
     from jtl.advise import advise
 
-    result = advise(args.checkpoint, args.dataset, args.sample, args.image_size)
+    result = advise(
+        args.checkpoint, args.dataset, args.sample, args.image_size, per_class=args.per_class,
+        advisor=args.advisor,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(
         f"source {result['checkpoint']} -> target {result['dataset']} "
-        f"({result['sample']} examples scored)"
+        f"({result['sample']} examples scored, {result['per_class']:g} per class)"
     )
     print(f"  {'score':16s} {'pretrained':>11s} {'random init':>11s}")
     for k, v in result["pretrained"].items():
         print(f"  {k:16s} {v:11.4f} {result['random_init'][k]:11.4f}")
-    print(f"recommendation: {result['recommendation']}")
+    _print_advice(result.get("advice"))
+    print(f"heuristic (not fitted): {result['recommendation']}")
     for r in result["reasons"]:
         print(f"  - {r}")
+    return 0
+
+
+def _print_advice(advice: dict | None) -> None:
+    if advice is None:
+        print("fitted advisor: none found (fit one with `jtl advisor fit`)")
+        return
+    if not advice["covered"]:
+        print("fitted advisor: no prediction, this is outside what its benchmark covers:")
+        for r in advice["reasons"]:
+            print(f"  - {r}")
+        return
+    cov = round(100 * (advice.get("coverage") or 0))
+    print(f"fitted advisor: predicted gain over training from scratch ({cov} % interval), points")
+    for arm, g in advice["gains"].items():
+        print(f"  {arm:16s} {g['gain']:+6.1f}  [{g['low']:+.1f}, {g['high']:+.1f}]")
+    print(f"recommendation: {advice['recommendation']}")
+    print(f"catch-up: {advice['catch_up']['text']}")
+
+
+def cmd_advisor(argv: Sequence[str]) -> int:
+    p = _Parser(
+        prog="jtl advisor",
+        description="Fit and validate the advisor on finished benchmark studies "
+        "(configs/studies/transfer_bench.py).",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    f = sub.add_parser("fit", help="fit on --study dirs, validate (LOTO/LOSO CV), write --out")
+    f.add_argument("--study", action="append", required=True, help="a study workdir (repeat)")
+    f.add_argument("--out", required=True, help="the fitted advisor JSON to write")
+    f.add_argument("--report", default=None, help="directory for validation.md/json and plots")
+    args = p.parse_args(argv)
+    setup_logging(verbose=False)
+    from jtl.advisor import fitting
+
+    out = fitting.fit_and_validate(args.study, args.out, args.report)
+    print(out["summary"])
     return 0
 
 
@@ -251,6 +303,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "predict": cmd_predict,
     "export": cmd_export,
     "advise": cmd_advise,
+    "advisor": cmd_advisor,
     "study": cmd_study,
 }
 

@@ -15,7 +15,7 @@ JTL = Path(__file__).parent.parent / "jtl"
 LAYERS = [
     # 0: utilities that know nothing of data, models or training (may import each other)
     (
-        "errors paths costs cpu dispatch early_stopping transferability sharding "
+        "errors paths costs cpu dispatch early_stopping transferability sharding advisor "
         "run_summary guard metrics"
     ),
     "data models optim checkpoint report",  # the report reads result rows only

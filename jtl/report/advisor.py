@@ -51,14 +51,15 @@ def advise_vs_gain(
     for adv in advise:
         src, target = adv["source"], adv["target"]
         gains = []
-        for size in sizes_of(agg, target):
+        # A record scored at one size (jtl.study.advise_scores) is compared at that size.
+        for size in [adv["size"]] if adv.get("size") else sizes_of(agg, target):
             s = _best(_at(agg, target, size, True))
             t = _best([a for a in _at(agg, target, size, False) if a["source"] == src])
             if s is not None and t is not None:
                 gains.append((size, t["mean"] - s["mean"], t["arm"]))
         pairs.append(
             {
-                **{k: adv.get(k) for k in ("source", "target", "recommendation", *SCORES)},
+                **{k: adv.get(k) for k in ("source", "target", "size", "recommendation", *SCORES)},
                 "gain_mean": float(np.mean([g for _, g, _ in gains])) if gains else None,
                 "gain_smallest": gains[0][1] if gains else None,
                 "smallest_size": gains[0][0] if gains else None,

@@ -19,25 +19,33 @@ from jtl.study.grid import Cell, source_dir
 
 
 def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> list[dict]:
-    """Transferability scores per (source, target), cached in `advise/`, for the report."""
+    """Transferability scores per (source, target, size), cached in `advise/`.
+
+    Each size is scored on at most as many labelled examples per class as its cells train on
+    (`jtl.advise.advise(per_class=...)`), capped at `advise_sample`: a score uses no label the
+    user would not have. The report and the advisor's benchmark table read these records.
+    """
     if not study.advise_sample or not study.sources:
         return []
     from jtl.advise import advise
 
     out = []
+    sizes = {(c.target, c.size): c for c in cells}
     for source in study.sources:
-        for target in study.targets:
-            cache = root / "advise" / f"{source}__{target}.json"
+        for (target, size), cell in sizes.items():
+            label = size.replace("/class", "").replace("%", "pct")
+            cache = root / "advise" / f"{source}__{target}__{label}.json"
             if cache.exists():
                 out.append(json.loads(cache.read_text()))
                 continue
-            config = next(c for c in cells if c.target == target).config()
+            config = cell.config()
             try:
                 result = advise(
                     source_dir(root, source, study),
                     config.dataset,
                     sample=study.advise_sample,
                     image_size=config.image_size,
+                    per_class=int(label) if label.isdigit() else None,
                 )
             except Exception as e:  # noqa: BLE001 - a model advise cannot score is reported
                 logging.warning("advise %s -> %s failed: %s", source, target, e)
@@ -45,8 +53,12 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
             record = {
                 "source": source,
                 "target": target,
+                "size": size,
+                "dataset": config.dataset,
                 **{k: float(v) for k, v in result["pretrained"].items()},
                 "random_init": result["random_init"],
+                **{k: result[k] for k in ("sample", "per_class", "num_classes")},
+                "source_accuracy": result["source_accuracy"],
                 "recommendation": result["recommendation"],
                 "reasons": result["reasons"],
             }

@@ -1,0 +1,141 @@
+r"""The transferability benchmark: many (source, target, size) triples, converged and tuned.
+
+Why: `jtl advise` must predict "fine-tune or scratch?" before training, and a predictor is only
+as good as the measured outcomes it is fitted and validated on. Similarity is dialled with
+data-set transforms (jtl.data.transforms), so near and far pairs are controlled, not found.
+
+Sources (compact CNN, cnn_small width 0.5, batch 128, crop(2); `configs/mnist_pretrain.py`):
+  mnist          MNIST, 1500 steps
+  mnist04        MNIST classes 0-4 (Yosinski et al.'s split: the target mnist59 has 5-9)
+  mnist_bs7      MNIST with 7x7-pixel blocks shuffled (a 4x4 grid), Neyshabur et al. 2020
+  mnist_bs4      ... 4x4-pixel blocks (a 7x7 grid)
+  mnist_bs1      ... pixel-permuted (block size 1)
+  mnist_short    MNIST, under-trained: 15 steps
+  fashion        Fashion-MNIST, 1500 steps
+  random         the random-init control: one step at learning rate 0
+Targets (28x28 grey, the digits and lfw_subset upsampled):
+  digits, digits|invert, digits|block_shuffle(2); mnist59 (MNIST 5-9), mnist59|noise(0.4),
+  mnist59|block_shuffle(4); fashion_mnist, fashion04 (classes 0-4), fashion_mnist|lowres(7);
+  lfw_subset (faces vs non-faces, 75 per class: sizes 10 and full).
+Arms: scratch (the same cnn_small; shared by every source), linear probe (cached features, L2
+chosen on validation), finetune_full (backbone LR x0.1) and lp_ft; 2 seeds, sizes 10 and 100
+per class (3-fold CV inside the labelled budget), 8 x 10 x 2 = 160 (source, target, size)
+triples. Protocol: mnist_source's converged, tuned one (`jtl.study.budget.converged`): every
+cell trains until validation stalls (scratch x2 the cap), every SGD arm is tuned over the same
+learning-rate grid on seed 0 and seed 1 trains once at its choice.
+
+Run (resumable: re-run the same command; run it from a separate git worktree). In one go:
+    jtl study --config configs/studies/transfer_bench.py --workdir runs/bench
+or in phases, cheapest arms first, each its own resumable workdir (what docs/results.md ran):
+    B=configs/studies/transfer_bench.py; S=source_dir=runs/bench_probe/sources
+    jtl study --config $B:arms=scratch+linear_probe --workdir runs/bench_probe
+    jtl study --config $B:arms=finetune_full,$S --workdir runs/bench_ft --parallel 2
+    jtl study --config $B:arms=lp_ft,$S --workdir runs/bench_lpft --parallel 2
+    jtl study --config $B:part=imagenet --workdir runs/bench_inet
+Then fit and validate the advisor on the rows (docs/results.md "Transferability benchmark"):
+    jtl advisor fit --study runs/bench_probe --study runs/bench_ft --study runs/bench_lpft \
+        --study runs/bench_inet --out jtl/advisor/fitted.json --report runs/advisor
+
+`part=imagenet`: the ImageNet EfficientNet-Lite0 source (real weights, 32 px RGB) on the same
+targets, linear probe only: its fine-tuning costs ~90 s a cell on this CPU. Its gains are taken
+against the main part's scratch rows (the same target, size and seeds).
+`small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
+
+Expected: see docs/results.md "Transferability benchmark" (command, machine, wall time).
+"""
+
+import ml_collections as mlc
+
+from jtl.config import parse_arg
+from jtl.study import study_defaults
+from jtl.study.budget import converged
+
+MODEL = ("model.name=cnn_small", "model.kwargs.width=0.5")
+PRETRAIN = "configs/mnist_pretrain.py:model=cnn_small,width=0.5,augment=crop(2)"
+SOURCES = {
+    "mnist": "steps=1500",
+    "mnist04": "steps=1500,dataset=mnist|classes(0-4)",
+    "mnist_bs7": "steps=1500,dataset=mnist|block_shuffle(7)",
+    "mnist_bs4": "steps=1500,dataset=mnist|block_shuffle(4)",
+    "mnist_bs1": "steps=1500,dataset=mnist|block_shuffle(1)",
+    "mnist_short": "steps=15",
+    "fashion": "steps=1500,dataset=fashion_mnist",
+    "random": "steps=1,lr=0.0",
+}
+TARGETS = {
+    "digits": "digits",
+    "digits_inv": "digits|invert",
+    "digits_bs2": "digits|block_shuffle(2)",
+    "mnist59": "mnist|classes(5-9)",
+    "mnist59_noise": "mnist|classes(5-9)|noise(0.4)",
+    "mnist59_bs4": "mnist|classes(5-9)|block_shuffle(4)",
+    "fashion": "fashion_mnist",
+    "fashion04": "fashion_mnist|classes(0-4)",
+    "fashion_low": "fashion_mnist|lowres(7)",
+    "lfw": "lfw_subset",
+}
+
+
+ARMS = ("linear_probe", "finetune_full", "lp_ft")
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    a = parse_arg(arg, part="main", seeds=2, small=0, arms="all", source_dir="")
+    s = study_defaults()
+    s.name = f"transfer_bench_{a.part}" + ("_small" if a.small else "")
+    s.title = "Transferability benchmark: near to far sources x targets, converged and tuned"
+    s.targets = mlc.ConfigDict({k: f"target={v}" for k, v in TARGETS.items()})
+    s.sizes = ("10", "100")
+    s.sizes_by_target = mlc.ConfigDict({"lfw": ("10", "full")})
+    s.seeds = tuple(range(a.seeds))
+    # Evaluation of 1,200 instead of 6,000 Fashion-MNIST / MNIST validation images per check.
+    s.target_overrides = mlc.ConfigDict(
+        {t: ("val_fraction=0.02",) for t, v in TARGETS.items() if v.startswith(("mnist", "fash"))}
+    )
+    s.advise_sample = 1000  # capped per size at the labelled examples it has (advise_scores)
+    if a.part == "main":
+        s.cell_config = "configs/transfer.py"
+        s.sources = mlc.ConfigDict(
+            {k: {"kind": "train", "config": f"{PRETRAIN},{v}"} for k, v in SOURCES.items()}
+        )
+        s.strategies = ("scratch", *ARMS)
+        s.overrides = (*MODEL, "log_every=50")
+        if a.arms != "all":  # one phase: its own resumable workdir (see the docstring)
+            arms = tuple(a.arms.split("+"))
+            if set(arms) - {"scratch", *ARMS}:
+                raise ValueError(f"arms={a.arms!r}: '+'-separated from scratch, {ARMS}")
+            s.name += "_" + "_".join(arms)
+            s.strategies = arms
+        if a.source_dir:  # sources trained by an earlier phase: DIR/NAME
+            s.sources = mlc.ConfigDict(
+                {k: {"kind": "checkpoint", "path": f"{a.source_dir}/{k}"} for k in s.sources}
+            )
+            s.advise_sample = 0  # scored once, by the phase that trained the sources
+    elif a.part == "imagenet":
+        s.cell_config = "configs/lite0_transfer.py"
+        s.sources = mlc.ConfigDict(
+            {"imagenet": {"kind": "import", "model": "efficientnet_lite0", "file": "package"}}
+        )
+        s.targets = mlc.ConfigDict({k: f"{v},size=32" for k, v in s.targets.items()})
+        s.strategies = ("linear_probe",)
+        s.overrides = ("augment=", "log_every=50")
+    else:
+        raise ValueError(f"part={a.part!r}: use main or imagenet")
+    if a.small:
+        s.sources = mlc.ConfigDict({k: s.sources[k] for k in list(s.sources)[:2]})
+        s.targets = mlc.ConfigDict({k: s.targets[k] for k in ("digits", "lfw")})
+        s.sizes, s.sizes_by_target = ("10",), mlc.ConfigDict()
+        s.target_overrides = mlc.ConfigDict()
+    # mnist_source's converged protocol, with its caps and floors: 10/class is ~67 training
+    # images (one step per epoch at batch 64), 100/class ~670.
+    converged(
+        s,
+        max_epochs=30.0,
+        max_epochs_by_size={"10": 150.0, "100": 30.0},
+        eval_every_epochs_by_size={"10": 10.0, "100": 2.0},
+        lr_grid=(0.01, 0.03, 0.1),
+        min_steps=200,
+        min_eval_every_steps=10,
+        stop_min_steps=100,
+    )
+    return s

@@ -1,0 +1,239 @@
+"""Validating the advisor without leakage, against honest baselines, with bootstrap intervals.
+
+Cross-validation leaves one group out (a target, a source, or a target's base data set) and
+fits on the rest: no held-out group's results ever reach its own prediction, and the ridge
+penalty and interval are chosen inside the training rows (jtl.advisor.model.fit). On the
+out-of-fold predictions it reports, each with a 95 % bootstrap interval over targets (the
+unit the advice generalises over):
+- Kendall tau and weighted tau (scipy.stats.weightedtau) of predicted against measured gain,
+  ranking sources per (target, size, arm), and arms per (source, target, size);
+- Pearson r over every (triple, arm);
+- sign accuracy: predicted "helps" (interval above 0) against measured "helps significantly";
+- top-1 regret: points lost by following the advice instead of the best measured arm, against
+  the fixed policies (always one arm), each single score alone, and the static ranker.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from jtl.advisor import model as model_lib
+from jtl.advisor.table import SCRATCH, transfer_arms
+
+Entry = dict[str, Any]
+SCHEMES = {
+    "leave-one-target-out": lambda e: e["target"],
+    "leave-one-source-out": lambda e: e["source"],
+    "leave-one-base-data-set-out": lambda e: str(e.get("dataset") or e["target"]).split("|")[0],
+}
+BOOTSTRAP = 2000
+
+
+def cross_validate(
+    table: Sequence[Entry],
+    group_of: Callable[[Entry], str],
+    names: Sequence[str] = model_lib.ADVISOR,
+    fit: Callable[..., dict[str, Any]] = model_lib.fit,
+) -> list[dict[str, dict[str, float]]]:
+    """Out-of-fold predictions per entry: `{"pred": arm -> gain, "interval": arm -> half}`."""
+    arms = transfer_arms(table)
+    groups = [group_of(e) for e in table]
+    out: list[dict[str, dict[str, float]]] = [{"pred": {}, "interval": {}} for _ in table]
+    for g in dict.fromkeys(groups):
+        train = [e for e, h in zip(table, groups, strict=True) if h != g]
+        held = [i for i, h in enumerate(groups) if h == g]
+        m = fit(train, arms, names)
+        preds = model_lib.predict(m, [table[i] for i in held])
+        for arm, values in preds.items():
+            for i, v in zip(held, values, strict=True):
+                if arm in table[i]["gain"]:
+                    out[i]["pred"][arm] = float(v)
+                    out[i]["interval"][arm] = m["arms"][arm]["interval"]
+    return out
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def choose(pred: dict[str, float]) -> str:
+    """The recommended arm: the highest predicted gain, or scratch when none is above 0."""
+    best = max(pred, key=pred.get, default=None)
+    return best if best is not None and pred[best] > 0 else SCRATCH
+
+
+def _accuracy(e: Entry, arm: str) -> float:
+    return e["scratch"]["mean"] if arm == SCRATCH else e["arms"][arm]["mean"]
+
+
+def regret(e: Entry, arm: str) -> float:
+    """Points lost by training `arm` instead of the best measured arm of this triple."""
+    best = max([e["scratch"]["mean"], *(a["mean"] for a in e["arms"].values())])
+    return best - _accuracy(e, arm)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _tau(x: Sequence[float], y: Sequence[float], weighted: bool) -> float:
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if weighted:  # measured gain first: the top of the measured ranking weighs most
+            return float(stats.weightedtau(y, x).statistic)
+        return float(stats.kendalltau(x, y).statistic)
+
+
+def ranking_groups(table: Sequence[Entry], oof: Sequence[dict], by: str) -> list[dict[str, Any]]:
+    """Groups of (predicted, measured) gains to rank: sources per (target, size, arm), or arms
+    (scratch = 0) per (source, target, size). Each group keeps its target for the bootstrap."""
+    groups: dict[tuple, dict[str, Any]] = defaultdict(lambda: {"pred": [], "true": []})
+    for e, o in zip(table, oof, strict=True):
+        if by == "sources":
+            for arm, p in o["pred"].items():
+                g = groups[(e["target"], e["size"], arm)]
+                g["pred"].append(p)
+                g["true"].append(e["gain"][arm])
+                g["target"] = e["target"]
+        else:
+            g = groups[(e["source"], e["target"], e["size"])]
+            g["pred"] = [0.0, *o["pred"].values()]
+            g["true"] = [0.0, *(e["gain"][a] for a in o["pred"])]
+            g["target"] = e["target"]
+    return list(groups.values())
+
+
+def _bootstrap(
+    targets: Sequence[str], stat: Callable[[np.ndarray], float], seed: int = 0
+) -> list[float]:
+    """95 % percentile interval of `stat(indices)` over resamples of whole targets."""
+    names = sorted(set(targets))
+    by_target = {t: np.flatnonzero(np.asarray(targets) == t) for t in names}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.choice(len(names), len(names))
+        idx = np.concatenate([by_target[names[k]] for k in pick])
+        v = stat(idx)
+        if math.isfinite(v):
+            values.append(v)
+    if not values:
+        return [math.nan, math.nan]
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def _with_ci(values: Sequence[float], targets: Sequence[str]) -> dict[str, Any]:
+    v = np.asarray(values, float)
+
+    def mean(idx: np.ndarray) -> float:
+        sel = v[idx]
+        sel = sel[np.isfinite(sel)]
+        return float(sel.mean()) if len(sel) else math.nan
+
+    return {"value": mean(np.arange(len(v))), "ci": _bootstrap(targets, mean), "n": len(v)}
+
+
+def _pearson(p: np.ndarray, t: np.ndarray, targets: Sequence[str]) -> dict[str, Any]:
+    def r(idx: np.ndarray) -> float:
+        if len(set(p[idx])) < 2 or len(set(t[idx])) < 2:
+            return math.nan
+        return float(np.corrcoef(p[idx], t[idx])[0, 1])
+
+    return {"value": r(np.arange(len(p))), "ci": _bootstrap(targets, r), "n": len(p)}
+
+
+def metrics(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
+    """Every validation number of one set of out-of-fold predictions."""
+    out: dict[str, Any] = {}
+    for by in ("sources", "arms"):
+        groups = ranking_groups(table, oof, by)
+        tg = [g["target"] for g in groups]
+        for weighted in (False, True):
+            key = f"{'weighted_tau' if weighted else 'kendall_tau'}_{by}"
+            out[key] = _with_ci([_tau(g["pred"], g["true"], weighted) for g in groups], tg)
+    pairs = [(p, e["gain"][a], e, a, o) for e, o in zip(table, oof, strict=True)
+             for a, p in o["pred"].items()]  # fmt: skip
+    tp = [e["target"] for *_, e, _, _ in pairs]
+    pred = np.array([p for p, *_ in pairs])
+    true = np.array([t for _, t, *_ in pairs])
+    out["pearson"] = _pearson(pred, true, tp)
+    helps = [p - o["interval"][a] > 0 for p, _, _, a, o in pairs]
+    sig = [e["significant"][a] for _, _, e, a, _ in pairs]
+    out["sign_accuracy"] = _with_ci([float(h == s) for h, s in zip(helps, sig, strict=True)], tp)
+    out["sign_accuracy"]["base_rate_significant"] = float(np.mean(sig)) if sig else math.nan
+    inside = [abs(t - p) <= o["interval"][a] for p, t, _, a, o in pairs]
+    out["interval_coverage"] = _with_ci([float(v) for v in inside], tp)
+    return out
+
+
+def regret_table(
+    table: Sequence[Entry], choices: dict[str, Sequence[str]]
+) -> dict[str, dict[str, Any]]:
+    """Mean top-1 regret of each policy (a choice per entry), with bootstrap intervals, and the
+    difference of each policy to the best fixed policy (paired over the same resamples)."""
+    targets = [e["target"] for e in table]
+    regrets = {k: np.array([regret(e, a) for e, a in zip(table, c, strict=True)])
+               for k, c in choices.items()}  # fmt: skip
+    fixed = [k for k in regrets if k.startswith("always ")]
+    best_fixed = min(fixed, key=lambda k: regrets[k].mean()) if fixed else None
+    out = {}
+    for k, r in regrets.items():
+        row = _with_ci(r, targets)
+        row["best_fixed"] = best_fixed
+        if best_fixed is not None:
+            d = r - regrets[best_fixed]
+            row["minus_best_fixed"] = _with_ci(d, targets)
+        out[k] = row
+    return out
+
+
+def validate(table: Sequence[Entry]) -> dict[str, Any]:
+    """The whole validation: per CV scheme, the advisor's metrics and the regret table."""
+    arms = transfer_arms(table)
+    # Regret compares whole policies, so it is taken over the triples that measured every arm
+    # (a probe-only part of the benchmark has no "always finetune_full" to follow).
+    complete = [i for i, e in enumerate(table) if set(e["arms"]) == set(arms)]
+    result: dict[str, Any] = {
+        "entries": len(table),
+        "arms": arms,
+        "regret_entries": len(complete),
+        "schemes": {},
+    }
+    for scheme, group_of in SCHEMES.items():
+        oof = cross_validate(table, group_of)
+        choices: dict[str, list[str]] = {"advisor": [choose(o["pred"]) for o in oof]}
+        for arm in [SCRATCH, *arms]:
+            choices[f"always {arm}"] = [arm] * len(table)
+        for label, names in model_lib.SINGLE_SCORES.items():
+            base = cross_validate(table, group_of, names)
+            choices[label] = [choose(o["pred"]) for o in base]
+        choices["oracle"] = [
+            min([SCRATCH, *e["arms"]], key=lambda a, e=e: regret(e, a)) for e in table
+        ]
+        result["schemes"][scheme] = {
+            "metrics": metrics(table, oof),
+            "regret": regret_table(
+                [table[i] for i in complete],
+                {k: [c[i] for i in complete] for k, c in choices.items()},
+            ),
+            "predictions": [
+                {
+                    "source": e["source"],
+                    "target": e["target"],
+                    "size": e["size"],
+                    "pred": o["pred"],
+                    "interval": o["interval"],
+                    "gain": e["gain"],
+                    "choice": c,
+                }
+                for e, o, c in zip(table, oof, choices["advisor"], strict=True)
+            ],
+        }
+    return result
