@@ -93,11 +93,15 @@ def recommend(
     return "finetune_full", reasons
 
 
-def source_accuracy(checkpoint: Path) -> float | None:
-    """The source's own test accuracy (a trained run's summary.json), else None (imports)."""
-    summary = run_summary.read(checkpoint)
-    value = (summary or {}).get("test_accuracy")
-    return float(value) if isinstance(value, int | float) else None
+def source_facts(checkpoint: Path) -> dict[str, Any]:
+    """The source's own test accuracy and data set (a trained run's summary.json); None for
+    imports, which carry neither."""
+    summary = run_summary.read(checkpoint) or {}
+    value = summary.get("test_accuracy")
+    return {
+        "source_accuracy": float(value) if isinstance(value, int | float) else None,
+        "source_dataset": summary.get("dataset"),
+    }
 
 
 def advise(
@@ -142,7 +146,7 @@ def advise(
         "sample": int(len(y)),
         "per_class": float(per_class),
         "num_classes": int(ds.num_classes),
-        "source_accuracy": source_accuracy(checkpoint),
+        **source_facts(checkpoint),
         "pretrained": pretrained,
         "random_init": random,
         "recommendation": strategy,

@@ -233,6 +233,11 @@ def cmd_advisor(argv: Sequence[str]) -> int:
     from jtl.advisor import fitting
 
     out = fitting.fit_and_validate(args.study, args.out, args.report)
+    if args.report:
+        from jtl.report.benchmark import write_benchmark_report
+
+        paths = write_benchmark_report(out["table"], out["validation"], args.study, args.report)
+        print(f"report: {paths['md']}")
     print(out["summary"])
     return 0
 

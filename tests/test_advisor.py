@@ -222,7 +222,9 @@ def test_advisor_fit_cli_writes_model_and_validation(tmp_path, capsys):
     fitted = json.loads(out.read_text())
     assert fitted["provenance"]["entries"] == 40
     assert set(fitted["model"]["arms"]) == set(ARMS)
-    assert "Kendall tau" in (rep / "validation.md").read_text()
+    assert "Kendall tau" in (rep / "benchmark.md").read_text()
+    assert (rep / "benchmark_gain_heatmap.png").exists()
+    assert (rep / "benchmark_predicted_vs_measured.png").exists()
     assert "leave-one-target-out" in capsys.readouterr().out
     empty = tmp_path / "empty"
     empty.mkdir()

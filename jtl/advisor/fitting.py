@@ -21,60 +21,18 @@ from jtl.errors import DataError
 MIN_ENTRIES = 6
 
 
-def _fmt_ci(m: dict[str, Any], scale: float = 1.0, spec: str = "+.2f") -> str:
+def _fmt_ci(m: dict[str, Any], spec: str = "+.2f") -> str:
     v, (lo, hi) = m["value"], m["ci"]
     if not math.isfinite(v):
         return "n/a"
-    return f"{scale * v:{spec}} [{scale * lo:{spec}}, {scale * hi:{spec}}]"
-
-
-def markdown(result: dict[str, Any], studies: list[str]) -> str:
-    """The validation tables (the text docs/results.md quotes)."""
-    lines = [
-        "# Advisor validation",
-        "",
-        f"Studies: {', '.join(studies)}; {result['entries']} (source, target, size) triples, "
-        f"transfer arms {', '.join(result['arms'])}; regret over the "
-        f"{result['regret_entries']} triples that measured every arm. 95 % bootstrap "
-        f"intervals over targets ({validation.BOOTSTRAP} resamples).",
-    ]
-    for scheme, s in result["schemes"].items():
-        m = s["metrics"]
-        lines += ["", f"## {scheme}", "", "| metric | value [95 % CI] |", "|---|---|"]
-        for key, label in (
-            ("kendall_tau_sources", "Kendall tau, ranking sources per (target, size, arm)"),
-            ("weighted_tau_sources", "weighted tau, ranking sources per (target, size, arm)"),
-            ("kendall_tau_arms", "Kendall tau, ranking arms per triple"),
-            ("weighted_tau_arms", "weighted tau, ranking arms per triple"),
-            ("pearson", "Pearson r, predicted vs measured gain"),
-            ("sign_accuracy", "sign accuracy (helps significantly or not)"),
-            ("interval_coverage", "measured gain inside the predicted interval"),
-        ):
-            lines.append(f"| {label} | {_fmt_ci(m[key])} |")
-        lines.append(
-            f"| share of (triple, arm) measured as significant gains | "
-            f"{m['sign_accuracy']['base_rate_significant']:.2f} |"
-        )
-        lines += [
-            "",
-            "| policy | mean top-1 regret, points [95 % CI] | minus best fixed policy |",
-            "|---|---|---|",
-        ]
-        for name, r in sorted(s["regret"].items(), key=lambda kv: kv[1]["value"]):
-            diff = r.get("minus_best_fixed")
-            lines.append(
-                f"| {name} | {_fmt_ci(r, spec='.2f')} | {_fmt_ci(diff) if diff else '–'} |"
-            )
-        best = next(iter(s["regret"].values()))["best_fixed"]
-        lines.append("")
-        lines.append(f"Best fixed policy: {best}.")
-    return "\n".join(lines) + "\n"
+    return f"{v:{spec}} [{lo:{spec}}, {hi:{spec}}]"
 
 
 def fit_and_validate(
     studies: list[str], out: str | Path, report: str | Path | None = None
 ) -> dict[str, Any]:
-    """Builds the table from `studies`, validates, fits on everything, writes `out`."""
+    """Builds the table from `studies`, validates, fits on everything, writes `out` (and
+    `report/validation.json`, the rows `jtl.report.benchmark` renders)."""
     rows, records = table_lib.read_studies(studies)
     table = table_lib.build(rows, records)
     if len(table) < MIN_ENTRIES:
@@ -107,12 +65,10 @@ def fit_and_validate(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fitted, indent=1, allow_nan=True) + "\n")
-    text = markdown(result, [str(s) for s in studies])
     if report:
         rdir = Path(report)
         rdir.mkdir(parents=True, exist_ok=True)
-        (rdir / "validation.md").write_text(text)
-        payload = {"validation": result, "table": table}
+        payload = {"validation": result, "table": table, "studies": [str(s) for s in studies]}
         (rdir / "validation.json").write_text(json.dumps(payload, indent=1) + "\n")
     r = loto["regret"]
     best = next(iter(r.values()))["best_fixed"]

@@ -33,8 +33,19 @@ def read_studies(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
             raise FileNotFoundError(f"{f}: no results.json (run the study, or `--only report`)")
         data = json.loads(f.read_text())
         rows += data.get("rows") or []
-        records += (data.get("study") or {}).get("advise") or []
+        for rec in (data.get("study") or {}).get("advise") or []:
+            records.append({**_source_facts(f.parent, rec["source"]), **rec})
     return rows, records
+
+
+def _source_facts(root: Path, source: str) -> dict[str, Any]:
+    """A trained source's data set and accuracy from its run (for records scored before
+    jtl.advise recorded them); empty for imports and sources trained elsewhere."""
+    summary = root / "sources" / source / "summary.json"
+    if not summary.exists():
+        return {}
+    s = json.loads(summary.read_text())
+    return {"source_dataset": s.get("dataset"), "source_accuracy": s.get("test_accuracy")}
 
 
 def _is_scratch(row: dict[str, Any]) -> bool:

@@ -58,7 +58,7 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
                 **{k: float(v) for k, v in result["pretrained"].items()},
                 "random_init": result["random_init"],
                 **{k: result[k] for k in ("sample", "per_class", "num_classes")},
-                "source_accuracy": result["source_accuracy"],
+                **{k: result[k] for k in ("source_accuracy", "source_dataset")},
                 "recommendation": result["recommendation"],
                 "reasons": result["reasons"],
             }

@@ -222,6 +222,7 @@ def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path
     A cell's line is its `jtl train` command; a later seed whose learning rate its tuning seeds
     choose (not yet known) gets `jtl study ... --cell I`, which resolves it when it runs.
     """
+
     def line(i: int, c: Cell) -> str:
         if c.tuned_by and not c.chosen:
             study = ["jtl", "study", "--config", study_spec, "--workdir", str(root)]
