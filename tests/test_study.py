@@ -115,6 +115,25 @@ def test_bad_study_configs_name_the_field(change, message):
         _study(**change)
 
 
+def test_arm_variants_are_arms_of_their_own_with_their_overrides(tmp_path):
+    study = study_lib.load_study("configs/studies/layer_transfer.py:seeds=1")
+    cells = study_lib.expand(study, tmp_path)
+    arms = Counter(c.arm for c in cells)
+    assert set(arms) == {"scratch", "A1B", "A1B+", "A2B", "A2B+", "A3B", "A3B+"}
+    a2b = next(c for c in cells if c.arm == "A2B" and c.target == "mnist59")
+    assert a2b.strategy == "layer_transfer" and a2b.source == "mnist04"
+    config = a2b.config()
+    assert config.strategy_args.transfer_blocks == 2 and config.strategy_args.transfer_frozen
+    plus = next(c for c in cells if c.arm == "A2B+").config()
+    assert not plus.strategy_args.transfer_frozen
+    # Every variant gets the same learning-rate grid as the strategy it varies.
+    assert arms["A2B"] == arms["scratch"] == 2 * len(study.sweep.lr)
+    bad = study.copy_and_resolve_references()
+    bad.arm_variants = mlc.ConfigDict({"x": {"overrides": ()}})
+    with pytest.raises(study_lib.StudyError, match="arm_variants.x: give strategy"):
+        study_lib.validate(bad)
+
+
 def test_workdir_of_a_different_study_is_refused(tmp_path):
     study_lib.record_study(tmp_path, "a", _study())
     study_lib.record_study(tmp_path, "a", _study())  # same study: resumes
@@ -216,6 +235,10 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         ("configs/studies/imagenet_source.py:quick", 6),
         ("configs/studies/imagenet_source.py:protocol=converged", 40),
         ("configs/studies/austen_minilm.py", 12),
+        ("configs/studies/transfer_bench.py:small=1", 48),
+        ("configs/studies/transfer_bench.py:arms=scratch+linear_probe", 400),
+        ("configs/studies/transfer_bench.py:part=imagenet", 40),
+        ("configs/studies/layer_transfer.py", 56),
     ],
 )
 def test_reference_studies_expand_into_valid_train_configs(spec, cells, tmp_path):

@@ -49,6 +49,9 @@ def study_defaults() -> mlc.ConfigDict:
     s.steps_by_size = mlc.ConfigDict()  # size label -> steps (overrides `steps`)
     s.scratch_schedule_mult = 1.0
     s.strategy_overrides = mlc.ConfigDict()  # strategy -> ("strategy_args.freeze_blocks=2", ...)
+    # Named variants of a strategy, each its own arm (e.g. Yosinski et al.'s AnB at n = 1..4):
+    # label -> ConfigDict(strategy=NAME, overrides=("strategy_args.transfer_blocks=1", ...)).
+    s.arm_variants = mlc.ConfigDict()
     s.overrides = ()  # config overrides for every cell
     s.target_overrides = mlc.ConfigDict()  # target -> config overrides for its cells
     s.kfold = mlc.ConfigDict({"folds": 3, "max_per_class": 100})  # folds < 2: off
@@ -100,7 +103,14 @@ def validate(study: mlc.ConfigDict) -> None:
             raise StudyError(
                 f"sources.{name}.kind={src.get('kind')!r}: use one of {SOURCE_ARG_KINDS}"
             )
-    transfer = [s for s in study.strategies if s != "scratch"]
+    transfer = [s for s in study.strategies if s != "scratch"] + list(study.arm_variants)
+    for label, v in study.arm_variants.items():
+        if not v.get("strategy") or v.strategy == "scratch":
+            raise StudyError(
+                f"arm_variants.{label}: give strategy=NAME (a transfer strategy) and overrides"
+            )
+        if label in study.strategies:
+            raise StudyError(f"arm_variants.{label}: the label is also a strategy; rename it")
     if transfer and not study.sources:
         raise StudyError(
             f"strategies {transfer} need a pretrained source: add study.sources.NAME, or keep "
@@ -196,16 +206,20 @@ def source_dir(root: Path, name: str, study: mlc.ConfigDict) -> Path:
     return Path(root).absolute() / "sources" / name
 
 
-def _arms(study: mlc.ConfigDict) -> list[tuple[str, str, str, str]]:
-    """(source, strategy, model label, extra args) per line of the report."""
+def _arms(study: mlc.ConfigDict) -> list[tuple[str, str, str, str, str, tuple[str, ...]]]:
+    """(source, strategy, model label, extra args, variant label, variant overrides) per line
+    of the report."""
     arms = []
     for strategy in study.strategies:
         if strategy == "scratch":
             for label, args in study.scratch_models.items():
-                arms.append(("none", "scratch", label, args))
+                arms.append(("none", "scratch", label, args, "", ()))
         else:
             for source in study.sources:
-                arms.append((source, strategy, "", ""))
+                arms.append((source, strategy, "", "", "", ()))
+    for label, v in study.arm_variants.items():
+        for source in study.sources:
+            arms.append((source, v.strategy, "", "", label, tuple(v.overrides)))
     return arms
 
 
@@ -226,12 +240,12 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
         for target, target_args in study.targets.items():
             if str(size) not in map(str, study.sizes_by_target.get(target, study.sizes)):
                 continue
-            for source, strategy, model, model_args in arms:
-                arm = strategy
+            for source, strategy, model, model_args, variant, variant_overrides in arms:
+                arm = variant or strategy
                 if strategy == "scratch" and model:
                     arm = f"scratch/{model}"
                 elif multi_source:
-                    arm = f"{strategy}@{source}"
+                    arm = f"{arm}@{source}"
                 steps = base_steps
                 if strategy == "scratch":
                     steps = max(1, round(base_steps * study.scratch_schedule_mult))
@@ -247,6 +261,7 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                     overrides = list(study.overrides)
                     overrides += list(study.target_overrides.get(target, ()))
                     overrides += list(study.strategy_overrides.get(strategy, ()))
+                    overrides += list(variant_overrides)
                     if kfold:
                         overrides += [f"num_folds={folds}", f"fold={fold}"]
                     overrides += budget_overrides(study, strategy, str(size))
