@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from scipy.special import log_softmax
 
-from jtl import costs, probe, sharding
+from jtl import calibration, costs, probe, sharding
 from jtl.data import pipeline
 from jtl.data import text as text_data
 from jtl.paths import cache_dir
@@ -119,7 +119,7 @@ def fit_probe_on_target(
         "probe_fit_time_s": time.time() - t,
         "feature_dim": int(x_all.shape[1]),
     }
-    return winner, {"fitted": fitted, **info}
+    return winner, {"fitted": fitted, "val": val, **info}
 
 
 def probe_summary(config: mlc.ConfigDict, model: Any, variables: dict, data: Any) -> dict[str, Any]:
@@ -134,8 +134,11 @@ def probe_summary(config: mlc.ConfigDict, model: Any, variables: dict, data: Any
     logits = x_test @ winner.kernel + winner.bias
     logp = log_softmax(logits, axis=1)
     test_loss = float(-np.mean(logp[np.arange(len(y_test)), y_test]))
+    x_val, y_val = info.pop("val")  # the features and labels the probe was chosen on
+    val_logits = x_val @ winner.kernel + winner.bias
     return {
         **info,
+        **calibration.summary_fields({"val": (val_logits, y_val), "test": (logits, y_test)}),
         "test_accuracy": winner.accuracy(x_test, y_test),
         "test_loss": test_loss,
         "val_accuracy": winner.val_accuracy,

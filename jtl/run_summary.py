@@ -44,6 +44,23 @@ class RunSummary(TypedDict, total=False):
     test_loss: float | None
     val_accuracy: float | None
     val_loss: float | None
+    # calibration (jtl.calibration): NLL, Brier, ECE (15 equal-width bins), raw and at the
+    # temperature fitted on validation (`_ts`); reliability bins per split
+    temperature: float
+    val_nll: float
+    val_brier: float
+    val_ece: float
+    val_nll_ts: float
+    val_brier_ts: float
+    val_ece_ts: float
+    val_reliability: dict[str, list]
+    test_nll: float
+    test_brier: float
+    test_ece: float
+    test_nll_ts: float
+    test_brier_ts: float
+    test_ece_ts: float
+    test_reliability: dict[str, list]
     trained_test_accuracy: float | None
     trained_val_accuracy: float | None
     # budget and convergence (jtl.early_stopping)

@@ -400,6 +400,7 @@ def _probed_head(s: Setup) -> dict[str, Any]:
 
     head, probe_info = fit_probe_on_target(s.config, s.model, s.variables, s.data)
     probe_info.pop("fitted")
+    probe_info.pop("val")
     s.info.update({f"lp_{k}": v for k, v in probe_info.items()})
     s.info["lp_val_accuracy"] = head.val_accuracy
     params = dict(s.variables["params"])

@@ -25,7 +25,7 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import costs, guard, run_summary, sharding, source_model
+from jtl import calibration, costs, guard, run_summary, sharding, source_model
 from jtl.data import transforms
 from jtl.data.pipeline import model_inputs
 from jtl.data.target import TargetData
@@ -142,21 +142,43 @@ def make_eval_step(model: Any) -> Callable[[dict, dict], dict]:
             "loss_sum": jnp.sum(loss * mask),
             "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask),
+            # the global batch's logits, labels and mask, for calibration (jtl.calibration)
+            "logits": logits.astype(jnp.float32),
+            "label": batch["label"],
+            "mask": mask,
         }
 
     return step
 
 
+SUMS = ("loss_sum", "correct", "count")
+
+
 def evaluate(
-    eval_step: Callable, variables: dict, data: TargetData, split: str, batch_size: int, mesh: Any
+    eval_step: Callable,
+    variables: dict,
+    data: TargetData,
+    split: str,
+    batch_size: int,
+    mesh: Any,
+    keep: list | None = None,
 ) -> dict[str, float]:
-    totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    """Loss and accuracy of a split; `keep` (a list) also receives its (logits, labels)."""
+    totals = dict.fromkeys(SUMS, 0.0)
     for batch in data.eval_batches(split, batch_size):
         out = eval_step(variables, sharding.shard_batch(batch, mesh))
         for k in totals:
             totals[k] += float(out[k])
+        if keep is not None:
+            rows = np.asarray(out["mask"]) > 0
+            keep.append((np.asarray(out["logits"])[rows], np.asarray(out["label"])[rows]))
     n = max(totals["count"], 1.0)
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(n)}
+
+
+def kept_arrays(keep: list) -> tuple[np.ndarray, np.ndarray]:
+    """`evaluate(keep=...)`'s batches as one (logits, labels) pair."""
+    return np.concatenate([lg for lg, _ in keep]), np.concatenate([y for _, y in keep])
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -408,8 +430,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
 
-    def evaluate_split(v: dict, split: str) -> dict[str, float]:
-        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh)
+    def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
+        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
 
     batches = data.train_batches(config, start_step)
     batch = sharding.shard_batch(next(batches), mesh) if start_step < config.total_steps else None
@@ -535,7 +557,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     # eval_test=False (sweep trials): the test split is not read; the study evaluates only the
     # trial chosen on validation, from its checkpoint (jtl.study.sweep).
     splits = ("val", "test") if config.eval_test else ("val",)
-    final = {split: evaluate_split(eval_variables(state), split) for split in splits}
+    kept: dict[str, list] = {split: [] for split in splits}
+    final = {split: evaluate_split(eval_variables(state), split, kept[split]) for split in splits}
     final.setdefault("test", {"loss": None, "accuracy": None})
     if start_step < config.total_steps and config.eval_test:
         writer.write(step, "test", loss=final["test"]["loss"], accuracy=final["test"]["accuracy"])
@@ -560,6 +583,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "resumed_from_step": start_step,
         "diverged": False,
         "skipped_steps": skipped_steps,
+        **calibration.summary_fields({k: kept_arrays(v) for k, v in kept.items()}),
         **plan.info,
     }
     extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}

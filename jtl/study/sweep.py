@@ -238,7 +238,8 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
 
     from jtl import peft, sharding, slim_checkpoint
     from jtl.data.target import TargetData
-    from jtl.train import build_model, evaluate, make_eval_step
+    from jtl import calibration
+    from jtl.train import build_model, evaluate, kept_arrays, make_eval_step
 
     t = time.time()
     mesh = sharding.make_mesh()
@@ -256,12 +257,17 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
         v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
-    out = evaluate(eval_step, v, data, "test", config.eval_batch_size, mesh)
+    keep: list = []
+    out = evaluate(eval_step, v, data, "test", config.eval_batch_size, mesh, keep)
+    # Calibration with the temperature the run fitted on its validation split.
+    trial = run_summary.read(workdir) or {}
+    temperature = float(trial.get("temperature") or 1.0)
     return {
         "test_accuracy": out["accuracy"],
         "test_loss": out["loss"],
         "test_examples": out["examples"],
         "test_eval_time_s": time.time() - t,
+        **calibration.split_fields("test", *kept_arrays(keep), temperature),
     }
 
 
@@ -358,7 +364,7 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     if sel is None or sel["chosen"] != cell.trial:
         return None
     t = sel["test"]
-    summary = {**summary, "test_accuracy": t["test_accuracy"], "test_loss": t["test_loss"]}
+    summary = {**summary, **{k: v for k, v in t.items() if k.startswith("test_")}}
     vals = [tr["val_accuracy"] for tr in sel["trials"] if tr["val_accuracy"] is not None]
     extra = {
         "chosen": sel["values"],
