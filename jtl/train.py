@@ -23,9 +23,9 @@ import optax
 from absl import logging
 from etils import epath
 
+from jtl import calibration, costs, guard, run_summary, sharding, source_model
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import calibration, costs, guard, run_summary, sharding, source_model
 from jtl.data import transforms
 from jtl.data.pipeline import model_inputs
 from jtl.data.target import TargetData

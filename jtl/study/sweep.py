@@ -236,9 +236,8 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
     import jax
 
-    from jtl import peft, sharding, slim_checkpoint
+    from jtl import calibration, peft, sharding, slim_checkpoint
     from jtl.data.target import TargetData
-    from jtl import calibration
     from jtl.train import build_model, evaluate, kept_arrays, make_eval_step
 
     t = time.time()
