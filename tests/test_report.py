@@ -419,3 +419,31 @@ def test_summary_without_scratch_ranks_the_transfer_arms(tmp_path):
     assert "the best transfer arm is finetune_full with 70.0" in md
     assert "(then lora 60.0" in md and "no scratch arm was run" in md
     assert "only finetune_full was run" not in md
+
+
+def test_calibration_section_tables_and_pools_reliability(tmp_path):
+    from jtl import calibration
+    from jtl.report.calibration import calibration_table, pooled_reliability
+
+    rng = np.random.default_rng(0)
+    rows = grid("digits", {"scratch": {"10/class": 0.8}, "finetune_full": {"10/class": 0.9}})
+    for r in rows:
+        logits = rng.normal(0, 2, (200, 10))
+        labels = rng.integers(0, 10, 200)
+        r.update(calibration.summary_fields({"val": (logits, labels), "test": (logits, labels)}))
+    rows[0].pop("test_ece")  # a run from before calibration: left out, not a crash
+    table = calibration_table(rows)
+    ft = next(a for a in table if a["arm"] == "finetune_full")
+    runs = [r for r in rows if r["arm"] == "finetune_full"]
+    assert ft["n"] == 3 and ft["test_ece"] == pytest.approx(np.mean([r["test_ece"] for r in runs]))
+    pooled = pooled_reliability(runs)
+    assert sum(pooled["count"]) == 600
+    # Pooled accuracy per bin = correct / count over all runs' examples in that bin.
+    b = next(i for i, c in enumerate(pooled["count"]) if c)
+    want = sum(r["test_reliability"]["accuracy"][b] * r["test_reliability"]["count"][b]
+               for r in runs if r["test_reliability"]["count"][b]) / pooled["count"][b]  # fmt: skip
+    assert pooled["accuracy"][b] == pytest.approx(want)
+    paths = sr.build_report({"title": "t"}, rows, tmp_path)
+    text = paths["md"].read_text()
+    assert "## Calibration" in text and "→" in text
+    assert paths["reliability_plot"].exists()

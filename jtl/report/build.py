@@ -14,6 +14,7 @@ import numpy as np
 from jtl.report.advisor import advise_vs_gain
 from jtl.report.aggregate import aggregate, arms_of, cost_table, targets_of
 from jtl.report.analysis import crossover_by_target, negative_transfer, overfitting_flags
+from jtl.report.calibration import calibration_section
 from jtl.report.convergence import budget_label
 from jtl.report.curves import learning_curves
 from jtl.report.document import _Doc, _fmt_time
@@ -115,6 +116,7 @@ def build_report(
         "accuracy_plot": outdir / "accuracy_vs_examples.png",
         "curves_plot": outdir / "learning_curves.png",
         "cost_plot": outdir / "accuracy_vs_cost.png",
+        "reliability_plot": outdir / "reliability.png",
     }
     agg = aggregate(rows)
     targets = targets_of(agg)
@@ -159,6 +161,7 @@ def build_report(
         _curve_section(doc, curves, paths, arms_of(agg))
         _tuning_section(doc, agg, rows)
         _cost_section(doc, costs, study, agg, paths["cost_plot"])
+        calibration_section(doc, rows, paths["reliability_plot"])
         _advisor_section(doc, advisor)
 
     paths["md"].write_text(doc.markdown())

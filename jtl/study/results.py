@@ -69,6 +69,14 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
     return out
 
 
+CALIBRATION_FIELDS = (
+    "temperature",
+    *(f"{split}_{m}{ts}" for split in ("val", "test") for m in ("nll", "brier", "ece")
+      for ts in ("", "_ts")),
+    "test_reliability",
+)  # fmt: skip
+
+
 def diverged_step(workdir: Path) -> int | None:
     """The step a finished cell diverged at (summary.json `diverged`), else None."""
     s = run_summary.read(workdir)
@@ -145,6 +153,8 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "epochs_run": s.get("epochs_run"),
                 "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,
                 **_probe_choice(s),
+                # calibration (jtl.calibration); None for runs from before it
+                **{k: s.get(k) for k in CALIBRATION_FIELDS},
                 **sweep,
                 "curve": _curve(cell.workdir(root)),
             }
