@@ -129,12 +129,23 @@ def cmd_predict(argv: Sequence[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="`jtl import` output or a run workdir")
     p.add_argument("--image", required=True)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument(
+        "--no-temperature",
+        dest="calibrated",
+        action="store_false",
+        help="raw softmax instead of the run's temperature-scaled probabilities",
+    )
     args = p.parse_args(argv)
     setup_logging(verbose=False)
-    from jtl.predict import _load_image, predict
+    from jtl.predict import _load_image, predict, temperature
 
-    for name, prob in predict(args.checkpoint, _load_image(args.image), args.top):
+    t = temperature(args.checkpoint) if args.calibrated else 1.0
+    image = _load_image(args.image)
+    for name, prob in predict(args.checkpoint, image, args.top, args.calibrated):
         print(f"{prob:8.4f}  {name}")
+    if args.calibrated and t != 1.0:
+        print(f"(probabilities temperature-scaled, T = {t:.3f} fitted on validation; "
+              "--no-temperature for the raw softmax)")  # fmt: skip
     return 0
 
 

@@ -83,3 +83,17 @@ def test_predict_uses_torchvision_normalization_for_imported_resnet(tmp_path):
 
     wrong = probs(preprocess_imagenet(img, 32))
     assert max(abs(got[k] - wrong[k]) for k in "abc") > 1e-3
+    # A run's temperature (summary.json) scales the logits; --no-temperature keeps them raw.
+    import json
+
+    from tests.helpers import fake_summary
+
+    (tmp_path / "rn" / "summary.json").write_text(json.dumps(fake_summary(temperature=2.5)))
+    scaled = dict(predict(tmp_path / "rn", img, top=3))
+    raw = dict(predict(tmp_path / "rn", img, top=3, calibrated=False))
+    x = source_model.preprocess_torchvision(img, 32)
+    logits = np.asarray(model.apply(v, x[None], train=False), np.float64)[0] / 2.5
+    p = np.exp(logits - logits.max())
+    for k, want_k in zip("abc", p / p.sum(), strict=True):
+        assert scaled[k] == pytest.approx(want_k, rel=1e-4)
+        assert raw[k] == pytest.approx(want[k], rel=1e-4)
