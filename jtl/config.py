@@ -76,6 +76,10 @@ def base_config() -> mlc.ConfigDict:
     # while its other seeds reached 100 %).
     c.stop_min_steps = 0
     c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study/sweep.py)
+    # Distribution shift: data sets with the target's classes whose test split is evaluated on
+    # the reported weights (accuracy, NLL, ECE, raw and temperature-scaled), e.g.
+    # ("mnist", "digits|noise(0.3)") for digits. Never the source's own training data.
+    c.eval_shifts = ()
     # A non-finite loss or gradient norm: "stop" the run (summary.json says diverged, the last
     # finite checkpoint is kept, exit non-zero) or "skip" the step (state unchanged, counted).
     c.nonfinite = "stop"
@@ -160,6 +164,8 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.Con
         current = node[leaf]
         if isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
+        if isinstance(current, tuple) and isinstance(value, str):  # one name: a 1-tuple
+            value = (value,)
         if isinstance(current, str) and not isinstance(value, str):
             value = raw
         node[leaf] = value

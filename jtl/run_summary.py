@@ -61,6 +61,8 @@ class RunSummary(TypedDict, total=False):
     test_brier_ts: float
     test_ece_ts: float
     test_reliability: dict[str, list]
+    # eval_shifts: data set -> accuracy, loss, examples, nll / brier / ece (raw and `_ts`)
+    shifts: dict[str, dict[str, Any]]
     trained_test_accuracy: float | None
     trained_val_accuracy: float | None
     # budget and convergence (jtl.early_stopping)

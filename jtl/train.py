@@ -28,7 +28,7 @@ from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl.data import transforms
 from jtl.data.pipeline import model_inputs
-from jtl.data.target import TargetData
+from jtl.data.target import SHIFT, TargetData
 from jtl.dispatch import InFlight
 from jtl.early_stopping import EarlyStopping, resolve_budget
 from jtl.errors import DivergedError
@@ -174,6 +174,29 @@ def evaluate(
             keep.append((np.asarray(out["logits"])[rows], np.asarray(out["label"])[rows]))
     n = max(totals["count"], 1.0)
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(n)}
+
+
+def evaluate_shifts(
+    evaluate_split: Callable[..., dict], variables: dict, data: TargetData, temperature: float
+) -> dict[str, dict[str, float]]:
+    """Accuracy, loss, NLL / Brier / ECE raw and at `temperature` on each `eval_shifts` set."""
+    out = {}
+    for name in data.shifts:
+        keep: list = []
+        r = evaluate_split(variables, f"{SHIFT}{name}", keep)
+        logits, labels = kept_arrays(keep)
+        raw, scaled = (
+            calibration.metrics(logits, labels),
+            calibration.metrics(logits, labels, temperature),
+        )
+        out[name] = {
+            "accuracy": r["accuracy"],
+            "loss": r["loss"],
+            "examples": r["examples"],
+            **raw,
+            **{f"{k}_ts": v for k, v in scaled.items()},
+        }
+    return out
 
 
 def kept_arrays(keep: list) -> tuple[np.ndarray, np.ndarray]:
@@ -586,6 +609,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         **calibration.summary_fields({k: kept_arrays(v) for k, v in kept.items()}),
         **plan.info,
     }
+    if data.shifts and config.eval_test:
+        t = float(summary.get("temperature") or 1.0)
+        summary["shifts"] = evaluate_shifts(evaluate_split, eval_variables(state), data, t)
     extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}
     if extra:  # keep the trained model's own numbers next to what the strategy reports
         summary["trained_val_accuracy"] = summary["val_accuracy"]

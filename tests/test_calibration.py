@@ -67,3 +67,38 @@ def test_temperature_scaling_never_raises_validation_nll_and_t1_changes_nothing(
     assert fields["temperature"] == pytest.approx(1.0, abs=0.1)
     empty = calibration.fit_temperature(np.zeros((0, 3)), np.zeros(0, int))
     assert empty == 1.0 and calibration.summary_fields({"test": (logits, labels)}) == {}
+
+
+def test_a_run_reports_calibration_and_each_shift_with_its_temperature(tmp_path):
+    import json
+
+    from jtl import config as config_lib
+    from jtl.errors import DataError
+    from jtl.train import train
+    from tests.test_train import TINY
+
+    cfg = config_lib.load_config(
+        f"{TINY}:steps=30", ["eval_shifts=('digits|noise(0.4)', 'digits|rotate(90)')"]
+    )
+    s = train(cfg, tmp_path / "run")
+    assert s["temperature"] > 0 and 0 <= s["test_ece"] <= 1 and s["val_nll_ts"] <= s["val_nll"]
+    assert s["test_nll"] == pytest.approx(s["test_loss"], rel=1e-4)  # the same quantity
+    assert set(s["shifts"]) == {"digits|noise(0.4)", "digits|rotate(90)"}
+    for shift in s["shifts"].values():
+        assert shift["examples"] == 450 and 0 <= shift["ece"] <= 1  # digits test split
+    # Rotating digits by 90 degrees costs accuracy: a real shift.
+    assert s["shifts"]["digits|rotate(90)"]["accuracy"] < s["test_accuracy"] - 0.1
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["shifts"] == s["shifts"]
+    # A shift that is the source's own training data, or with other classes, is refused.
+    source = tmp_path / "run"
+    for shifts, match in (
+        ("digits", "the source's own training data"),
+        ("digits|classes(0-4)", "keeps the label space"),
+    ):
+        bad = config_lib.load_config(
+            f"{TINY}:steps=2,dataset=digits|invert",
+            [f"init.checkpoint={source}", "strategy=finetune_full", f"eval_shifts={shifts!r}"],
+        )
+        with pytest.raises(DataError, match=match):
+            train(bad, tmp_path / f"bad{len(match)}")

@@ -22,6 +22,9 @@ from etils import epath
 
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
+from jtl.errors import DataError
+
+SHIFT = "shift:"  # eval_batches split prefix for `eval_shifts` data sets
 
 
 class TargetData:
@@ -57,6 +60,31 @@ class TargetData:
         self.text = self.dataset.modality == "text"
         self.seq_len = int(config.seq_len or 0)
         self._fitted_eval: dict[str, pipeline.FittedSource] = {}
+        self.shifts = self._load_shifts(config)
+
+    def _load_shifts(self, config: mlc.ConfigDict) -> dict[str, registry.Dataset]:
+        """`eval_shifts` data sets by name, checked against the target and the source."""
+        shifts = {}
+        source_data = source_dataset(config.init.checkpoint) if config.init.checkpoint else None
+        for name in config.get("eval_shifts", ()):
+            if name == config.dataset:
+                raise DataError(f"eval_shifts: {name!r} is the target itself, not a shift")
+            if source_data is not None and name == source_data:
+                raise DataError(
+                    f"eval_shifts: {name!r} is the source's own training data "
+                    f"({config.init.checkpoint} trained on it): not out of distribution for a "
+                    "transfer run",
+                    "name a data set the source never trained on",
+                )
+            ds = registry.load(name, data_dir=config.data_dir or None)
+            if ds.num_classes != self.num_classes or ds.modality != self.dataset.modality:
+                raise DataError(
+                    f"eval_shifts: {name!r} has {ds.num_classes} {ds.modality} classes, the "
+                    f"target {config.dataset!r} {self.num_classes}: a shift keeps the label space",
+                    "use classes(...) to select and order the shared classes",
+                )
+            shifts[name] = ds
+        return shifts
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +126,9 @@ class TargetData:
     def eval_batches(self, split: str, batch_size: int) -> Iterator[dict]:
         if split == "val":
             source, idx = self.dataset.splits["train"], self.val_idx
+        elif split.startswith(SHIFT):  # "shift:NAME": that data set's test split
+            source = self.shifts[split[len(SHIFT) :]].splits["test"]
+            idx = np.arange(len(source))
         else:
             source, idx = self.dataset.splits[split], self.test_idx
         if not self.text and len(idx):
@@ -126,6 +157,19 @@ class TargetData:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+
+
+def source_dataset(directory: Any) -> str | None:
+    """The data set a trained source ran on (its model.json or config.json); None for
+    imports and unreadable directories."""
+    meta = self_description(directory) or {}
+    if meta.get("dataset"):
+        return str(meta["dataset"])
+    d = epath.Path(directory)
+    d = d.parent if d.name == "checkpoints" else d
+    if (d / "config.json").exists():
+        return json.loads((d / "config.json").read_text()).get("dataset")
+    return None
 
 
 def resolve_input_scale(config: mlc.ConfigDict) -> str:

@@ -74,6 +74,7 @@ CALIBRATION_FIELDS = (
     *(f"{split}_{m}{ts}" for split in ("val", "test") for m in ("nll", "brier", "ece")
       for ts in ("", "_ts")),
     "test_reliability",
+    "shifts",
 )  # fmt: skip
 
 

@@ -238,7 +238,7 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
 
     from jtl import calibration, peft, sharding, slim_checkpoint
     from jtl.data.target import TargetData
-    from jtl.train import build_model, evaluate, kept_arrays, make_eval_step
+    from jtl.train import build_model, evaluate, evaluate_shifts, kept_arrays, make_eval_step
 
     t = time.time()
     mesh = sharding.make_mesh()
@@ -256,17 +256,23 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
         v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+
+    def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
+        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
+
     keep: list = []
-    out = evaluate(eval_step, v, data, "test", config.eval_batch_size, mesh, keep)
-    # Calibration with the temperature the run fitted on its validation split.
+    out = evaluate_split(v, "test", keep)
+    # Calibration and shifts with the temperature the run fitted on its validation split.
     trial = run_summary.read(workdir) or {}
     temperature = float(trial.get("temperature") or 1.0)
+    shifts = evaluate_shifts(evaluate_split, v, data, temperature)
     return {
         "test_accuracy": out["accuracy"],
         "test_loss": out["loss"],
         "test_examples": out["examples"],
         "test_eval_time_s": time.time() - t,
         **calibration.split_fields("test", *kept_arrays(keep), temperature),
+        **({"test_shifts": shifts} if shifts else {}),
     }
 
 
@@ -364,6 +370,8 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
         return None
     t = sel["test"]
     summary = {**summary, **{k: v for k, v in t.items() if k.startswith("test_")}}
+    if "test_shifts" in summary:  # evaluated after selection, like test
+        summary["shifts"] = summary.pop("test_shifts")
     vals = [tr["val_accuracy"] for tr in sel["trials"] if tr["val_accuracy"] is not None]
     extra = {
         "chosen": sel["values"],
