@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from jtl.errors import ConfigError, UserError, format_error
+from jtl.preemption import EXIT_CODE as PREEMPTED_EXIT
+from jtl.preemption import Preempted
 from jtl.process import setup_logging, setup_process
 
 
@@ -353,6 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[name](rest)
+    except Preempted as e:  # not an error: a checkpoint was saved; re-run to resume
+        sys.stdout.flush()
+        print(f"jtl: {e}", file=sys.stderr, flush=True)
+        if as_program:
+            _quiet_shutdown()
+        return PREEMPTED_EXIT
     except Exception as e:  # noqa: BLE001 - the one place errors become one line
         if debug:
             raise

@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from jtl import calibration, costs, guard, run_summary, sharding, source_model
+from jtl import calibration, costs, guard, preemption, run_summary, sharding, source_model
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl.data import transforms
@@ -302,6 +302,24 @@ def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     logging.info("Finished: test accuracy %s (%s)", summary["test_accuracy"], workdir)
 
 
+def _stop_requested(preempt: preemption.Preemption, step: int, log_every: int) -> bool:
+    """Whether to stop after `step`: at once in one process; across processes only at the
+    logging steps, where every process agrees (a checkpoint is collective)."""
+    if jax.process_count() == 1:
+        return preempt.requested
+    return step % log_every == 0 and preemption.agreed(preempt.requested)
+
+
+def _preempted(
+    step: int, preempt: preemption.Preemption, checkpoints: ckpt.RunCheckpoints, writer: Any
+) -> None:
+    """After `step`'s checkpoint: waits for it to be written, then raises `Preempted`."""
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    raise preemption.Preempted(step, preempt.signal_name or "SIGTERM")
+
+
 def _diverged(
     workdir: epath.Path,
     base: dict[str, Any],
@@ -504,72 +522,84 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     pending: list[dict] = []
     t_train = time.time()
     step = start_step
-    while step < config.total_steps and not early.stopped:
-        if plan.stage_at(step) != stage:
-            # Gradual unfreezing: a new stage rebuilds the optimizer (fresh state) and the step.
-            stage = plan.stage_at(step)
-            tx, mask, groups = optimizer_for(step)
-            state["opt_state"] = sharding.replicate(
-                tx.init(sharding.to_host(state["params"])), mesh
-            )
-            _log_and_write(workdir, f"param_groups_stage{stage}.txt", format_group_table(groups))
-            compiled, flops = compile_step(tx, mask)
-            flops_log.append(flops or 0.0)
-        state, metrics = compiled(state, batch)
-        inflight.push(metrics)
-        step += 1
-        flags.append(metrics.pop("finite"))
-        pending.append(metrics)
-        if (
-            step % config.log_every == 0
-            or step % config.eval_every == 0
-            or checkpoints.should_save(step)
-            or step == config.total_steps
-        ):  # points that sync anyway: look at the flags before logging, evaluating or saving
-            bad = guard.bad_steps(flags, step - len(flags) + 1)
-            flags = []
-            if bad and policy == "skip":
-                skipped_steps += len(bad)
-                logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
-            elif bad:
-                _diverged(
-                    workdir,
-                    base,
-                    pending[bad[0] - step - 1],
-                    bad[0],
-                    policy,
-                    checkpoints,
-                    writer,
-                    t_start,
+    # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.preemption).
+    with preemption.Preemption() as preempt:
+        while step < config.total_steps and not early.stopped:
+            if plan.stage_at(step) != stage:
+                # Gradual unfreezing: a new stage rebuilds the optimizer (fresh state) and the step.
+                stage = plan.stage_at(step)
+                tx, mask, groups = optimizer_for(step)
+                state["opt_state"] = sharding.replicate(
+                    tx.init(sharding.to_host(state["params"])), mesh
                 )
-        if step < config.total_steps:
-            batch = sharding.shard_batch(next(batches), mesh)
-        if step % config.log_every == 0 or step == config.total_steps:
-            host = jax.device_get(pending)
-            means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-            writer.write(step, "train", **means)
-            pending = []
+                _log_and_write(
+                    workdir, f"param_groups_stage{stage}.txt", format_group_table(groups)
+                )
+                compiled, flops = compile_step(tx, mask)
+                flops_log.append(flops or 0.0)
+            state, metrics = compiled(state, batch)
+            inflight.push(metrics)
+            step += 1
+            flags.append(metrics.pop("finite"))
+            pending.append(metrics)
+            stop_now = _stop_requested(preempt, step, config.log_every)
+            if (
+                stop_now
+                or step % config.log_every == 0
+                or step % config.eval_every == 0
+                or checkpoints.should_save(step)
+                or step == config.total_steps
+            ):  # points that sync anyway: look at the flags before logging, evaluating or saving
+                bad = guard.bad_steps(flags, step - len(flags) + 1)
+                flags = []
+                if bad and policy == "skip":
+                    skipped_steps += len(bad)
+                    logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
+                elif bad:
+                    _diverged(
+                        workdir,
+                        base,
+                        pending[bad[0] - step - 1],
+                        bad[0],
+                        policy,
+                        checkpoints,
+                        writer,
+                        t_start,
+                    )
+            if step < config.total_steps:
+                batch = sharding.shard_batch(next(batches), mesh)
+            if step % config.log_every == 0 or step == config.total_steps:
+                host = jax.device_get(pending)
+                means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                writer.write(step, "train", **means)
+                pending = []
+                if bar is not None:
+                    bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+                elif jax.process_index() == 0:
+                    logging.info(progress_line.line(step, means["loss"], means["accuracy"]))
+            if step % config.eval_every == 0 or step == config.total_steps:
+                val = evaluate_split(eval_variables(state), "val")
+                writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
+                logging.info(
+                    "step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"]
+                )
+                if early.update(step, val["accuracy"], state):
+                    logging.info("Early stop at step %d (best step %s)", step, early.best_step)
+            last = step == config.total_steps or early.stopped
+            if last:  # with early stopping, the best evaluated weights are what the run reports
+                state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
+            if checkpoints.should_save(step) or last:
+                early.persist()  # the best weights this checkpoint's metadata names
+                writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
+                checkpoints.save(step, saved(state), meta_for(step))
             if bar is not None:
-                bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
-            elif jax.process_index() == 0:
-                logging.info(progress_line.line(step, means["loss"], means["accuracy"]))
-        if step % config.eval_every == 0 or step == config.total_steps:
-            val = evaluate_split(eval_variables(state), "val")
-            writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
-            logging.info(
-                "step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"]
-            )
-            if early.update(step, val["accuracy"], state):
-                logging.info("Early stop at step %d (best step %s)", step, early.best_step)
-        last = step == config.total_steps or early.stopped
-        if last:  # with early stopping, the best evaluated weights are what the run reports
-            state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
-        if checkpoints.should_save(step) or last:
-            early.persist()  # the best weights this checkpoint's metadata names
-            writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
-            checkpoints.save(step, saved(state), meta_for(step))
-        if bar is not None:
-            bar.update(1)
+                bar.update(1)
+            if stop_now and not last:
+                if not checkpoints.should_save(step):  # else the cadence just saved this step
+                    early.persist()
+                    writer.flush()
+                    checkpoints.save(step, saved(state), meta_for(step))
+                _preempted(step, preempt, checkpoints, writer)
     if bar is not None:
         bar.close()
     train_time = time.time() - t_train

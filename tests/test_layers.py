@@ -16,6 +16,7 @@ LAYERS = [
     # 0: utilities that know nothing of data, models or training (may import each other)
     (
         "errors paths costs cpu dispatch early_stopping transferability sharding advisor "
+        "preemption calibration "
         "run_summary guard metrics"
     ),
     "data models optim checkpoint report",  # the report reads result rows only

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,8 @@ from absl import logging
 
 from jtl import config as config_lib
 from jtl import run_summary
+from jtl.preemption import EXIT_CODE as PREEMPTED_EXIT
+from jtl.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
 from jtl.study.grid import (
     Cell,
@@ -118,8 +121,32 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
     jtl = f"{shlex.quote(sys.executable)} -m jtl.cli"
     queue = list(cells)
     running: list[tuple[Cell, subprocess.Popen, Any]] = []
-    failed = []
+    failed: list[tuple[Cell, str]] = []
+    with Preemption() as preempt:
+        _parallel_loop(queue, running, failed, root, workers, jtl, env, preempt)
+    return failed
+
+
+def _parallel_loop(
+    queue: list[Cell],
+    running: list[tuple[Cell, subprocess.Popen, Any]],
+    failed: list[tuple[Cell, str]],
+    root: Path,
+    workers: int,
+    jtl: str,
+    env: dict[str, str],
+    preempt: Preemption,
+) -> None:
+    """Launches and reaps cell processes; on SIGTERM, forwards it, waits, raises Preempted."""
     while queue or running:
+        if preempt.requested:
+            for _, proc, _ in running:
+                proc.send_signal(signal.SIGTERM)  # each cell checkpoints the step it is on
+            for _, proc, log in running:
+                proc.wait()
+                log.close()
+            what = f"{len(running)} running cell(s) checkpointed"
+            raise Preempted(None, preempt.signal_name or "SIGTERM", what)
         while queue and len(running) < workers:
             cell = queue.pop(0)
             workdir = cell.workdir(root)
@@ -134,11 +161,13 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
                 continue
             log.close()
             running.remove(item)
-            if proc.returncode and diverged_step(cell.workdir(root)) is None:
+            if proc.returncode == PREEMPTED_EXIT:  # checkpointed; stop launching, re-run resumes
+                queue.clear()
+                failed.append((cell, f"preempted (exit {PREEMPTED_EXIT}); re-run to resume"))
+            elif proc.returncode and diverged_step(cell.workdir(root)) is None:
                 failed.append((cell, f"exit {proc.returncode}, see {cell.workdir(root)}/train.log"))
             else:
                 logging.info("cell done: %s", cell.id)
-    return failed
 
 
 class StudyClock:
@@ -204,6 +233,10 @@ def run_cells(
             if cell.tuned_by and not cell.chosen:
                 raise StudyError(sweep_lib.why_unresolved(cell, grid, root))
             _run_in_process(cell, root)
+        except Preempted:  # the cell saved a checkpoint: stop the study; a re-run resumes
+            if clock is not None:
+                clock.tick()
+            raise
         except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
             logging.exception("cell %s failed", cell.id)
             failed.append((cell, f"{type(e).__name__}: {e}"))
