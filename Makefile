@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # PyTorch only serves as the reference in parity tests (never a runtime dependency).
 $(TORCH_STAMP): | $(STAMP)
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch 2.13.0 not installable here: parity tests will skip"
+	# torchmetrics: the independent ECE the calibration test compares with (--no-deps: no lightning).
+	$(BIN)/python -m pip install -q --no-deps torchmetrics==1.9.0 lightning-utilities==0.15.3 || echo "torchmetrics not installable: its ECE check will skip"
 	touch $@
 
 quickstart: $(STAMP)

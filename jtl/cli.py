@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from jtl.errors import ConfigError, UserError, format_error
 from jtl.preemption import EXIT_CODE as PREEMPTED_EXIT
@@ -57,9 +58,15 @@ def cmd_train(argv: Sequence[str]) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
+    from jtl import config_check
     from jtl.config import load_config
 
     config = load_config(args.config, overrides)
+    config_check.check(config)  # before anything is built: one line per mistake
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise ConfigError(
+            f"--workdir {args.workdir} is an existing file", "give a directory (new or a run's)"
+        )
     setup_process([config.batch_size, config.eval_batch_size], config.cpu_devices, not args.quiet)
     from jtl.train import train
 
@@ -115,8 +122,16 @@ def cmd_import(argv: Sequence[str]) -> int:
     )
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
     args = p.parse_args(argv)
+    from jtl.interop.importer import IMPORTERS, TEXT_IMPORTERS, import_checkpoint
+
+    models = [*IMPORTERS, *TEXT_IMPORTERS]
+    if args.model not in models:
+        raise ConfigError(f"--model {args.model!r}: importable models are {', '.join(models)}")
+    if Path(args.out).exists():
+        raise ConfigError(
+            f"--out {args.out} already exists; nothing was changed", "give a new directory"
+        )
     setup_logging()
-    from jtl.interop.importer import import_checkpoint
 
     meta = import_checkpoint(args.source, args.model, args.out)
     print(

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from jtl.errors import ConfigError, MissingFileError
+from jtl.errors import ConfigError, ConfigTypeError, MissingFileError
 from jtl.optim import optimizers
 
 
@@ -168,7 +168,15 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.Con
             value = (value,)
         if isinstance(current, str) and not isinstance(value, str):
             value = raw
-        node[leaf] = value
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            node[leaf] = value
+        except (TypeError, ValueError):
+            kind = type(current).__name__
+            raise ConfigTypeError(
+                f"{key}={raw!r}: expected {kind} (like the default {current!r})"
+            ) from None
     return config
 
 
@@ -208,7 +216,13 @@ def load_module(path: str | Path) -> Any:
     module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     assert module_spec.loader is not None
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(
+            f"config file {file} has a syntax error at line {e.lineno}: {e.msg}",
+            "fix the file (python -m py_compile FILE shows it)",
+        ) from None
     return module
 
 

@@ -35,6 +35,10 @@ class ConfigError(UserError, KeyError, ValueError):
     """A config key, value or name that does not exist (the message lists the valid ones)."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong type (e.g. `--config.total_steps=abc`)."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
     """A file the user named (config, data, checkpoint) that does not exist."""
 

@@ -23,7 +23,16 @@ import optax
 from absl import logging
 from etils import epath
 
-from jtl import calibration, costs, guard, preemption, run_summary, sharding, source_model
+from jtl import (
+    calibration,
+    config_check,
+    costs,
+    guard,
+    preemption,
+    run_summary,
+    sharding,
+    source_model,
+)
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl.data import transforms
@@ -354,6 +363,7 @@ def _diverged(
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
     t_start = time.time()
+    config_check.check(config)  # also for train() called from Python (studies, tests)
     workdir = as_path(workdir)  # epath: local dirs absolute, gs:// kept as given
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config.distributed or "auto")

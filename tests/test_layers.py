@@ -23,6 +23,7 @@ LAYERS = [
     "interop peft probe config",  # config: base_config builds on the optimizer's defaults
     "slim_checkpoint linear_probe source_model",
     "strategies",
+    "config_check",  # names from the registries (models, optimizers, strategies, transforms)
     "train predict export advise",
     "study",  # a package: grid, budget, sweep, run, results
     "process",
