@@ -53,7 +53,12 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def cmd_train(argv: Sequence[str]) -> int:
     rest, overrides = _split_overrides(argv)
-    p = _Parser(prog="jtl train", description="Train one run (resumable).")
+    p = _Parser(
+        prog="jtl train",
+        description="Train one run (resumable: re-run the same command to resume).",
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", required=True, help="configs/NAME.py[:key=value,...]")
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
@@ -73,6 +78,49 @@ def cmd_train(argv: Sequence[str]) -> int:
     summary = train(config, args.workdir)
     print(json.dumps({k: summary[k] for k in ("test_accuracy", "test_loss", "wall_time_s")}))
     return 0
+
+
+def _train_epilog() -> str:
+    """What `jtl train --help` lists: the override syntax and the registries' names."""
+    from jtl.data import sources, transforms
+    from jtl.models import list_models
+    from jtl.optim.optimizers import OPTIMIZERS
+    from jtl.strategies import REGISTRY
+
+    lines = [
+        "config:",
+        "  --config configs/NAME.py:key=value,...   the config file's own arguments (its",
+        "                                            docstring lists them and the run command)",
+        "  --config.KEY=VALUE                        override any field, e.g.",
+        "                                            --config.optim.lr=0.01 (a typo'd key fails",
+        "                                            with the list of valid keys)",
+        "",
+        f"strategies (--config.strategy): {', '.join(REGISTRY)}",
+        f"models (--config.model.name): {', '.join(list_models())}",
+        f"optimizers (--config.optim.name): {', '.join(OPTIMIZERS)}",
+        f"data sets (--config.dataset): {', '.join(sources.OFFLINE_NAMES)}, folder:DIR, "
+        "npz:FILE, any tfds catalog name",
+        "data-set transforms (append to a name, quoted): " + ", ".join(transforms.NAMES),
+        "exit codes: 0 done, 2 user error (one line), 75 preempted (checkpoint saved; re-run)",
+    ]
+    return "\n".join(lines)
+
+
+def _study_epilog() -> str:
+    """The shipped studies with the first line of each docstring."""
+    from jtl.config import config_search_roots
+
+    lines = ["shipped studies (configs/studies/NAME.py; docstrings hold commands and results):"]
+    seen = set()
+    for root in config_search_roots():
+        for f in sorted((root / "configs" / "studies").glob("*.py")):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            doc = f.read_text().split('"""')[1] if '"""' in f.read_text() else ""
+            first = doc.strip().splitlines()[0] if doc.strip() else ""
+            lines.append(f"  {f.stem:16s} {first}")
+    return "\n".join(lines)
 
 
 def cmd_data(argv: Sequence[str]) -> int:
@@ -274,6 +322,8 @@ def cmd_study(argv: Sequence[str]) -> int:
     p = _Parser(
         prog="jtl study",
         description="Run (or resume) a fine-tune-vs-scratch study grid and write its report.",
+        epilog=_study_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="configs/studies/NAME.py[:arg]")
     p.add_argument("--workdir", required=True)

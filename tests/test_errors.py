@@ -277,3 +277,66 @@ def test_background_write_failures_are_not_logged_twice(monkeypatch):
     assert shown("jax", pylogging.WARNING, "/x/jax/_src/xla_bridge.py")
     monkeypatch.setenv("JTL_DEBUG", "1")
     assert shown("asyncio", pylogging.ERROR, "/usr/lib/asyncio/base_events.py")
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--config.batch_size=0"], ["batch_size=0", "integer >= 1"]),
+        (["--config.eval_every=0"], ["eval_every=0"]),
+        (["--config.model.name=bogus"], ["unknown model", "cnn_small"]),
+        (["--config.optim.lr=abc"], ["optim.lr='abc'", "expected float"]),
+        (["--config.optim.lr=-1"], ["optim.lr=-1.0"]),
+        (["--config.total_steps=1.5"], ["total_steps='1.5'", "expected int"]),
+        (["--config.train_per_class=0.5"], ["train_per_class"]),
+        (["--config.val_fraction=1.5"], ["val_fraction=1.5", "[0, 1)"]),
+        (["--config.train_fraction=0"], ["train_fraction=0.0", "(0, 1]"]),
+        (["--config.image_size=0"], ["image_size=0"]),
+        (["--config.batch_size=-4"], ["batch_size=-4"]),
+        (["--config.dataset=digits|spin(2)"], ["unknown transform 'spin'"]),
+    ],
+)
+def test_the_first_hour_config_mistakes_are_one_line_before_anything_is_built(
+    capsys, tmp_path, argv, needles
+):
+    workdir = tmp_path / "w"
+    code, lines = _main(capsys, "train", "--config", TINY, "--workdir", str(workdir), *argv)
+    _assert_one_line(code, lines, *needles)
+    assert not workdir.exists()
+
+
+def test_syntax_error_file_workdir_and_import_mistakes_are_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def get_config(:\n")
+    code, lines = _main(capsys, "train", "--config", str(bad), "--workdir", str(tmp_path / "w"))
+    _assert_one_line(code, lines, "syntax error at line 1")
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    code, lines = _main(capsys, "train", "--config", TINY, "--workdir", str(afile))
+    _assert_one_line(code, lines, "is an existing file")
+    assert afile.read_text() == "keep me"
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    for model, needle in (("resnet18", "already exists"), ("bogus", "importable models")):
+        args = ("import", "--from", str(afile), "--model", model, "--out", str(out))
+        _assert_one_line(*_main(capsys, *args), needle)
+    assert (out / "keep").read_text() == "x"
+
+
+def test_study_report_on_an_empty_workdir_and_help_texts(capsys, tmp_path):
+    spec = str(ROOT / "configs" / "studies" / "mnist_source.py") + ":quick"
+    w = tmp_path / "nothing"
+    code, lines = _main(capsys, "study", "--config", spec, "--workdir", str(w), "--only", "report")
+    _assert_one_line(code, lines, "holds no study to report on")
+    assert not w.exists()
+    for argv, needles in (
+        (["train", "--help"], ["--config.KEY=VALUE", "lp_ft", "cnn_small", "block_shuffle", "75"]),
+        (["study", "--help"], ["transfer_bench", "mnist_source", "layer_transfer"]),
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        for n in needles:
+            assert n in text, n

@@ -321,6 +321,11 @@ def run_study(
     """
     root = Path(workdir).absolute()
     study = load_study(spec)
+    if only == "report" and not (root / "study.json").exists():
+        raise StudyError(
+            f"--only report: {root} holds no study to report on (no study.json); run the "
+            "study first: the same command without --only report"
+        )
     record_study(root, spec, study)
     cells = sweep_lib.resolve_all(expand(study, root), root)
     write_cells_file(cells, root, spec)
