@@ -30,7 +30,9 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
     from jtl.advise import advise
 
     out = []
-    sizes = {(c.target, c.size): c for c in cells}
+    # Only (target, size) pairs with a finished cell: a partial (or resumed) study scores what
+    # it can report, and the rest once its cells finish.
+    sizes = {(c.target, c.size): c for c in cells if (c.workdir(root) / "summary.json").exists()}
     for source in study.sources:
         for (target, size), cell in sizes.items():
             label = size.replace("/class", "").replace("%", "pct")
