@@ -83,6 +83,9 @@ def base_config() -> mlc.ConfigDict:
     # A non-finite loss or gradient norm: "stop" the run (summary.json says diverged, the last
     # finite checkpoint is kept, exit non-zero) or "skip" the step (state unchanged, counted).
     c.nonfinite = "stop"
+    # nonfinite="skip": past this fraction of skipped steps (from step 10 on) the run is marked
+    # diverged and stops (exit 2) instead of reporting a useless model as a success.
+    c.nonfinite_max_skipped = 0.25
 
     # Compute dtype of activations (float32 or bfloat16); params, optimizer state and the loss
     # stay float32. bfloat16 pays off on TPU and recent GPUs, not on CPU.

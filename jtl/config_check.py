@@ -67,6 +67,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.clip_norm": NON_NEGATIVE,
     "channels": ((lambda v: v in (1, 3)), "1 or 3"),
     "nonfinite": ((lambda v: v in ("stop", "skip")), "stop or skip"),
+    "nonfinite_max_skipped": _float(0.0, 1.0),
 }
 
 

@@ -55,9 +55,36 @@ def bad_steps(flags: Sequence[Any], first_step: int) -> list[int]:
     return [int(first_step + i) for i in np.flatnonzero(~host)]
 
 
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def all_finite(state: dict[str, Any]) -> bool:
+    """Whether every float in the params and batch statistics is finite (checked before a
+    checkpoint is written: one reduction, at the checkpoint's own sync)."""
+    return bool(_all_finite({"params": state["params"], "batch_stats": state.get("batch_stats")}))
+
+
+MIN_STEPS_FOR_SKIP_LIMIT = 10
+
+
+def too_many_skipped(skipped: int, steps: int, max_fraction: float) -> bool:
+    """nonfinite="skip" gives up (diverged) once more than `max_fraction` of the steps were
+    skipped, counted from step 10 on (one bad step among the first few is no verdict)."""
+    return steps >= MIN_STEPS_FOR_SKIP_LIMIT and skipped > max_fraction * steps
+
+
 def what_was_nonfinite(metrics: dict[str, Any]) -> str:
     host = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
-    parts = [k for k in ("loss", "grad_norm") if k in host and not math.isfinite(host[k])]
+    parts = [
+        k for k in ("loss", "grad_norm", "weights") if k in host and not math.isfinite(host[k])
+    ]
     return " and ".join(parts) or "loss"
 
 

@@ -14,6 +14,7 @@ sweep trial run with `eval_test=False` it is None until the study evaluates the 
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -174,9 +175,21 @@ def check(summary: dict[str, Any]) -> RunSummary:
 
 
 def dumps(summary: dict[str, Any]) -> str:
-    """The checked summary as summary.json's text (numpy scalars become Python numbers)."""
-    plain = json.loads(json.dumps(summary, default=_plain))
-    return json.dumps(check(plain), indent=2) + "\n"
+    """The checked summary as summary.json's text: strict JSON (numpy scalars become Python
+    numbers; NaN and infinities, e.g. the loss of a run that skipped non-finite steps, become
+    null), so every JSON reader takes it."""
+    plain = _finite_or_null(json.loads(json.dumps(summary, default=_plain)))
+    return json.dumps(check(plain), indent=2, allow_nan=False) + "\n"
+
+
+def _finite_or_null(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_or_null(v) for v in x]
+    return x
 
 
 def _plain(x: Any) -> Any:

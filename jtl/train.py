@@ -338,6 +338,8 @@ def _diverged(
     checkpoints: ckpt.RunCheckpoints,
     writer: MetricWriter,
     t_start: float,
+    skipped: int | None = None,
+    why: str = "",
 ) -> None:
     """Stops a diverged run: no checkpoint after `step`, summary.json says so, then raises."""
     what = guard.what_was_nonfinite(metrics)
@@ -349,10 +351,13 @@ def _diverged(
     last = checkpoints.latest_step()
     summary = guard.diverged_summary(base, step, what, last, policy)
     summary["wall_time_s"] = time.time() - t_start
+    if skipped is not None:
+        summary["skipped_steps"] = int(skipped)
     if jax.process_index() == 0:
         _atomic_write(workdir / "summary.json", run_summary.dumps(summary))
     raise DivergedError(
-        f"training diverged at step {step}: non-finite {what}; summary.json records it, "
+        f"training diverged at step {step}: non-finite {what}{f' ({why})' if why else ''}; "
+        "summary.json records it, "
         f"last finite checkpoint: {f'step {last}' if last else 'none'}",
         "lower --config.optim.lr, set --config.optim.clip_norm, or --config.nonfinite=skip to "
         "skip such steps",
@@ -565,6 +570,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
                 if bad and policy == "skip":
                     skipped_steps += len(bad)
                     logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
+                    if guard.too_many_skipped(skipped_steps, step, config.nonfinite_max_skipped):
+                        _diverged(
+                            workdir, base, pending[bad[-1] - step - 1], bad[-1], policy,
+                            checkpoints, writer, t_start, skipped=skipped_steps,
+                            why=f"skipped {skipped_steps} of {step} steps (more than "
+                            f"nonfinite_max_skipped={config.nonfinite_max_skipped:g})",
+                        )  # fmt: skip
                 elif bad:
                     _diverged(
                         workdir,
@@ -598,6 +610,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             last = step == config.total_steps or early.stopped
             if last:  # with early stopping, the best evaluated weights are what the run reports
                 state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
+            if (checkpoints.should_save(step) or last) and not guard.all_finite(state):
+                # The loss and gradient were finite, but the update overflowed: never save
+                # (or name as the last finite one) a checkpoint holding non-finite weights.
+                _diverged(
+                    workdir, base, {"weights": jnp.nan}, step, policy, checkpoints, writer,
+                    t_start, skipped=skipped_steps, why="the update overflowed",
+                )  # fmt: skip
             if checkpoints.should_save(step) or last:
                 early.persist()  # the best weights this checkpoint's metadata names
                 writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
