@@ -124,7 +124,8 @@ def base_config() -> mlc.ConfigDict:
     a.probe_kinds = ("logistic", "ridge")  # linear_probe / lp_ft; add "svm" for tiny data
     a.l2sp_alpha = 0.01  # l2sp: weight of ||w - w_pretrained||^2
     a.l2sp_beta = 0.01  # l2sp: weight of ||w_head||^2
-    a.wise_alphas = (0.0, 0.25, 0.5, 0.75, 1.0)  # wise_ft mixing coefficients
+    # wise_ft mixing coefficients: the whole curve (accuracy and ECE, ID and every eval_shift)
+    a.wise_alphas = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     a.reinit_blocks = 0  # reinit_top: top blocks re-initialized before fine-tuning
     a.transfer_blocks = 0  # layer_transfer: first n blocks transferred
     a.transfer_frozen = True  # layer_transfer: keep the transferred blocks frozen

@@ -135,8 +135,21 @@ def interpolate(w0: Any, w1: Any, alpha: float) -> Any:
     return jax.tree.map(lambda a, b: (1.0 - alpha) * np.asarray(a) + alpha * np.asarray(b), w0, w1)
 
 
-def _wise_finish(start: dict, alphas: tuple[float, ...]) -> Callable[..., dict[str, Any]]:
-    def finish(state: dict, evaluate: Callable[[dict, str], dict]) -> dict[str, Any]:
+def _wise_finish(
+    start: dict, alphas: tuple[float, ...], shifts: tuple[str, ...] = ()
+) -> Callable[..., dict[str, Any]]:
+    """The WiSE-FT curve: accuracy and ECE at every alpha, on validation, test and each shift
+    (`eval_shifts`); alpha is chosen on validation accuracy only, the whole curve is kept."""
+    from jtl import calibration
+
+    def measured(v: dict, split: str, evaluate: Callable[..., dict]) -> dict[str, float]:
+        keep: list = []
+        r = evaluate(v, split, keep)
+        logits = np.concatenate([lg for lg, _ in keep])
+        labels = np.concatenate([y for _, y in keep])
+        return {"accuracy": r["accuracy"], "ece": calibration.metrics(logits, labels)["ece"]}
+
+    def finish(state: dict, evaluate: Callable[..., dict]) -> dict[str, Any]:
         final = {"params": state["params"], "batch_stats": state["batch_stats"]}
         final = jax.tree.map(np.asarray, final)
         rows = []
@@ -144,10 +157,18 @@ def _wise_finish(start: dict, alphas: tuple[float, ...]) -> Callable[..., dict[s
             v = interpolate(start, final, a)
             if not v["batch_stats"]:
                 v = {"params": v["params"]}
-            val, test = evaluate(v, "val"), evaluate(v, "test")
-            rows.append(
-                {"alpha": a, "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"]}
-            )
+            val, test = measured(v, "val", evaluate), measured(v, "test", evaluate)
+            row = {
+                "alpha": a,
+                "val_accuracy": val["accuracy"],
+                "test_accuracy": test["accuracy"],
+                "val_ece": val["ece"],
+                "test_ece": test["ece"],
+            }
+            for name in shifts:
+                m = measured(v, f"shift:{name}", evaluate)
+                row[f"shift_accuracy:{name}"], row[f"shift_ece:{name}"] = m["accuracy"], m["ece"]
+            rows.append(row)
             logging.info(
                 "WiSE-FT alpha=%.2f val %.4f test %.4f", a, val["accuracy"], test["accuracy"]
             )
@@ -431,7 +452,8 @@ def wise_ft(s: Setup) -> Plan:
     start = jax.tree.map(
         np.asarray, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     )
-    finish = _wise_finish(start, tuple(float(a) for a in s.args.wise_alphas))
+    alphas = tuple(float(a) for a in s.args.wise_alphas)
+    finish = _wise_finish(start, alphas, tuple(getattr(s.data, "shifts", {})))
     return s.sgd_plan(depth_rates=True, backbone_rate=True, variables=variables, finish=finish)
 
 

@@ -221,3 +221,24 @@ def test_registry_matches_readme_and_tests():
     assert strategies.STRATEGIES == tuple(strategies.REGISTRY)
     with pytest.raises(ValueError, match="registered twice"):
         strategies.register("scratch")(strategies.scratch)
+
+
+def test_wise_ft_curve_has_ece_and_every_shift(source, tmp_path):
+    from jtl.train import train
+
+    cfg = _target(
+        source, "wise_ft", "strategy_args.wise_alphas=(0.0, 0.5, 1.0)",
+        "eval_shifts=('digits|invert',)",
+    )  # fmt: skip
+    s = train(cfg, tmp_path / "t")
+    rows = {r["alpha"]: r for r in s["wise_ft"]}
+    assert set(rows) == {0.0, 0.5, 1.0}
+    for r in rows.values():
+        assert 0 <= r["val_ece"] <= 1 and 0 <= r["test_ece"] <= 1
+        assert 0 <= r["shift_accuracy:digits|invert"] <= 1 and "shift_ece:digits|invert" in r
+    # alpha = 1 is the fine-tuned model: the trainer's own shift evaluation of it.
+    shift = s["shifts"]["digits|invert"]
+    assert rows[1.0]["shift_accuracy:digits|invert"] == shift["accuracy"]
+    assert rows[1.0]["shift_ece:digits|invert"] == pytest.approx(shift["ece"], abs=1e-9)
+    assert rows[1.0]["test_ece"] == pytest.approx(s["test_ece"], abs=1e-9)
+    assert s["wise_best_alpha"] == max(rows.values(), key=lambda r: r["val_accuracy"])["alpha"]
