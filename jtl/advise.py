@@ -9,6 +9,7 @@ random ones. The recommendation combines that gap with the data size per class.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,22 @@ from jtl.data import pipeline, registry, subsets
 RECORD_KEYS = ("per_class", "num_classes", "source_accuracy")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _features_and_logits(model: Any, v: dict, xb: jax.Array) -> tuple:
+    """One compiled program per model (a static argument): a study scores many pairs."""
+    return model.apply(v, xb, method="features"), model.apply(v, xb)
+
+
+@functools.lru_cache(maxsize=2)
+def _dataset(name: str) -> Any:
+    """The target, loaded once for consecutive calls (a study scores every source on it)."""
+    return registry.load(name)
+
+
 def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
-    fn = jax.jit(lambda v, xb: (model.apply(v, xb, method="features"), model.apply(v, xb)))
+    def fn(v: dict, xb: np.ndarray) -> tuple:
+        return _features_and_logits(model, v, xb)
+
     feats, logits = [], []
     for i in range(0, len(x), batch):
         f, lg = fn(variables, x[i : i + batch])
@@ -125,12 +140,14 @@ def advise(
     if src.is_text:
         raise ValueError(f"jtl advise scores image sources; {checkpoint} holds a text model")
     size = image_size or src.image_size
-    ds = registry.load(dataset)
+    ds = _dataset(dataset)
     labels = ds.labels("train")
-    if per_class:
-        sample = min(sample, int(per_class) * ds.num_classes)
-    frac = min(1.0, sample / len(labels))
-    idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
+    if per_class:  # at most `per_class` labels of any class, and `sample` in all
+        cap = max(1, min(int(per_class), sample // ds.num_classes))
+        idx = subsets.nested_subset(labels, np.arange(len(labels)), per_class=cap, seed=seed)
+    else:
+        frac = min(1.0, sample / len(labels))
+        idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
     x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src.channels)
     x = source_model.rescale_batch(src, x)  # e.g. ImageNet mean/std for torchvision ResNets
     _, model, variables = source_model.load(checkpoint, x[:1])

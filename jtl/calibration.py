@@ -5,10 +5,11 @@ Why in every run: a strategy that wins on accuracy can still be over-confident (
 reads must show it. Definitions (the common ones; implementations disagree, so here they are):
 - NLL: mean -log p(y | x) (natural log).
 - Brier: mean over examples of sum over classes (p_k - [y = k])^2 (multi-class, range 0..2).
-- ECE: top-label, 15 equal-width confidence bins on [0, 1], bin b = (b/15, (b+1)/15] (the first
-  bin also takes 0), sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|; the
-  same binning as torchmetrics' `MulticlassCalibrationError(n_bins=15, norm="l1")`, which the
-  tests compare against.
+- ECE: top-label, 15 equal-width confidence bins on [0, 1], bin b = (b/15, (b+1)/15] (Guo et
+  al.'s right-closed bins; the first also takes 0), sum over bins of |bin| / N *
+  |accuracy(bin) - mean confidence(bin)|. torchmetrics' `MulticlassCalibrationError(n_bins=15,
+  norm="l1")` uses left-closed bins and puts a confidence of exactly 1.0 in a bin of its own,
+  so the two agree except for confidences on a bin edge (the test checks inputs without them).
 - Temperature scaling: one T > 0 for the logits, fitted on the validation split by NLL
   (bounded 1-D search over log T); T = 1 is kept unless the fit lowers validation NLL, so it
   never raises it.

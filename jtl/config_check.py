@@ -98,10 +98,10 @@ def _names(config: mlc.ConfigDict) -> list[str]:
     for what, value, allowed in checks:
         if value not in allowed:
             problems.append(f"unknown {what} {value!r}; valid: {', '.join(map(str, allowed))}")
-    for key, names in (
-        ("dataset", [config.dataset]),
-        ("eval_shifts", config.get("eval_shifts", ())),
-    ):
+    shifts = config.get("eval_shifts", ())
+    if not isinstance(shifts, tuple | list):
+        return [*problems, f"eval_shifts={shifts!r}: give a tuple of data set names"]
+    for key, names in (("dataset", [config.dataset]), ("eval_shifts", shifts)):
         for name in names:
             if not isinstance(name, str) or not name.strip():
                 problems.append(f"{key}={name!r}: give a data set name (jtl data list)")
@@ -120,11 +120,21 @@ def problems(config: mlc.ConfigDict) -> list[str]:
         present, value = _get(config, key)
         if present and not ok(value):
             out.append(f"{key}={value!r}: must be {allowed}")
+    for key in ("model", "optim", "init", "strategy_args"):
+        if key in config and not isinstance(config[key], mlc.ConfigDict):
+            out.append(f"{key}={config[key]!r}: must be a group of fields (--config.{key}.X=V)")
+    for key in ("model.name", "optim.name", "strategy", "dataset"):
+        present, value = _get(config, key)
+        if present and not isinstance(value, str):
+            out.append(f"{key}={value!r}: must be a name (a string)")
+    if out:
+        return out
     present, folds = _get(config, "num_folds")
     if present and folds == 1:
         out.append("num_folds=1: use 0 (off) or at least 2 folds")
-    if present and isinstance(folds, int) and folds >= 2 and not 0 <= config.fold < folds:
-        out.append(f"fold={config.fold!r}: must be in [0, num_folds={folds})")
+    fold = config.get("fold")
+    if present and folds >= 2 and isinstance(fold, int) and not 0 <= fold < folds:
+        out.append(f"fold={fold!r}: must be in [0, num_folds={folds})")
     if not out:  # names last: a type error above can make them meaningless
         out += _names(config)
     return out

@@ -145,6 +145,8 @@ def _wise_finish(
     def measured(v: dict, split: str, evaluate: Callable[..., dict]) -> dict[str, float]:
         keep: list = []
         r = evaluate(v, split, keep)
+        if not keep:  # an empty split (val_fraction=0)
+            return {"accuracy": r["accuracy"], "ece": None}
         logits = np.concatenate([lg for lg, _ in keep])
         labels = np.concatenate([y for _, y in keep])
         return {"accuracy": r["accuracy"], "ece": calibration.metrics(logits, labels)["ece"]}
@@ -173,9 +175,14 @@ def _wise_finish(
                 "WiSE-FT alpha=%.2f val %.4f test %.4f", a, val["accuracy"], test["accuracy"]
             )
         best = max(rows, key=lambda r: r["val_accuracy"])
+        chosen = interpolate(start, final, best["alpha"])
+        if not chosen["batch_stats"]:
+            chosen = {"params": chosen["params"]}
         return {
             "wise_ft": rows,
             "wise_best_alpha": best["alpha"],
+            # The trainer reports calibration and shifts of these weights (jtl.train).
+            "reported_variables": chosen,
             # The ensemble picked on validation is the strategy's answer.
             "test_accuracy": best["test_accuracy"],
             "val_accuracy": best["val_accuracy"],

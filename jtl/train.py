@@ -209,7 +209,9 @@ def evaluate_shifts(
 
 
 def kept_arrays(keep: list) -> tuple[np.ndarray, np.ndarray]:
-    """`evaluate(keep=...)`'s batches as one (logits, labels) pair."""
+    """`evaluate(keep=...)`'s batches as one (logits, labels) pair (empty for an empty split)."""
+    if not keep:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return np.concatenate([lg for lg, _ in keep]), np.concatenate([y for _, y in keep])
 
 
@@ -624,6 +626,11 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             if bar is not None:
                 bar.update(1)
             if stop_now and not last:
+                if not guard.all_finite(state):  # never a non-finite resume point
+                    _diverged(
+                        workdir, base, {"weights": jnp.nan}, step, policy, checkpoints, writer,
+                        t_start, skipped=skipped_steps, why="the update overflowed",
+                    )  # fmt: skip
                 if not checkpoints.should_save(step):  # else the cadence just saved this step
                     early.persist()
                     writer.flush()
@@ -665,19 +672,29 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "resumed_from_step": start_step,
         "diverged": False,
         "skipped_steps": skipped_steps,
-        **calibration.summary_fields({k: kept_arrays(v) for k, v in kept.items()}),
         **plan.info,
     }
-    if data.shifts and config.eval_test:
-        t = float(summary.get("temperature") or 1.0)
-        summary["shifts"] = evaluate_shifts(evaluate_split, eval_variables(state), data, t)
     extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}
+    reported = eval_variables(state)
     if extra:  # keep the trained model's own numbers next to what the strategy reports
         summary["trained_val_accuracy"] = summary["val_accuracy"]
         summary["trained_test_accuracy"] = summary["test_accuracy"]
+        if extra.get("reported_variables") is not None:  # e.g. WiSE-FT's chosen ensemble
+            reported = sharding.replicate(extra["reported_variables"], mesh)
+            kept = {split: [] for split in splits}
+            for split in splits:
+                evaluate_split(reported, split, kept[split])
+    extra.pop("reported_variables", None)
     summary.update(extra)
+    # Calibration and shifts of the weights the run reports (the same ones as its accuracy).
+    summary.update(calibration.summary_fields({k: kept_arrays(v) for k, v in kept.items()}))
+    if data.shifts and config.eval_test:
+        t = float(summary.get("temperature") or 1.0)
+        summary["shifts"] = evaluate_shifts(evaluate_split, reported, data, t)
     summary["wall_time_s"] = time.time() - t_start
     if jax.process_index() == 0:
         (workdir / "param_groups.json").write_text(json.dumps(groups_to_json(groups), indent=2))
     _write_summary(workdir, summary)
+    if preempt.requested:  # asked to stop during the last step: done, but tell the caller
+        raise preemption.Preempted(step, preempt.signal_name or "SIGTERM")
     return summary

@@ -20,6 +20,7 @@ from typing import Any
 from jtl.advisor import model as model_lib
 from jtl.advisor.table import SCRATCH
 from jtl.advisor.validation import choose
+from jtl.errors import MissingFileError
 
 FITTED = Path(__file__).with_name("fitted.json")
 CATCH_UP_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -27,6 +28,8 @@ CATCH_UP_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 def load(path: str | Path | None = None) -> dict[str, Any] | None:
     """The fitted advisor (model, provenance and validation headline), or None if none ships."""
+    if path and not Path(path).exists():
+        raise MissingFileError(f"advisor {path} not found", "give a `jtl advisor fit --out` file")
     path = Path(path) if path else FITTED
     if not path.exists():
         return None

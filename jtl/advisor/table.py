@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from jtl.errors import MissingFileError
+
 SCRATCH = "scratch"
 ALPHA = 0.05  # one-sided Welch test: "transfer helps significantly"
 
@@ -30,7 +32,9 @@ def read_studies(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
         p = Path(p)
         f = p / "results.json" if p.is_dir() else p
         if not f.exists():
-            raise FileNotFoundError(f"{f}: no results.json (run the study, or `--only report`)")
+            raise MissingFileError(
+                f"{f}: no results.json", "run the study, or its report with --only report"
+            )
         data = json.loads(f.read_text())
         rows += data.get("rows") or []
         for rec in (data.get("study") or {}).get("advise") or []:
@@ -68,7 +72,8 @@ def _arms(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         source = "none" if _is_scratch(r) else r["source"]
-        arm = r["arm"] if _is_scratch(r) else r["strategy"]
+        # A transfer arm's name without its "@source" (arm variants keep their own label).
+        arm = r["arm"] if _is_scratch(r) else str(r["arm"]).split("@")[0]
         groups[(r["target"], r["size"], source)][arm].append(r)
     return {
         key: {

@@ -86,7 +86,8 @@ def _tau(x: Sequence[float], y: Sequence[float], weighted: bool) -> float:
         return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if weighted:  # measured gain first: the top of the measured ranking weighs most
+        if weighted:  # scipy's default (as the transferability literature reports it): the
+            # hyperbolic weights average the rankings by measured and by predicted gain
             return float(stats.weightedtau(y, x).statistic)
         return float(stats.kendalltau(x, y).statistic)
 

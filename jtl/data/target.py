@@ -77,6 +77,13 @@ class TargetData:
                     "name a data set the source never trained on",
                 )
             ds = registry.load(name, data_dir=config.data_dir or None)
+            mine, theirs = list(self.dataset.class_names), list(ds.class_names)
+            if mine and theirs and mine != theirs:
+                raise DataError(
+                    f"eval_shifts: {name!r} has classes {theirs[:5]}..., the target "
+                    f"{config.dataset!r} {mine[:5]}...: a shift keeps the label space",
+                    "use classes(...) to select and order the shared classes",
+                )
             if ds.num_classes != self.num_classes or ds.modality != self.dataset.modality:
                 raise DataError(
                     f"eval_shifts: {name!r} has {ds.num_classes} {ds.modality} classes, the "

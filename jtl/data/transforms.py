@@ -122,7 +122,7 @@ def _parse_step(step: str, name: str) -> Transform:
     options = []
     for part in parts[1:] if arg else parts:
         key, sep, value = part.partition("=")
-        if not sep or key not in allowed or not re.fullmatch(r"-?\d+", value.strip()):
+        if not sep or key not in allowed or not re.fullmatch(r"\d+", value.strip()):
             raise TransformError(f"bad option {part!r} of {op} {where}: {op} takes {what}")
         options.append((key.strip(), value.strip()))
     if needs_arg != bool(arg):
@@ -268,9 +268,16 @@ class TransformedSource:
     """
 
     def __init__(
-        self, base: Any, ops: Sequence[PixelOp], index: np.ndarray, relabel: np.ndarray | None
+        self,
+        base: Any,
+        ops: Sequence[PixelOp],
+        index: np.ndarray,
+        relabel: np.ndarray | None,
+        base_labels: np.ndarray | None = None,
     ) -> None:
         self._base, self._ops, self._index, self._relabel = base, list(ops), index, relabel
+        if base_labels is not None:  # labels without running the pixel ops over the split
+            self.labels = _relabelled(np.asarray(base_labels)[index], relabel)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -340,8 +347,11 @@ def apply(
                 raise TransformError(
                     f"{t} in data set {name!r}: no class {bad} (classes are 0..{num_classes - 1})"
                 )
-    if -1 in image_shape[:2] and any(t.name in ("block_shuffle", "lowres") for t in transforms):
-        raise TransformError(f"data set {name!r}: block_shuffle/lowres need a fixed image size")
+    if -1 in image_shape[:2] and any(t.name != "classes" for t in transforms):
+        raise TransformError(
+            f"data set {name!r}: pixel transforms need images of one size (this data set's "
+            "vary); only classes() applies"
+        )
     relabel = None
     if keep is not None:
         relabel = np.full(num_classes, -1, np.int64)
@@ -358,7 +368,7 @@ def apply(
         if isinstance(base_images, np.ndarray) and isinstance(base_labels, np.ndarray):
             out[split] = wrap_arrays(*in_memory(base_images, base_labels, ops, index, relabel))
         else:
-            out[split] = TransformedSource(source, ops, index, relabel)
+            out[split] = TransformedSource(source, ops, index, relabel, labels(split))
     return out, num_classes, list(class_names)
 
 

@@ -33,8 +33,8 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
     # Only (target, size) pairs with a finished cell: a partial (or resumed) study scores what
     # it can report, and the rest once its cells finish.
     sizes = {(c.target, c.size): c for c in cells if (c.workdir(root) / "summary.json").exists()}
-    for source in study.sources:
-        for (target, size), cell in sizes.items():
+    for (target, size), cell in sizes.items():  # target outer: its data set loads once
+        for source in study.sources:
             label = size.replace("/class", "").replace("%", "pct")
             cache = root / "advise" / f"{source}__{target}__{label}.json"
             if cache.exists():

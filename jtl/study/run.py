@@ -208,6 +208,13 @@ class StudyClock:
         self.path.write_text(json.dumps(self.data, indent=1) + "\n")
 
 
+def _stop_if_preempted(failed: Sequence[tuple[Cell, str]]) -> None:
+    """A cell process that exited 75 was preempted: the study stops too (and exits 75)."""
+    hit = [c for c, why in failed if why.startswith("preempted")]
+    if hit:
+        raise Preempted(None, "SIGTERM", f"in {len(hit)} cell(s), checkpoints saved")
+
+
 def run_cells(
     cells: Sequence[Cell], root: Path, parallel: int = 1, clock: StudyClock | None = None
 ) -> tuple[int, list[tuple[Cell, str]]]:
@@ -219,9 +226,11 @@ def run_cells(
         # Later seeds that reuse the first seeds' choice (sweep_tune_seeds) wait for their grids.
         first = [c for c in todo if not (c.tuned_by and not c.chosen)]
         failed = _run_parallel(first, root, parallel)
+        _stop_if_preempted(failed)
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
         failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in later if not c.chosen]
         failed += _run_parallel([c for c in later if c.chosen], root, parallel)
+        _stop_if_preempted(failed)
         if clock is not None:
             clock.tick(cells_done=len(todo) - len(failed))
         return len(todo), failed
