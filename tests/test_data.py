@@ -375,3 +375,30 @@ def test_cached_eval_batches_equal_the_streamed_ones(channels):
                 assert sorted(a) == sorted(b)
                 for k in a:
                     np.testing.assert_array_equal(a[k], b[k])
+
+
+class JtlFakeDownload(JtlFakeCatalog):
+    """A catalog-style builder that downloads its files (like most of the tfds catalog)."""
+
+    def _split_generators(self, dl_manager):
+        dl_manager.download("https://data.example.invalid/jtl_fake_download.npz")
+        return super()._split_generators(dl_manager)
+
+
+def test_catalog_download_without_network_fails_fast_with_a_hint(data_dir, monkeypatch):
+    import socket
+    import time
+
+    def unreachable(address, timeout=None, *args, **kwargs):
+        assert timeout is not None and timeout <= 10  # a short, bounded check
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t = time.time()
+    with pytest.raises(DataError) as e:
+        registry.load("jtl_fake_download")
+    assert time.time() - t < 10
+    assert "cannot reach the network" in str(e.value) and "data.example.invalid" in str(e.value)
+    assert "jtl data prepare jtl_fake_download" in e.value.hint and "TFDS_DATA_DIR" in e.value.hint
+    # A builder that downloads nothing (or data already prepared) needs no network at all.
+    assert registry.load("jtl_fake_catalog").num_classes == 2

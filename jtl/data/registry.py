@@ -14,7 +14,11 @@ ArrayRecord files, read without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from jtl.data import builders, sources, transforms
+from jtl.errors import DataError
 
+NETWORK_TIMEOUT_S = 5.0  # the reachability check before a catalog download
 # Splits up to this size are read into memory once (fast epochs); larger ones stream.
 IN_MEMORY_BYTES = 1 << 30
 tfds.disable_progress_bar()
@@ -240,11 +246,74 @@ def load(name: str, data_dir: str | Path | None = None, skip_bad_images: bool = 
     )
 
 
+def is_catalog(name: str) -> bool:
+    """A tfds catalog name (not an offline jtl name, npz: or folder:)."""
+    return not name.startswith(("npz:", "folder:")) and name not in builders.OFFLINE_BUILDERS
+
+
+def check_network(name: str, url: str, data_dir: Any, timeout: float = NETWORK_TIMEOUT_S) -> None:
+    """One short connection attempt to a download's host, so a compute node without internet
+    fails in seconds with a hint, not after minutes of download retries."""
+    host = urllib.parse.urlparse(url).hostname
+    if not host:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        raise DataError(
+            f"data set {name!r} is not prepared in {data_dir} and this machine cannot reach "
+            f"the network to download it ({host}: {e})",
+            f"prepare it where there is internet with `jtl data prepare {name}`, then point "
+            "$JTL_DATA_DIR (its tfds/ folder) or $TFDS_DATA_DIR at the prepared data",
+        ) from None
+
+
+def _urls(spec: Any) -> list[str]:
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, dict):
+        return [u for v in spec.values() for u in _urls(v)]
+    if isinstance(spec, list | tuple):
+        return [u for v in spec for u in _urls(v)]
+    url = getattr(spec, "url", None)  # tfds.download.Resource
+    return [url] if isinstance(url, str) else []
+
+
+@contextlib.contextmanager
+def _network_checked(name: str, data_dir: Any) -> Any:
+    """While a builder prepares: its first download checks the network once (quickly)."""
+    manager = tfds.download.DownloadManager
+    originals = {m: getattr(manager, m) for m in ("download", "download_and_extract")}
+    checked: set[str] = set()
+
+    def wrap(method: Any) -> Any:
+        def checked_method(self: Any, url_or_urls: Any, *args: Any, **kwargs: Any) -> Any:
+            for url in _urls(url_or_urls):
+                host = urllib.parse.urlparse(url).hostname or ""
+                if host not in checked:
+                    check_network(name, url, data_dir)
+                    checked.add(host)
+            return method(self, url_or_urls, *args, **kwargs)
+
+        return checked_method
+
+    for m, method in originals.items():
+        setattr(manager, m, wrap(method))
+    try:
+        yield
+    finally:
+        for m, method in originals.items():
+            setattr(manager, m, method)
+
+
 def _load_base(name: str, data_dir: str | Path | None, skip_bad_images: bool) -> Dataset:
+    if not data_dir and is_catalog(name) and os.environ.get("TFDS_DATA_DIR"):
+        data_dir = os.environ["TFDS_DATA_DIR"]
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
     builder = _builder_for(name, data_dir, skip_bad_images)
     try:
-        builder.download_and_prepare()
+        with _network_checked(name, builder.data_dir):
+            builder.download_and_prepare()
     except ImportError as e:
         if "tensorflow" not in str(e):
             raise
