@@ -402,3 +402,20 @@ def test_catalog_download_without_network_fails_fast_with_a_hint(data_dir, monke
     assert "jtl data prepare jtl_fake_download" in e.value.hint and "TFDS_DATA_DIR" in e.value.hint
     # A builder that downloads nothing (or data already prepared) needs no network at all.
     assert registry.load("jtl_fake_catalog").num_classes == 2
+
+
+def test_a_class_missing_from_the_test_split_is_warned_about(data_dir, caplog):
+    import logging
+
+    from jtl.config import base_config
+    from jtl.data.target import TargetData
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 255, (60, 8, 8), dtype=np.uint8), np.arange(60) % 3
+    xt, yt = rng.integers(0, 255, (10, 8, 8), dtype=np.uint8), np.arange(10) % 2  # no class 2
+    np.savez(data_dir / "gap.npz", x=x, y=y, x_test=xt, y_test=yt)
+    cfg = base_config()
+    cfg.dataset, cfg.image_size = f"npz:{data_dir / 'gap.npz'}", 8
+    with caplog.at_level(logging.WARNING):
+        TargetData(cfg)
+    assert "1 class(es) have training examples but none in the test split" in caplog.text

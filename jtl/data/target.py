@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+from absl import logging
 from etils import epath
 
 from jtl.data import pipeline, registry, subsets
@@ -53,6 +54,7 @@ class TargetData:
             )
             self.train_idx, self.val_idx = folds[config.fold]
         self.test_idx = np.arange(len(self.dataset.splits["test"]))
+        _warn_untested_classes(self.dataset, labels[self.train_idx])
         self.image_size = config.image_size
         self.channels = config.channels
         self.input_scale = resolve_input_scale(config)
@@ -163,6 +165,21 @@ class TargetData:
             scale=self.input_scale,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+        )
+
+
+def _warn_untested_classes(dataset: registry.Dataset, train_labels: np.ndarray) -> None:
+    """A class the run trains on but the test split never shows cannot be measured: say so."""
+    if dataset.modality != "image" and not hasattr(dataset.splits["test"], "labels"):
+        return
+    missing = sorted(set(np.unique(train_labels)) - set(np.unique(dataset.labels("test"))))
+    if missing:
+        names = dataset.class_names or [str(i) for i in range(dataset.num_classes)]
+        logging.warning(
+            "%d class(es) have training examples but none in the test split of %s: %s",
+            len(missing),
+            dataset.name,
+            ", ".join(names[int(c)] for c in missing[:10]),
         )
 
 
