@@ -22,7 +22,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
-from jtl.study.budget import converged
+from jtl.study.budget import SMALL_IMAGE_PROTOCOL, converged
 
 DEPTH = 3  # cnn_small's blocks: stem, block1, block2
 
@@ -62,14 +62,5 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     s.seeds = tuple(range(a.seeds))
     s.overrides = ("model.name=cnn_small", "model.kwargs.width=0.5", "log_every=50")
     s.advise_sample = 0
-    converged(
-        s,
-        max_epochs=30.0,
-        max_epochs_by_size={"10": 150.0, "100": 30.0, "1000": 16.0},
-        eval_every_epochs_by_size={"10": 10.0, "100": 2.0},
-        lr_grid=(0.01, 0.03, 0.1),
-        min_steps=200,
-        min_eval_every_steps=10,
-        stop_min_steps=100,
-    )
+    converged(s, **SMALL_IMAGE_PROTOCOL, stop_min_steps=100)
     return s

@@ -41,7 +41,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
-from jtl.study.budget import converged
+from jtl.study.budget import SMALL_IMAGE_PROTOCOL, converged
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -110,16 +110,7 @@ def _converged_protocol(s: mlc.ConfigDict, stop_min_steps: int, fashion_max: int
     # heading; 8 stopped four of them still improving. Floors in steps: full lfw_subset (134
     # images) is 2 steps per epoch, so an epoch cap and epoch-wise patience alone would stop it
     # after a few steps (scratch: x2).
-    converged(
-        s,
-        max_epochs=30.0,
-        max_epochs_by_size={"10": 150.0, "100": 30.0, "1000": 16.0},
-        eval_every_epochs_by_size={"10": 10.0, "100": 2.0},
-        lr_grid=(0.01, 0.03, 0.1),
-        min_steps=200,
-        min_eval_every_steps=10,
-        stop_min_steps=stop_min_steps,
-    )
+    converged(s, **SMALL_IMAGE_PROTOCOL, stop_min_steps=stop_min_steps)
     if "fashion_mnist" in s.targets and "lfw_subset" in s.targets:  # the full study
         # A converged source too: 2000 steps with crop(2) reached 99.51 % test (400: 98.68 %).
         s.sources.mnist.config = "configs/mnist_pretrain.py:steps=2000,augment=crop(2)"

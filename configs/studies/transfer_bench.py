@@ -48,7 +48,7 @@ import ml_collections as mlc
 
 from jtl.config import parse_arg
 from jtl.study import study_defaults
-from jtl.study.budget import converged
+from jtl.study.budget import SMALL_IMAGE_PROTOCOL, converged
 
 MODEL = ("model.name=cnn_small", "model.kwargs.width=0.5")
 PRETRAIN = "configs/mnist_pretrain.py:model=cnn_small,width=0.5,augment=crop(2)"
@@ -126,16 +126,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.targets = mlc.ConfigDict({k: s.targets[k] for k in ("digits", "lfw")})
         s.sizes, s.sizes_by_target = ("10",), mlc.ConfigDict()
         s.target_overrides = mlc.ConfigDict()
-    # mnist_source's converged protocol, with its caps and floors: 10/class is ~67 training
-    # images (one step per epoch at batch 64), 100/class ~670.
-    converged(
-        s,
-        max_epochs=30.0,
-        max_epochs_by_size={"10": 150.0, "100": 30.0},
-        eval_every_epochs_by_size={"10": 10.0, "100": 2.0},
-        lr_grid=(0.01, 0.03, 0.1),
-        min_steps=200,
-        min_eval_every_steps=10,
-        stop_min_steps=100,
-    )
+    # mnist_source's converged protocol (no 1000/class size here).
+    protocol = {**SMALL_IMAGE_PROTOCOL, "max_epochs_by_size": {"10": 150.0, "100": 30.0}}
+    converged(s, **protocol, stop_min_steps=100)
     return s

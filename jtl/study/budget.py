@@ -44,6 +44,20 @@ def convergence_defaults() -> mlc.ConfigDict:
     )
 
 
+# mnist_source's converged protocol for small grey images (its study docstring says why): caps
+# in epochs per size (10/class is ~67 images, one step per epoch), the validation interval per
+# size, the learning-rate grid, and floors in steps. The benchmark and the layer-transfer
+# study use it too, so their verdicts rest on the same protocol.
+SMALL_IMAGE_PROTOCOL: dict = {
+    "max_epochs": 30.0,
+    "max_epochs_by_size": {"10": 150.0, "100": 30.0, "1000": 16.0},
+    "eval_every_epochs_by_size": {"10": 10.0, "100": 2.0},
+    "lr_grid": (0.01, 0.03, 0.1),
+    "min_steps": 200,
+    "min_eval_every_steps": 10,
+}
+
+
 def converged(
     study: mlc.ConfigDict,
     *,
