@@ -18,6 +18,9 @@ import numpy as np
 from jtl.report.plots import _colors
 
 Entry = dict[str, Any]
+# Sources below this accuracy on their own task (random-init and under-trained controls) are
+# left out of the block-size trend: it compares trained sources that differ only in shuffling.
+MIN_TREND_SOURCE_ACCURACY = 0.5
 _METRICS = (
     ("kendall_tau_sources", "Kendall tau, ranking sources per (target, size, arm)"),
     ("weighted_tau_sources", "weighted tau, ranking sources per (target, size, arm)"),
@@ -129,6 +132,9 @@ def block_shuffle_trend(table: Sequence[Entry], base: str = "mnist") -> list[dic
         ds = e.get("source_dataset") or ""
         if ds.split("|")[0] != base or (("|" in ds) and "block_shuffle" not in ds):
             continue
+        acc = e.get("source_accuracy")
+        if isinstance(acc, int | float) and acc < MIN_TREND_SOURCE_ACCURACY:
+            continue  # an under-trained or random control is no point of the trend
         k = block_size(ds)
         for arm, g in e["gain"].items():
             out.append({"target": e["target"], "size": e["size"], "arm": arm, "block": k,
