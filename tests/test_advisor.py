@@ -16,6 +16,12 @@ from jtl.cli import main
 ARMS = ("linear_probe", "finetune_full", "lp_ft")
 
 
+@pytest.fixture(autouse=True)
+def _fewer_bootstrap_resamples(monkeypatch):
+    """200 resamples instead of 2,000: the intervals' code is the same, the suite faster."""
+    monkeypatch.setattr(validation, "BOOTSTRAP", 200)
+
+
 def _bench(seed=0, sources=6, targets=7, noise=0.5):
     """Synthetic study rows and per-size score records with a known law: the gain of each arm
     is linear in the source's probe gap, with slopes and offsets that depend on the size."""

@@ -41,7 +41,11 @@ targets, linear probe only: its fine-tuning costs ~90 s a cell on this CPU. Its 
 against the main part's scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
-Expected: see docs/results.md "Transferability benchmark" (command, machine, wall time).
+Expected (first, partial run, 2026-12-02, 2-core CPU shared by both phases: 72 + 83 min;
+docs/results.md "Transferability benchmark"): 66 triples at 10/class (8 targets with
+finetune_full). Scratch at 10/class: digits 89.4 %, fashion_mnist 61.8 %, lfw 89.0 %; finetune_full
+from the same-domain source +24 points on mnist59 (from mnist), +20 on fashion (from fashion).
+Leave-one-target-out, the fitted advisor's regret is 0.80 points vs 2.13 for always-scratch.
 """
 
 import ml_collections as mlc

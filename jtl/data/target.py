@@ -54,7 +54,8 @@ class TargetData:
             )
             self.train_idx, self.val_idx = folds[config.fold]
         self.test_idx = np.arange(len(self.dataset.splits["test"]))
-        _warn_untested_classes(self.dataset, labels[self.train_idx])
+        if config.get("eval_test", True):  # a sweep trial never reads the test split
+            _warn_untested_classes(self.dataset, labels[self.train_idx])
         self.image_size = config.image_size
         self.channels = config.channels
         self.input_scale = resolve_input_scale(config)
