@@ -141,21 +141,23 @@ def jit_train_step(
     )
 
 
-def make_eval_step(model: Any) -> Callable[[dict, dict], dict]:
+def make_eval_step(model: Any, logits: bool = False) -> Callable[[dict, dict], dict]:
+    """Sums for loss and accuracy; with `logits`, also the global batch's logits, labels and
+    mask (for calibration: gathering them costs collectives, so periodic validation does not)."""
+
     def step(variables: dict, batch: dict) -> dict:
-        logits = model.apply(variables, model_inputs(batch), train=False)
+        out = model.apply(variables, model_inputs(batch), train=False)
         mask = batch["mask"]
-        loss = cross_entropy(logits, batch["label"])
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return {
+        loss = cross_entropy(out, batch["label"])
+        correct = (jnp.argmax(out, -1) == batch["label"]).astype(jnp.float32)
+        sums = {
             "loss_sum": jnp.sum(loss * mask),
             "correct": jnp.sum(correct * mask),
             "count": jnp.sum(mask),
-            # the global batch's logits, labels and mask, for calibration (jtl.calibration)
-            "logits": logits.astype(jnp.float32),
-            "label": batch["label"],
-            "mask": mask,
         }
+        if logits:
+            sums.update(logits=out.astype(jnp.float32), label=batch["label"], mask=mask)
+        return sums
 
     return step
 
@@ -487,9 +489,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     writer.truncate_after(start_step)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+    eval_logits = jax.jit(
+        make_eval_step(model, logits=True), in_shardings=(repl, batched), out_shardings=repl
+    )
 
     def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
-        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
+        step_fn = eval_step if keep is None else eval_logits
+        return evaluate(step_fn, v, data, split, config.eval_batch_size, mesh, keep)
 
     batches = data.train_batches(config, start_step)
     batch = sharding.shard_batch(next(batches), mesh) if start_step < config.total_steps else None

@@ -255,7 +255,9 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     if variables.get("batch_stats"):
         v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+    eval_step = jax.jit(
+        make_eval_step(model, logits=True), in_shardings=(repl, batched), out_shardings=repl
+    )
 
     def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
         return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
