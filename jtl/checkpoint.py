@@ -364,6 +364,7 @@ def load_variables(
         ) from e
 
 
+# Long (101 lines): one restore with its key report; splitting is issue 21's redesign step.
 def _load_variables(
     path: str | Path,
     target: dict[str, Any],

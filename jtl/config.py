@@ -22,6 +22,7 @@ from jtl.errors import ConfigError, ConfigTypeError, MissingFileError
 from jtl.optim import optimizers
 
 
+# Long (118 lines): the schema, one commented field per line; issue 21 splits it by concern.
 def base_config() -> mlc.ConfigDict:
     """Every field the trainer reads, with defaults; config files override what they need."""
     c = mlc.ConfigDict()

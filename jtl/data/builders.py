@@ -260,6 +260,7 @@ def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarr
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+# Long (110 lines): a tfds builder class defined in a closure; issue 21 moves it to module level.
 def folder_builder(
     root: str | Path, skip_bad_images: bool = False, record_dir: str | Path | None = None
 ) -> type[ArrayBuilder]:

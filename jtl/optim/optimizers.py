@@ -194,6 +194,7 @@ def _describe(spec: dict[str, Any]) -> str:
     return schedules_lib.describe(spec["name"], int(spec.get("warmup_steps", 0)), **kw)
 
 
+# Long (98 lines): one optax chain built in order; issue 21 splits it.
 def make_optimizer(
     params: Any, cfg: Any, total_steps: int, *, step_offset: int = 0
 ) -> tuple[optax.GradientTransformation, list[GroupRow]]:

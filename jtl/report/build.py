@@ -102,6 +102,7 @@ def _diverged_section(doc: Any, diverged: list[str]) -> None:
     doc.ul(list(diverged))
 
 
+# Long (82 lines): the report written top to bottom, section by section.
 def build_report(
     study: dict[str, Any], rows: list[dict[str, Any]], outdir: Path
 ) -> dict[str, Path]:

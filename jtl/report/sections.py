@@ -13,6 +13,7 @@ from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
 from jtl.report.plots import plot_accuracy, plot_accuracy_vs_cost, plot_learning_curves
 
 
+# Long (105 lines): the results section in reading order; issue 21 splits it.
 def _results_sections(
     doc: _Doc,
     agg: Sequence[dict],
