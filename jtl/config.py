@@ -303,10 +303,15 @@ def config_diff(
     old: dict[str, Any],
     config: mlc.ConfigDict,
     ignore: Sequence[str] = ("progress", "cpu_devices"),
+    unread: Sequence[str] = (),
 ) -> list[str]:
-    """Dotted keys where a saved `config.json` and `config` describe different experiments."""
+    """Dotted keys where a saved `config.json` and `config` describe different experiments.
+
+    `unread`: dotted keys the run never reads (another strategy's `strategy_args`), ignored.
+    """
     before = {k: v for k, v in old.items() if not k.startswith("_")}
     diff = recorded_diff(before, to_dict(config), to_dict(base_config()), ignore)
+    diff = [k for k in diff if not any(k == u or k.startswith(u + ".") for u in unread)]
     if "input_scale" not in before:
         # Before input scales, every run fed [-1, 1]: the same experiment only where
         # `input_scale` still resolves to that (not for a torchvision or Lite0 source).

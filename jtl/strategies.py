@@ -46,6 +46,7 @@ import numpy as np
 from absl import logging
 
 from jtl import checkpoint as ckpt
+from jtl import config as config_lib
 from jtl import peft
 from jtl.errors import ConfigError
 from jtl.models import TEXT_MODELS
@@ -334,6 +335,9 @@ class Strategy:
     # Regexes of pretrained weights NOT loaded (they keep their fresh init), from the setup.
     keep_fresh: Callable[[Setup], list[str]] | None
     peft: bool
+    # The `strategy_args` only this strategy (and others that list them) reads: changing one
+    # cannot change a run of any other strategy, so resuming that run ignores it.
+    own_args: tuple[str, ...] = ()
 
 
 REGISTRY: dict[str, Strategy] = {}
@@ -345,16 +349,31 @@ def register(
     pretrained: bool = True,
     keep_fresh: Callable[[Setup], list[str]] | None = None,
     peft: bool = False,
+    own_args: tuple[str, ...] = (),
 ) -> Callable[[Callable[[Setup], Plan | ProbePlan]], Callable[[Setup], Plan | ProbePlan]]:
     """Adds a strategy function to `REGISTRY` (in the module docstring's table order)."""
 
     def add(fn: Callable[[Setup], Plan | ProbePlan]) -> Callable[[Setup], Plan | ProbePlan]:
         if name in REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice")
-        REGISTRY[name] = Strategy(name, fn, pretrained, keep_fresh, peft)
+        REGISTRY[name] = Strategy(name, fn, pretrained, keep_fresh, peft, own_args)
         return fn
 
     return add
+
+
+def args_not_read_by(name: str) -> set[str]:
+    """`strategy_args` that only other strategies read (`own_args`): a changed default of one
+    of these must not orphan the runs of strategy `name` (workdir resume ignores them)."""
+    mine = set(REGISTRY[name].own_args) if name in REGISTRY else set()
+    owned = {arg for s in REGISTRY.values() for arg in s.own_args}
+    return owned - mine
+
+
+def recorded_run_diff(recorded: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
+    """`config_lib.config_diff` for resuming a run: other strategies' own args do not count."""
+    unread = [f"strategy_args.{a}" for a in sorted(args_not_read_by(config.strategy))]
+    return config_lib.config_diff(recorded, config, unread=unread)
 
 
 def plan_strategy(
@@ -387,14 +406,14 @@ def plan_strategy(
 # ----------------------------------------------------------------------------- strategies
 
 
-@register("scratch", pretrained=False)
+@register("scratch", pretrained=False, own_args=("scratch_head_init",))
 def scratch(s: Setup) -> Plan:
     """Random init (He for convs), a PyTorch-style uniform head, everything trains."""
     variables = _scratch_head(s.variables, s.args.scratch_head_init, s.config.seed)
     return Plan(variables=variables, optim=s.optim, info=s.info)
 
 
-@register("linear_probe")
+@register("linear_probe", own_args=("probe_kinds",))
 def linear_probe(s: Setup) -> ProbePlan:
     """Cached bottleneck features, then logistic / ridge / SVM chosen on validation."""
     from jtl.linear_probe import probe_summary
@@ -408,7 +427,7 @@ def head_only(s: Setup) -> Plan:
     return s.sgd_plan(["backbone/.*"])
 
 
-@register("finetune_top")
+@register("finetune_top", own_args=("freeze_blocks",))
 def finetune_top(s: Setup) -> Plan:
     """The first `freeze_blocks` blocks (stem first) frozen; the rest and the head train."""
     return s.sgd_plan(
@@ -436,13 +455,13 @@ def _probed_head(s: Setup) -> dict[str, Any]:
     return {**s.variables, "params": params}
 
 
-@register("lp_ft")
+@register("lp_ft", own_args=("probe_kinds",))
 def lp_ft(s: Setup) -> Plan:
     """Linear probe first, then full fine-tuning from the probed head (Kumar et al. 2022)."""
     return s.sgd_plan(depth_rates=True, backbone_rate=True, variables=_probed_head(s))
 
 
-@register("l2sp")
+@register("l2sp", own_args=("l2sp_alpha", "l2sp_beta"))
 def l2sp(s: Setup) -> Plan:
     """Full fine-tuning pulled towards the pretrained weights instead of towards zero."""
     s.optim.weight_decay = 0.0  # L2-SP replaces decay towards zero
@@ -452,7 +471,7 @@ def l2sp(s: Setup) -> Plan:
     return s.sgd_plan(depth_rates=True, backbone_rate=True, penalty=penalty)
 
 
-@register("wise_ft")
+@register("wise_ft", own_args=("probe_kinds", "wise_alphas"))
 def wise_ft(s: Setup) -> Plan:
     """LP-FT, then the weight-space ensemble with the start picked on validation."""
     variables = _probed_head(s)
@@ -468,7 +487,7 @@ def _top_blocks(s: Setup) -> list[str]:
     return s.block_rules(s.blocks[len(s.blocks) - s.count("reinit_blocks") :])
 
 
-@register("reinit_top", keep_fresh=_top_blocks)
+@register("reinit_top", keep_fresh=_top_blocks, own_args=("reinit_blocks",))
 def reinit_top(s: Setup) -> Plan:
     """The top `reinit_blocks` blocks start from fresh init (a re-init ablation)."""
     return s.sgd_plan(depth_rates=True, backbone_rate=True)
@@ -477,6 +496,7 @@ def reinit_top(s: Setup) -> Plan:
 @register(
     "layer_transfer",
     keep_fresh=lambda s: s.block_rules(s.blocks[s.count("transfer_blocks") :]),
+    own_args=("transfer_blocks", "transfer_frozen"),
 )
 def layer_transfer(s: Setup) -> Plan:
     """Yosinski et al.: the first `transfer_blocks` pretrained (frozen if `transfer_frozen`)."""
@@ -485,7 +505,7 @@ def layer_transfer(s: Setup) -> Plan:
     return s.sgd_plan(depth_rates=True)
 
 
-@register("gradual_unfreeze")
+@register("gradual_unfreeze", own_args=("unfreeze_every",))
 def gradual_unfreeze(s: Setup) -> Plan:
     """ULMFiT: the head first, then one more block from the top every `unfreeze_every` steps."""
     every = int(s.args.unfreeze_every)
@@ -509,7 +529,7 @@ def _peft_rng(config: mlc.ConfigDict) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x9EF7)
 
 
-@register("lora", peft=True)
+@register("lora", peft=True, own_args=("lora_rank", "lora_alpha", "lora_targets"))
 def lora(s: Setup) -> Plan:
     """LoRA: frozen base, trainable head + `lora/...` factors (see jtl.peft for the transform).
 
@@ -545,7 +565,7 @@ def bitfit(s: Setup) -> Plan:
     return s.peft_plan(BITFIT_FROZEN)
 
 
-@register("adapter", peft=True)
+@register("adapter", peft=True, own_args=("adapter_blocks", "adapter_reduction"))
 def adapter(s: Setup) -> Plan:
     """Bottleneck adapters after `adapter_blocks` (default: every block but the stem)."""
     args = s.args

@@ -45,7 +45,7 @@ from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
 from jtl.paths import as_path
-from jtl.strategies import Plan, ProbePlan, plan_strategy
+from jtl.strategies import Plan, ProbePlan, plan_strategy, recorded_run_diff
 
 State = dict[str, Any]
 
@@ -237,7 +237,7 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
     existing = workdir / "config.json"
     if not existing.exists() or not _has_results(workdir):
         return  # nothing trained yet (e.g. a start that failed on a config error): no conflict
-    diff = config_lib.config_diff(json.loads(existing.read_text()), config)
+    diff = recorded_run_diff(json.loads(existing.read_text()), config)
     if diff:
         raise WorkdirConflictError(
             f"{workdir} already holds a run with a different config (differs in: "

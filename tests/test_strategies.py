@@ -243,3 +243,57 @@ def test_wise_ft_curve_has_ece_and_every_shift(source, tmp_path):
     assert best["shift_accuracy:digits|invert"] == shift["accuracy"]
     assert best["shift_ece:digits|invert"] == pytest.approx(shift["ece"], abs=1e-9)
     assert best["test_ece"] == pytest.approx(s["test_ece"], abs=1e-9)
+
+
+def test_each_strategy_reads_no_other_strategys_own_args(source, monkeypatch):
+    """`own_args` lets a run resume after another strategy's arg default changed: that is only
+    safe if no strategy reads an arg that `args_not_read_by` says it does not read."""
+    import ml_collections as mlc
+
+    from jtl.data.target import TargetData
+    from jtl.models import get_model
+    from jtl.train import _init_variables
+
+    read: set[str] = set()
+
+    class Recording(mlc.ConfigDict):
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+    needs = {"gradual_unfreeze": "unfreeze_every=5", "reinit_top": "reinit_blocks=1"}
+    data, model = None, get_model("cnn_small", 10, norm="batch")
+    for name, st in strategies.REGISTRY.items():
+        extra = [f"strategy_args.{needs[name]}"] if name in needs else []
+        cfg = (
+            _target(source, name, *extra)
+            if st.pretrained
+            else config_lib.load_config(f"{TINY}:steps=20")
+        )
+        data = data or TargetData(cfg)
+        args = Recording(cfg.strategy_args.to_dict())
+        monkeypatch.setattr(strategies.Setup, "args", property(lambda self, a=args: a))
+        with cfg.unlocked():
+            cfg.strategy_args = args
+        assert type(cfg.strategy_args) is Recording
+        read.clear()
+        plan = strategies.plan_strategy(cfg, model, _init_variables(model, cfg), data)
+        if isinstance(plan, strategies.ProbePlan):
+            plan.fit()
+        assert read, f"{name}: nothing recorded (the recording proxy is not in use)"
+        wrong = read & strategies.args_not_read_by(name)
+        assert not wrong, f"strategy {name} reads {sorted(wrong)}: add them to its own_args"
+    assert strategies.args_not_read_by("finetune_full") >= {"wise_alphas", "lora_rank"}
+    assert "wise_alphas" not in strategies.args_not_read_by("wise_ft")
+
+
+def test_resume_ignores_only_other_strategies_own_args():
+    """A run recorded under an older default of another strategy's arg still resumes; the same
+    change to an arg the run's own strategy reads is a different experiment."""
+    for name, differs in (("finetune_full", []), ("wise_ft", ["strategy_args.wise_alphas"])):
+        cfg = config_lib.load_config(f"{TINY}:steps=20", [f"strategy={name}"])
+        recorded = config_lib.to_dict(cfg)
+        recorded["strategy_args"]["wise_alphas"] = [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert strategies.recorded_run_diff(recorded, cfg) == differs
+        recorded["strategy_args"]["backbone_lr_mult"] = 0.5  # shared: always counts
+        assert "strategy_args.backbone_lr_mult" in strategies.recorded_run_diff(recorded, cfg)

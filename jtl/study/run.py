@@ -61,7 +61,9 @@ def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
     summary, cfg = workdir / "summary.json", workdir / "config.json"
     if not (summary.exists() and cfg.exists()):
         return False
-    return not config_lib.config_diff(json.loads(cfg.read_text()), config)
+    from jtl.strategies import recorded_run_diff
+
+    return not recorded_run_diff(json.loads(cfg.read_text()), config)
 
 
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
