@@ -481,3 +481,22 @@ def test_zz_fault_counts():
     )
     assert COUNTS["data_lost"] == 0
     assert COUNTS["survived"] == COUNTS["injected"]
+
+
+def test_fallback_from_a_corrupt_checkpoint_is_one_warning_line(reference, tmp_path):
+    """Through the CLI, the fallback says one line (which step, why, where the bad one went);
+    orbax's un-awaited coroutine tracebacks from the failed read stay hidden."""
+    ref_wd, _ = reference
+    wd = tmp_path / "run"
+    shutil.copytree(ref_wd, wd)
+    (wd / "summary.json").unlink()
+    files = sorted(p for p in (wd / "checkpoints" / "40").rglob("*") if p.is_file())
+    _corrupt(max(files, key=lambda p: p.stat().st_size), random.Random(7), "truncate")
+    out = _jtl(*_train_args(wd))
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert len([x for x in lines if "unreadable" in x]) == 1, out.stderr
+    assert "resumed from step 30" in out.stderr
+    assert not any(w in out.stderr for w in ("Traceback", "Exception ignored", "coroutine"))
+    assert len(lines) <= 2, out.stderr  # the warning (and at most one line of jtl's own)
+    _count("checkpoint fallback via the CLI", True)
