@@ -8,6 +8,7 @@ jtl study --config configs/studies/NAME.py[:quick] --workdir DIR [--parallel N] 
 jtl import --from FILE --model NAME --out DIR
 jtl predict --checkpoint DIR --image FILE [--top 5]
 jtl export --merge --checkpoint RUN --out DIR
+jtl soup RUN RUN [RUN ...] --out DIR [--kind greedy|uniform] [--max_barrier POINTS]
 jtl advise --checkpoint DIR --dataset NAME
 """
 
@@ -231,6 +232,35 @@ def cmd_export(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_soup(argv: Sequence[str]) -> int:
+    from jtl import soup
+
+    p = _Parser(
+        prog="jtl soup",
+        description="Average fine-tuned runs of one source and split into one model (Wortsman "
+        "et al. 2022), after measuring the loss and error barrier between them.",
+        epilog="example: jtl soup runs/sweep/lr0.01 runs/sweep/lr0.03 runs/sweep/lr0.1 "
+        "--out runs/soup",
+    )
+    p.add_argument("runs", nargs="+", help="finished run workdirs (same source, model, split)")
+    p.add_argument("--out", required=True, help="new directory (never overwritten)")
+    p.add_argument("--kind", choices=("greedy", "uniform"), default="greedy")
+    p.add_argument(
+        "--max_barrier",
+        type=float,
+        default=100 * soup.MAX_ERROR_BARRIER,
+        help="uniform soups: refuse above this error barrier, in accuracy points (default 2)",
+    )
+    args = p.parse_args(argv)
+    setup_logging(verbose=False)
+    s = soup.make_soup(args.runs, args.out, args.kind, args.max_barrier / 100.0)
+    kept = s["soup"]["kept"]
+    test = "" if s["test_accuracy"] is None else f", test accuracy {s['test_accuracy']:.4f}"
+    print(f"{args.kind} soup of {len(kept)} of {len(args.runs)} runs -> {args.out}: "
+          f"val accuracy {s['val_accuracy']:.4f}{test}")  # fmt: skip
+    return 0
+
+
 def cmd_advise(argv: Sequence[str]) -> int:
     p = _Parser(
         prog="jtl advise", description="Transferability scores and a strategy, before training."
@@ -385,6 +415,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "import": cmd_import,
     "predict": cmd_predict,
     "export": cmd_export,
+    "soup": cmd_soup,
     "advise": cmd_advise,
     "advisor": cmd_advisor,
     "study": cmd_study,

@@ -59,7 +59,14 @@ def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
     info = source_model.describe(run)
     variables, step = _run_state(run)
     variables = merged_variables(config, variables)
-    meta = {
+    meta = import_meta(info, exported_from=str(run), strategy=config.get("strategy"), step=step)
+    ckpt.save_variables(out, variables, meta)
+    return meta
+
+
+def import_meta(info: source_model.SourceModel, **extra: Any) -> dict[str, Any]:
+    """`import.json` for a model written from a run (an export, a soup): what loads it."""
+    return {
         "model": info.model,
         "model_kwargs": {**info.kwargs, "num_classes": info.num_classes},
         "class_names": info.class_names,
@@ -67,9 +74,5 @@ def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
         "channels": info.channels,
         "preprocess": info.preprocess,
         "input_scale": info.input_scale,
-        "exported_from": str(run),
-        "strategy": config.get("strategy"),
-        "step": step,
+        **extra,
     }
-    ckpt.save_variables(out, variables, meta)
-    return meta

@@ -64,6 +64,8 @@ class RunSummary(TypedDict, total=False):
     test_reliability: dict[str, list]
     # eval_shifts: data set -> accuracy, loss, examples, nll / brier / ece (raw and `_ts`)
     shifts: dict[str, dict[str, Any]]
+    # `jtl soup`: kind, member runs, their validation accuracy, greedy tries, barriers
+    soup: dict[str, Any]
     trained_test_accuracy: float | None
     trained_val_accuracy: float | None
     # budget and convergence (jtl.early_stopping)

@@ -1,0 +1,305 @@
+"""Model soups (Wortsman et al. 2022): one model from the averaged weights of several fine-tuned
+runs that share a source, an architecture and a validation split (e.g. one learning-rate sweep).
+
+Why a barrier check first: averaging two networks only makes sense when the straight line
+between them stays in one low-loss basin (linear mode connectivity, Frankle et al. 2020).
+`barrier` measures the loss and the error on that line at `BARRIER_POINTS` points, above the
+chord between the end points. A uniform soup across an error barrier above `MAX_ERROR_BARRIER`
+is refused (Frankle et al. call a pair stable within 2 points); the greedy soup needs no such
+rule, since it adds a run only where validation accuracy does not drop.
+
+Averaging is leaf by leaf in float64. A leaf that is the same in every member (a frozen block,
+the base of PEFT runs) is kept bit for bit, so only what trained is averaged and a soup of
+identical runs is that run. LoRA factors are averaged as factors, then merged (what the soup
+of the trainable subtrees means); adapter runs cannot be merged into the base and are refused.
+
+The soup is a run-like directory: `checkpoints/` + `import.json` (read by `jtl predict`,
+`--config.init.checkpoint` and study sources), summary.json (validation, test, calibration and
+`eval_shifts`, with the temperature fitted on validation) and the recipe in its `soup` field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections as mlc
+import numpy as np
+
+from jtl import calibration, run_summary, slim_checkpoint, source_model
+from jtl import checkpoint as ckpt
+from jtl.errors import MissingFileError, UserError
+
+BARRIER_POINTS = 11  # alpha = 0, 0.1, ..., 1 on the line between two members
+MAX_ERROR_BARRIER = 0.02  # accuracy points (as a fraction) above the chord: Frankle et al. 2020
+# What decides a run's validation split (jtl.data.target.TargetData): members must agree.
+SPLIT_KEYS = (
+    "dataset", "data_dir", "val_fraction", "data_seed", "train_per_class", "train_fraction",
+    "num_folds", "fold", "image_size", "channels", "input_scale",
+)  # fmt: skip
+
+
+@dataclass
+class Member:
+    """One run to soup: its config, its weights (un-merged; PEFT bases filled in) and where."""
+
+    path: Path
+    config: dict[str, Any]
+    variables: dict[str, Any]
+    base: dict[str, Any] | None  # a PEFT run's {"path", "sha256"}
+
+
+def load_member(path: str | Path) -> Member:
+    run = Path(path).absolute()
+    if not (run / "config.json").exists() or not (run / "summary.json").exists():
+        raise MissingFileError(
+            f"{run} is not a finished run workdir (no config.json / summary.json)",
+            "pass the --workdir of finished `jtl train` runs",
+        )
+    variables, _, meta = slim_checkpoint.read_variables(str(run))
+    base = meta.get(slim_checkpoint.BASE_KEY)
+    if base:
+        variables = slim_checkpoint.fill_from_base(variables, base, str(run))
+    return Member(run, json.loads((run / "config.json").read_text()), variables, base)
+
+
+def check_compatible(members: Sequence[Member]) -> None:
+    """One line naming the first thing two members disagree on (they cannot be souped)."""
+    if len(members) < 2:
+        raise UserError("a soup needs at least two runs", "pass two or more run workdirs")
+    first = members[0]
+    for m in members[1:]:
+        for what, a, b in (
+            ("model", first.config["model"], m.config["model"]),
+            ("source (init.checkpoint)", _source(first), _source(m)),
+            *((f"split ({k})", first.config.get(k), m.config.get(k)) for k in SPLIT_KEYS),
+        ):
+            if a != b:
+                raise UserError(
+                    f"cannot soup {first.path} and {m.path}: different {what} ({a!r} vs {b!r})",
+                    "soup runs of one sweep: the same source, model and data split",
+                )
+        shapes = (_shapes(first.variables), _shapes(m.variables))
+        if shapes[0] != shapes[1]:
+            raise UserError(
+                f"cannot soup {first.path} and {m.path}: their parameter trees differ",
+                "soup runs of the same strategy and architecture",
+            )
+    if any("adapter" in m.variables["params"] for m in members):
+        raise UserError(
+            "cannot soup adapter runs: adapters add layers the base model does not have",
+            "soup lora, bitfit, norm_only or fine-tuned runs",
+        )
+
+
+def _source(m: Member) -> str:
+    """A PEFT run's base by content; otherwise `init.checkpoint` as the sweep recorded it."""
+    if m.base:
+        return f"sha256:{m.base['sha256']}"
+    return str(m.config.get("init", {}).get("checkpoint") or "")
+
+
+def _shapes(variables: dict[str, Any]) -> dict[str, tuple]:
+    return {k: np.shape(v) for k, v in ckpt.flatten(variables).items()}
+
+
+def average(trees: Sequence[dict[str, Any]], weights: Sequence[float] | None = None) -> dict:
+    """The weighted mean of `trees` leaf by leaf (float64, cast back); a leaf equal in every
+    tree is returned as is, bit for bit."""
+    weights = np.full(len(trees), 1.0 / len(trees)) if weights is None else np.asarray(weights)
+    flats = [ckpt.flatten(t) for t in trees]
+    out = {}
+    for key in flats[0]:
+        leaves = [np.asarray(f[key]) for f in flats]
+        if all(np.array_equal(leaves[0], x) for x in leaves[1:]):
+            out[key] = leaves[0]
+        else:
+            mean = sum(w * x.astype(np.float64) for w, x in zip(weights, leaves, strict=True))
+            out[key] = np.asarray(mean, dtype=leaves[0].dtype)
+    return ckpt.unflatten(out)
+
+
+class Evaluator:
+    """Loss, accuracy and (on request) logits of variables on one member's splits."""
+
+    def __init__(self, member: Member) -> None:
+        from jtl import sharding
+        from jtl.data.target import TargetData
+        from jtl.models import get_model
+        from jtl.train import evaluate, make_eval_step
+
+        self.config = mlc.ConfigDict(member.config)
+        self.data = TargetData(self.config)
+        self.info = source_model.describe(member.path)
+        model = get_model(self.info.model, self.info.num_classes, **self.info.kwargs)
+        self.mesh = sharding.make_mesh()
+        repl, batched = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+        self._steps = {
+            logits: jax.jit(
+                make_eval_step(model, logits=logits),
+                in_shardings=(repl, batched),
+                out_shardings=repl,
+            )  # fmt: skip
+            for logits in (False, True)
+        }
+        self._evaluate = evaluate
+        self._replicate = lambda v: sharding.replicate(v, self.mesh)
+
+    def __call__(self, variables: dict, split: str = "val", keep: list | None = None) -> dict:
+        plain = merged(self.config, variables)
+        step = self._steps[keep is not None]
+        batch = int(self.config.eval_batch_size)
+        return self._evaluate(
+            step, self._replicate(plain), self.data, split, batch, self.mesh, keep
+        )
+
+
+def merged(config: mlc.ConfigDict | dict, variables: dict) -> dict:
+    """The base architecture's variables (LoRA factors merged), as `jtl export --merge`."""
+    from jtl.export import merged_variables
+
+    out = merged_variables(dict(config), variables)
+    return out if out.get("batch_stats") else {"params": out["params"]}
+
+
+def barrier(
+    evaluate: Callable[[dict], dict], a: dict, b: dict, points: int = BARRIER_POINTS
+) -> dict[str, Any]:
+    """Loss and error on the line (1 - t) a + t b, and their heights above the chord."""
+    ts = np.linspace(0.0, 1.0, points)
+    rows = [evaluate(average([a, b], [1.0 - t, t])) for t in ts]
+    loss = np.array([r["loss"] for r in rows])
+    err = 1.0 - np.array([r["accuracy"] for r in rows])
+    chord = lambda y: (1.0 - ts) * y[0] + ts * y[-1]  # noqa: E731
+    return {
+        "alphas": [float(t) for t in ts],
+        "val_loss": [float(x) for x in loss],
+        "val_accuracy": [float(1.0 - x) for x in err],
+        "loss_barrier": float(max(np.max(loss - chord(loss)), 0.0)),
+        "error_barrier": float(max(np.max(err - chord(err)), 0.0)),
+    }
+
+
+def greedy(evaluate: Callable[[dict], dict], members: Sequence[Member], order: Sequence[int]):
+    """Wortsman et al.'s greedy soup: in order of validation accuracy, keep a run only where
+    the soup's validation accuracy does not drop. Returns (indices kept, accuracy per try)."""
+    kept = [order[0]]
+    best = evaluate(members[order[0]].variables)["accuracy"]
+    tries = []
+    for i in order[1:]:
+        acc = evaluate(average([members[j].variables for j in [*kept, i]]))["accuracy"]
+        tries.append({"run": str(members[i].path), "val_accuracy": acc, "kept": acc >= best})
+        if acc >= best:
+            kept, best = [*kept, i], acc
+    return kept, tries
+
+
+def make_soup(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    kind: str = "greedy",
+    max_error_barrier: float = MAX_ERROR_BARRIER,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Builds a `kind` ("greedy" or "uniform") soup of `runs` into the new directory `out`;
+    returns its summary."""
+    if kind not in ("greedy", "uniform"):
+        raise UserError(f"soup kind {kind!r} is unknown", "use greedy or uniform")
+    out = Path(out).absolute()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; nothing was written", "choose a new --out")
+    t0 = time.time()
+    members = [load_member(r) for r in runs]
+    check_compatible(members)
+    evaluate = Evaluator(members[0])
+    solo = [evaluate(m.variables)["accuracy"] for m in members]
+    order = [int(i) for i in np.argsort(-np.asarray(solo), kind="stable")]
+    best = members[order[0]].variables
+    barriers = []
+    for i in order[1:]:
+        b = barrier(evaluate, best, members[i].variables)
+        barriers.append({"run": str(members[i].path), **b})
+        log(
+            f"barrier {members[order[0]].path.name} -> {members[i].path.name}: loss "
+            f"{b['loss_barrier']:.4f}, error {100 * b['error_barrier']:.2f} points"
+        )
+    worst = max(b["error_barrier"] for b in barriers)
+    if kind == "uniform":
+        if worst > max_error_barrier:
+            raise UserError(
+                f"a uniform soup across an error barrier of {100 * worst:.1f} points (above "
+                f"{100 * max_error_barrier:.1f}) averages models from different basins",
+                "use --kind greedy, or --max_barrier to soup anyway",
+            )
+        kept, tries = list(range(len(members))), []
+    else:
+        kept, tries = greedy(evaluate, members, order)
+    soup = average([members[i].variables for i in kept])
+    summary = _summary(evaluate, members, soup, kind, time.time() - t0)
+    summary["soup"] = {
+        "kind": kind,
+        "runs": [str(m.path) for m in members],
+        "val_accuracy": dict(zip([str(m.path) for m in members], solo, strict=True)),
+        "kept": [str(members[i].path) for i in kept],
+        "greedy_tries": tries,
+        "barriers": barriers,
+        "max_error_barrier": max_error_barrier,
+    }
+    _write(out, members[0], merged(evaluate.config, soup), summary)
+    return summary
+
+
+def _summary(
+    evaluate: Evaluator, members: Sequence[Member], soup: dict, kind: str, seconds: float
+) -> dict[str, Any]:
+    """summary.json fields of the soup: accuracy, loss, calibration and shifts."""
+    from jtl.train import evaluate_shifts, kept_arrays
+
+    first = run_summary.read(members[0].path) or {}
+    splits = ["val"] + (["test"] if evaluate.config.get("eval_test", True) else [])
+    kept: dict[str, list] = {s: [] for s in splits}
+    final = {s: evaluate(soup, s, kept[s]) for s in splits}
+    fields = calibration.summary_fields({s: kept_arrays(kept[s]) for s in splits})
+    temperature = float(fields.get("temperature", 1.0))
+    shifts = evaluate_shifts(
+        lambda v, split, keep=None: evaluate(v, split, keep), soup, evaluate.data, temperature
+    )
+    return {
+        **{
+            k: first[k]
+            for k in ("dataset", "data_transforms", "seed", "train_examples")
+            if k in first
+        },  # fmt: skip
+        "model": first.get("model", evaluate.info.model),
+        "strategy": f"soup:{kind}",
+        "num_classes": evaluate.info.num_classes,
+        "test_accuracy": final.get("test", {}).get("accuracy"),
+        "test_loss": final.get("test", {}).get("loss"),
+        "val_accuracy": final["val"]["accuracy"],
+        "val_loss": final["val"]["loss"],
+        **fields,
+        **({"shifts": shifts} if shifts else {}),
+        "steps_run": 0,
+        "diverged": False,
+        "wall_time_s": seconds,
+    }
+
+
+def _write(out: Path, first: Member, variables: dict, summary: dict[str, Any]) -> None:
+    """The soup's weights as a `jtl import`-style directory, then its summary.json."""
+    from jtl.export import import_meta
+
+    meta = import_meta(
+        source_model.describe(first.path),
+        strategy=summary["strategy"],
+        soup_of=summary["soup"]["kept"],
+    )
+    ckpt.save_variables(out, variables, meta)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(run_summary.dumps(summary))
+    tmp.replace(out / "summary.json")
