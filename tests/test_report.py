@@ -447,3 +447,31 @@ def test_calibration_section_tables_and_pools_reliability(tmp_path):
     text = paths["md"].read_text()
     assert "## Calibration" in text and "→" in text
     assert paths["reliability_plot"].exists()
+
+
+def test_shift_section_effective_robustness_and_wise_curves(tmp_path):
+    """Effective robustness is OOD accuracy above the scratch-probe line: a hand-made example
+    (scratch (0.6, 0.3), probe (0.8, 0.5): line ood = id - 0.3; finetune at (0.9, 0.7): +0.1)."""
+    from jtl.report.shift import shift_points, wise_curves
+
+    means = {"scratch": 0.6, "linear_probe": 0.8, "finetune_full": 0.9}
+    ood = {"scratch": 0.3, "linear_probe": 0.5, "finetune_full": 0.7}
+    rows = []
+    for arm, m in means.items():
+        for seed in range(2):
+            r = row("digits", arm, "10/class", seed, m)
+            r["shifts"] = {"mnist": {"accuracy": ood[arm], "ece": 0.1}}
+            rows.append(r)
+    rows[-1]["wise_ft"] = [
+        {"alpha": a, "val_accuracy": 0.5 + a / 4, "shift_accuracy:mnist": 0.4} for a in (0, 0.5, 1)
+    ]
+    points = {p["arm"]: p for p in shift_points(rows)}
+    assert points["finetune_full"]["er"] == pytest.approx(0.1)
+    assert points["linear_probe"]["er"] == pytest.approx(0.0)
+    assert points["scratch"]["n"] == 2 and points["scratch"]["id"] == pytest.approx(0.6)
+    (curve,) = wise_curves(rows)
+    assert curve["alpha"] == [0.0, 0.5, 1.0] and curve["val_accuracy"][2] == pytest.approx(0.75)
+    paths = sr.build_report({"title": "t"}, rows, tmp_path)
+    text = paths["md"].read_text()
+    assert "## Distribution shift" in text and "+10.0" in text
+    assert paths["ood_plot"].exists() and paths["wise_plot"].exists()

@@ -25,6 +25,7 @@ from jtl.report.sections import (
     _results_sections,
     _tuning_section,
 )
+from jtl.report.shift import shift_section
 from jtl.report.summary import summarize
 
 CSV_FIELDS = (
@@ -118,6 +119,8 @@ def build_report(
         "curves_plot": outdir / "learning_curves.png",
         "cost_plot": outdir / "accuracy_vs_cost.png",
         "reliability_plot": outdir / "reliability.png",
+        "ood_plot": outdir / "id_vs_ood.png",
+        "wise_plot": outdir / "wise_ft.png",
     }
     agg = aggregate(rows)
     targets = targets_of(agg)
@@ -163,6 +166,7 @@ def build_report(
         _tuning_section(doc, agg, rows)
         _cost_section(doc, costs, study, agg, paths["cost_plot"])
         calibration_section(doc, rows, paths["reliability_plot"])
+        shift_section(doc, rows, paths)
         _advisor_section(doc, advisor)
 
     paths["md"].write_text(doc.markdown())

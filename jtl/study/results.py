@@ -77,6 +77,7 @@ CALIBRATION_FIELDS = (
       for ts in ("", "_ts")),
     "test_reliability",
     "shifts",
+    "wise_ft",
 )  # fmt: skip
 
 
