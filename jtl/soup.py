@@ -127,13 +127,15 @@ def average(trees: Sequence[dict[str, Any]], weights: Sequence[float] | None = N
 class Evaluator:
     """Loss, accuracy and (on request) logits of variables on one member's splits."""
 
-    def __init__(self, member: Member) -> None:
+    def __init__(self, member: Member, eval_test: bool | None = None) -> None:
         from jtl import sharding
         from jtl.data.target import TargetData
         from jtl.models import get_model
         from jtl.train import evaluate, make_eval_step
 
         self.config = mlc.ConfigDict(member.config)
+        if eval_test is not None:
+            self.config.eval_test = eval_test
         self.data = TargetData(self.config)
         self.info = source_model.describe(member.path)
         model = get_model(self.info.model, self.info.num_classes, **self.info.kwargs)
@@ -205,9 +207,11 @@ def make_soup(
     kind: str = "greedy",
     max_error_barrier: float = MAX_ERROR_BARRIER,
     log: Callable[[str], None] = print,
+    eval_test: bool | None = None,
 ) -> dict[str, Any]:
     """Builds a `kind` ("greedy" or "uniform") soup of `runs` into the new directory `out`;
-    returns its summary."""
+    returns its summary. `eval_test`: evaluate the soup on test (default: as the runs did; a
+    study's sweep trials did not, the study evaluates the soup once it is built)."""
     if kind not in ("greedy", "uniform"):
         raise UserError(f"soup kind {kind!r} is unknown", "use greedy or uniform")
     out = Path(out).absolute()
@@ -216,7 +220,7 @@ def make_soup(
     t0 = time.time()
     members = [load_member(r) for r in runs]
     check_compatible(members)
-    evaluate = Evaluator(members[0])
+    evaluate = Evaluator(members[0], eval_test)
     solo = [evaluate(m.variables)["accuracy"] for m in members]
     order = [int(i) for i in np.argsort(-np.asarray(solo), kind="stable")]
     best = members[order[0]].variables

@@ -229,3 +229,27 @@ def test_tuned_choice_is_the_best_mean_over_the_tuning_seeds(tmp_path):
     assert sweep_lib.resolve(later, trials, tmp_path) == later
     assert "diverged" in sweep_lib.why_unresolved(later, trials, tmp_path)
     assert sweep_lib.resolve(later, trials[:2], tmp_path) == later  # a tuning seed is missing
+
+
+def test_study_soups_average_each_sweep_and_report_it_as_an_arm(tmp_path):
+    """`study.soups`: a greedy soup of one sweep's trials (never below its best trial on
+    validation) is its own arm, built once; a soup of an unswept arm is refused."""
+    root = tmp_path / "study"
+    s = _sweep_study(soups=("scratch",))
+    cells = study_lib.expand(s, root)
+    assert study_lib.run_cells(cells, root) == (2, [])
+    sweep_lib.finalize(cells, root)
+    (where,) = sweep_lib.make_soups(cells, root, s.soups)
+    built = (where / "summary.json").stat().st_mtime_ns
+    assert sweep_lib.make_soups(cells, root, s.soups) == [where]  # resumed: not rebuilt
+    assert (where / "summary.json").stat().st_mtime_ns == built
+    chosen, soup = study_lib.collect(cells, root)
+    assert (soup["arm"], soup["strategy"], soup["cell"]) == (
+        "soup_scratch", "soup_scratch", "digits/scratch/5/seed0_fold0/soup"
+    )  # fmt: skip
+    vals = [json.loads((c.workdir(root) / "summary.json").read_text())["val_accuracy"]
+            for c in cells]  # fmt: skip
+    assert soup["val_accuracy"] >= max(vals) - 1e-9
+    assert soup["test_accuracy"] is not None and soup["seed"] == chosen["seed"]
+    with pytest.raises(study_lib.StudyError, match="soups names"):
+        _study(strategies=("scratch",), soups=("scratch",))  # not swept

@@ -72,6 +72,9 @@ def study_defaults() -> mlc.ConfigDict:
     # once, at the values with the best mean validation accuracy over those N seeds' grids (same
     # target, arm and size). Every arm still gets the same grid; the sweep costs N/len(seeds).
     s.sweep_tune_seeds = 0
+    # Strategies whose sweep trials (every value of the grid, same seed) also make a greedy soup
+    # (jtl.soup), reported as its own arm `soup_STRATEGY`: the soup costs no extra training.
+    s.soups = ()
     s.advise_sample = 500  # target examples scored per (source, target); 0 = no advisor
     return s
 
@@ -126,6 +129,16 @@ def validate(study: mlc.ConfigDict) -> None:
     unknown = set(study.steps_by_size) - sizes
     if unknown:
         raise StudyError(f"steps_by_size has sizes {sorted(unknown)} not in sizes {study.sizes}")
+    for name in study.get("soups") or ():
+        if name not in study.strategies or not sweep_lib.grid(study, name):
+            raise StudyError(
+                f"soups names {name!r}: give strategies of this study that are swept (a soup "
+                "averages one sweep's trials)"
+            )
+        if study.sweep_tune_seeds:
+            raise StudyError(
+                "soups need every seed to run the whole grid: set sweep_tune_seeds = 0"
+            )
     for problem in (validate_budget(study), sweep_lib.validate_sweep(study)):
         if problem:
             raise StudyError(problem)

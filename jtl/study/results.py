@@ -163,7 +163,31 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "curve": _curve(cell.workdir(root)),
             }
         )
+        if cell.trial:
+            rows.extend(_soup_row(rows[-1], cell, cells, root))
     return rows
+
+
+def _soup_row(chosen: dict[str, Any], cell: Cell, cells: Sequence[Cell], root: Path) -> list:
+    """The greedy soup of `cell`'s sweep (`study.soups`) as its own arm, beside the chosen
+    trial's row: the same identity, the soup's numbers, the sweep's cost (the soup trains none)."""
+    gid = sweep_lib.group_id(cell)
+    s = run_summary.read(sweep_lib.soup_dir(root, gid, sweep_lib.groups(cells)[gid]))
+    if s is None or s.get("test_accuracy") is None:
+        return []
+    numbers = ("test_accuracy", "val_accuracy", "test_loss", "val_loss", *CALIBRATION_FIELDS)
+    return [
+        {
+            **chosen,
+            "cell": f"{gid}/soup",
+            "strategy": f"soup_{cell.strategy}",
+            "arm": chosen["arm"].replace(cell.strategy, f"soup_{cell.strategy}", 1),
+            **{k: s.get(k) for k in numbers},
+            "soup_kept": len(s["soup"]["kept"]),
+            "soup_max_error_barrier": max(b["error_barrier"] for b in s["soup"]["barriers"]),
+            "curve": {},
+        }
+    ]
 
 
 def _probe_choice(summary: dict[str, Any]) -> dict[str, Any]:

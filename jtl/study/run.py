@@ -361,6 +361,7 @@ def run_study(
     cells = sweep_lib.resolve_all(cells, root)  # later seeds whose tuning seeds ran just now
     advise = advise_scores(study, root, cells)
     sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, then test it
+    sweep_lib.make_soups(cells, root, tuple(study.get("soups") or ()))
     clock.tick()
     rows = collect(cells, root)
     from jtl.report import build_report

@@ -341,6 +341,34 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
     return out
 
 
+def soup_dir(root: Path, gid: str, trials: Sequence[Any]) -> Path:
+    """Where a swept cell's greedy soup lives: named by its trials' config fingerprints, so a
+    changed grid makes a new soup and never overwrites the old one."""
+    import hashlib
+
+    prints = "|".join(str(_fingerprint(c.workdir(root))) for c in trials)
+    return Path(root) / "cells" / gid / f"soup-{hashlib.sha256(prints.encode()).hexdigest()[:8]}"
+
+
+def make_soups(cells: Sequence[Any], root: Path, strategies: Sequence[str]) -> list[Path]:
+    """A greedy soup of every finished, selected sweep of `strategies` (once; resumable)."""
+    from jtl import soup
+
+    out = []
+    for gid, trials in groups(cells).items():
+        selected = (Path(root) / "cells" / gid / SELECTED).exists()
+        if trials[0].strategy not in strategies or not selected:
+            continue
+        runs = [c.workdir(root) for c in trials]
+        ok = [r for r in runs if not (run_summary.read(r) or {}).get("diverged")]
+        where = soup_dir(root, gid, trials)
+        if len(ok) >= 2 and not (where / "summary.json").exists():
+            logging.info("sweep %s: greedy soup of %d trials", gid, len(ok))
+            soup.make_soup(ok, where, "greedy", eval_test=True, log=logging.info)
+        out.append(where)
+    return out
+
+
 def grid_values(cell: Any) -> dict[str, float]:
     """{axis: value} of a trial cell, read back from its overrides."""
     keys = {v: k for k, v in AXES.items()}
