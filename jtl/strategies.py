@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from absl import logging
+from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
@@ -78,9 +79,10 @@ class Plan:
     stage_at: Callable[[int], int] = lambda step: 0  # noqa: E731
     # First step of the stage containing `step`: the LR schedule continues across stages.
     stage_start: Callable[[int], int] = lambda step: 0  # noqa: E731
-    # (final state, evaluate(variables, split) -> metrics) -> extra summary fields.
-    finish: Callable[[dict, Callable[[dict, str], dict]], dict[str, Any]] = (
-        lambda state, evaluate: {}  # noqa: E731
+    # (final state, evaluate(variables, split) -> metrics, splits it may read) -> extra summary
+    # fields. A sweep trial passes ("val",): the test and shift sets are read after selection.
+    finish: Callable[[dict, Callable[..., dict], tuple[str, ...]], dict[str, Any]] = (
+        lambda state, evaluate, splits: {}  # noqa: E731
     )
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The model the trainer applies (train and eval) when the params tree carries extra
@@ -136,6 +138,32 @@ def interpolate(w0: Any, w1: Any, alpha: float) -> Any:
     return jax.tree.map(lambda a, b: (1.0 - alpha) * np.asarray(a) + alpha * np.asarray(b), w0, w1)
 
 
+WISE_START = "wise_start"  # the run's w0 (pretrained + probed head): `wise_start.npz`
+
+
+def wise_start(workdir: Any) -> dict[str, Any] | None:
+    """A WiSE-FT run's saved w0, or None (not a WiSE-FT run, or from before it was kept)."""
+    path = epath.Path(workdir) / f"{WISE_START}.npz"
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        flat = dict(np.load(f))
+    tree = ckpt.unflatten(flat)
+    return {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}
+
+
+def wise_curve(workdir: Any, config: mlc.ConfigDict, final: dict, evaluate: Callable) -> dict:
+    """The full WiSE-FT curve (validation, test, shifts) of a finished run, from its saved w0
+    and its final weights: what a sweep evaluates once the trial has been chosen."""
+    start = wise_start(workdir)
+    if start is None:
+        raise ValueError(f"{workdir}: no {WISE_START}.npz (not a WiSE-FT run)")
+    alphas = tuple(float(a) for a in config.strategy_args.wise_alphas)
+    shifts = tuple(config.get("eval_shifts") or ())
+    full = {"params": final["params"], "batch_stats": final.get("batch_stats", {})}
+    return _wise_finish(start, alphas, shifts)(full, evaluate, ("val", "test"))
+
+
 def _wise_finish(
     start: dict, alphas: tuple[float, ...], shifts: tuple[str, ...] = ()
 ) -> Callable[..., dict[str, Any]]:
@@ -152,15 +180,19 @@ def _wise_finish(
         labels = np.concatenate([y for _, y in keep])
         return {"accuracy": r["accuracy"], "ece": calibration.metrics(logits, labels)["ece"]}
 
-    def finish(state: dict, evaluate: Callable[..., dict]) -> dict[str, Any]:
+    def finish(
+        state: dict, evaluate: Callable[..., dict], splits: tuple[str, ...] = ("val", "test")
+    ) -> dict[str, Any]:
         final = {"params": state["params"], "batch_stats": state["batch_stats"]}
         final = jax.tree.map(np.asarray, final)
+        untested = {"accuracy": None, "ece": None}
         rows = []
         for a in alphas:
             v = interpolate(start, final, a)
             if not v["batch_stats"]:
                 v = {"params": v["params"]}
-            val, test = measured(v, "val", evaluate), measured(v, "test", evaluate)
+            val = measured(v, "val", evaluate)
+            test = measured(v, "test", evaluate) if "test" in splits else untested
             row = {
                 "alpha": a,
                 "val_accuracy": val["accuracy"],
@@ -168,13 +200,11 @@ def _wise_finish(
                 "val_ece": val["ece"],
                 "test_ece": test["ece"],
             }
-            for name in shifts:
+            for name in shifts if "test" in splits else ():
                 m = measured(v, f"shift:{name}", evaluate)
                 row[f"shift_accuracy:{name}"], row[f"shift_ece:{name}"] = m["accuracy"], m["ece"]
             rows.append(row)
-            logging.info(
-                "WiSE-FT alpha=%.2f val %.4f test %.4f", a, val["accuracy"], test["accuracy"]
-            )
+            logging.info("WiSE-FT alpha=%.2f val %.4f", a, val["accuracy"])
         best = max(rows, key=lambda r: r["val_accuracy"])
         chosen = interpolate(start, final, best["alpha"])
         if not chosen["batch_stats"]:
@@ -182,6 +212,8 @@ def _wise_finish(
         return {
             "wise_ft": rows,
             "wise_best_alpha": best["alpha"],
+            # w0, kept with the run: a sweep evaluates the chosen trial's curve on test later.
+            "finish_weights": {WISE_START: start},
             # The trainer reports calibration and shifts of these weights (jtl.train).
             "reported_variables": chosen,
             # The ensemble picked on validation is the strategy's answer.

@@ -246,6 +246,18 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
         )
 
 
+def _save_finish_weights(workdir: epath.Path, weights: dict[str, Any]) -> None:
+    """Weights a strategy's finish needs again later (WiSE-FT's w0), as `NAME.npz` (process 0;
+    written then renamed, so a kill leaves the old file or the new one)."""
+    if jax.process_index() != 0:
+        return
+    for name, tree in weights.items():
+        tmp = workdir / f"{name}.npz.tmp"
+        with tmp.open("wb") as f:
+            np.savez(f, **ckpt.flatten(jax.tree.map(np.asarray, tree)))
+        tmp.replace(workdir / f"{name}.npz")
+
+
 def _atomic_write(path: epath.Path, text: str) -> None:
     """Write then rename: a kill mid-write leaves the old file or the new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
@@ -681,7 +693,8 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "skipped_steps": skipped_steps,
         **plan.info,
     }
-    extra = plan.finish(sharding.to_host(state), evaluate_split) if config.eval_test else {}
+    extra = plan.finish(sharding.to_host(state), evaluate_split, splits)
+    _save_finish_weights(workdir, extra.pop("finish_weights", {}))
     reported = eval_variables(state)
     if extra:  # keep the trained model's own numbers next to what the strategy reports
         summary["trained_val_accuracy"] = summary["val_accuracy"]

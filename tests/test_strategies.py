@@ -297,3 +297,27 @@ def test_resume_ignores_only_other_strategies_own_args():
         assert strategies.recorded_run_diff(recorded, cfg) == differs
         recorded["strategy_args"]["backbone_lr_mult"] = 0.5  # shared: always counts
         assert "strategy_args.backbone_lr_mult" in strategies.recorded_run_diff(recorded, cfg)
+
+
+def test_wise_ft_sweep_trial_reads_no_test_and_its_curve_is_evaluated_after_selection(
+    source, tmp_path
+):
+    """A sweep trial (eval_test=False) chooses alpha on validation only and keeps w0; the
+    sweep's test evaluation then reproduces the ordinary run's curve and chosen test accuracy."""
+    from jtl.study import sweep as sweep_lib
+    from jtl.train import train
+
+    args = ("strategy_args.wise_alphas=(0.0, 0.5, 1.0)", "eval_shifts=('digits|invert',)")
+    full = train(_target(source, "wise_ft", *args), tmp_path / "full")
+    cfg = _target(source, "wise_ft", *args, "eval_test=False")
+    trial = train(cfg, tmp_path / "trial")
+    assert trial["test_accuracy"] is None and "shifts" not in trial
+    assert all(r["test_accuracy"] is None for r in trial["wise_ft"])
+    assert trial["val_accuracy"] == full["val_accuracy"]
+    assert trial["wise_best_alpha"] == full["wise_best_alpha"]
+    test = sweep_lib.evaluate_test(cfg, tmp_path / "trial")
+    assert test["test_accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-6)
+    assert test["test_wise_best_alpha"] == full["wise_best_alpha"]
+    for got, want in zip(test["test_wise_ft"], full["wise_ft"], strict=True):
+        for k, v in want.items():
+            assert got[k] == pytest.approx(v, abs=1e-6), k

@@ -19,8 +19,9 @@ before it runs). Every arm still gets the same grid; the report marks those rows
 Linear-probe arms are not swept: SGD hyperparameters mean nothing to them, and they already
 choose their L2 strength on validation from their own grid (jtl/probe.py); they count as one
 run whose internal validation grid is their tuning budget, and the report says so. LP-FT's
-fine-tuning stage is swept like any other SGD arm. WiSE-FT picks its mixing coefficient with
-test numbers beside it and is refused in a sweep.
+fine-tuning stage is swept like any other SGD arm, and so is WiSE-FT's: a trial picks alpha on
+validation only and keeps its w0 (`wise_start.npz`); the chosen trial's whole curve is evaluated
+on test and the shifts after selection, like its test accuracy.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ def validate_sweep(study: mlc.ConfigDict) -> str | None:
     if any(counts.values()):
         if len(set(counts.values())) > 1:
             return f"every swept arm needs the same number of trials, got {counts}"
-        if "wise_ft" in counts:
-            return "wise_ft cannot be swept (it evaluates test while choosing alpha)"
     return None
 
 
@@ -236,7 +235,7 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
     import jax
 
-    from jtl import calibration, peft, sharding, slim_checkpoint
+    from jtl import calibration, peft, sharding, slim_checkpoint, strategies
     from jtl.data.target import TargetData
     from jtl.train import build_model, evaluate, evaluate_shifts, kept_arrays, make_eval_step
 
@@ -262,6 +261,11 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
         return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
 
+    wise: dict[str, Any] = {}
+    if strategies.wise_start(workdir) is not None:  # WiSE-FT: its curve, then the chosen alpha
+        wise = strategies.wise_curve(workdir, config, variables, evaluate_split)
+        chosen = wise.pop("reported_variables")
+        v = {k: sharding.replicate(x, mesh) for k, x in chosen.items() if x}
     keep: list = []
     out = evaluate_split(v, "test", keep)
     # Calibration and shifts with the temperature the run fitted on its validation split.
@@ -275,6 +279,11 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
         "test_eval_time_s": time.time() - t,
         **calibration.split_fields("test", *kept_arrays(keep), temperature),
         **({"test_shifts": shifts} if shifts else {}),
+        **(
+            {"test_wise_ft": wise["wise_ft"], "test_wise_best_alpha": wise["wise_best_alpha"]}
+            if wise
+            else {}
+        ),  # fmt: skip
     }
 
 
@@ -400,8 +409,9 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
         return None
     t = sel["test"]
     summary = {**summary, **{k: v for k, v in t.items() if k.startswith("test_")}}
-    if "test_shifts" in summary:  # evaluated after selection, like test
-        summary["shifts"] = summary.pop("test_shifts")
+    for key in ("shifts", "wise_ft", "wise_best_alpha"):  # evaluated after selection, like test
+        if f"test_{key}" in summary:
+            summary[key] = summary.pop(f"test_{key}")
     vals = [tr["val_accuracy"] for tr in sel["trials"] if tr["val_accuracy"] is not None]
     extra = {
         "chosen": sel["values"],
