@@ -1,0 +1,81 @@
+r"""Reference study for robustness: accuracy under distribution shift and calibration of every
+arm, WiSE-FT curves and a greedy soup (issue 20).
+
+Why: LP-FT and WiSE-FT exist for out-of-distribution accuracy (Kumar et al. 2022: full
+fine-tuning about +2 % ID but -7 % OOD against the linear probe, LP-FT +1 % ID and +10 % OOD
+against fine-tuning; Wortsman et al. 2022: WiSE-FT +4 to 6 points OOD at no ID cost), and
+temperature scaling for calibration (Guo et al. 2017). This study tests the three claims at
+this scale.
+
+Pairs (`pair=...`):
+  near  ImageNet EfficientNet-Lite0 (`jtl import`, PyPI package) -> digits at 32 px RGB.
+        OOD: MNIST (the same ten digits, another source: 28x28 handwriting vs 8x8 scans) and
+        two synthetic shifts of digits, `digits|rotate(30)` and `digits|noise(0.3)`.
+  far   the transfer benchmark's Fashion-MNIST source (cnn_small width 0.5; `source_dir=DIR`
+        holds its trained run, e.g. runs/bench_probe/sources) -> digits at 28 px grey, the
+        same OOD sets: a source far from the target.
+Arms: scratch, linear_probe, finetune_full (backbone LR x0.1), lp_ft, wise_ft (alpha on ID
+validation only; the whole curve ID and OOD) and `soup_finetune_full`, the greedy soup of
+finetune_full's LR sweep (`study.soups`). 10 and 100 per class, 2 seeds; converged and tuned:
+every SGD arm over the same LR grid on every seed (soups need each seed's whole grid).
+
+Run (resumable; from a separate git worktree):
+    jtl study --config configs/studies/shift_source.py:pair=near --workdir runs/shift_near
+    jtl study --config configs/studies/shift_source.py:pair=far,source_dir=runs/bench_probe/sources \
+        --workdir runs/shift_far
+
+Expected: not run yet (built 2026-12-02; docs/results.md will hold the command, machine, wall
+time and the three claims' verdicts once it has).
+"""
+
+import ml_collections as mlc
+
+from jtl.config import parse_arg
+from jtl.study import study_defaults
+from jtl.study.budget import SMALL_IMAGE_PROTOCOL, converged
+
+SHIFTS = ("mnist", "digits|rotate(30)", "digits|noise(0.3)")
+ARMS = ("scratch", "linear_probe", "finetune_full", "lp_ft", "wise_ft")
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    a = parse_arg(arg, pair="near", seeds=2, source_dir="")
+    s = study_defaults()
+    s.name = f"shift_{a.pair}"
+    s.seeds = tuple(range(a.seeds))
+    s.strategies = ARMS
+    s.sizes = ("10", "100")
+    s.soups = ("finetune_full",)
+    s.advise_sample = 0
+    shifts = f"eval_shifts={SHIFTS!r}"
+    if a.pair == "near":
+        s.title = "Shift and calibration: ImageNet Lite0 -> digits (OOD: MNIST, rotated, noisy)"
+        s.cell_config = "configs/lite0_transfer.py"
+        s.sources = mlc.ConfigDict(
+            {"imagenet": {"kind": "import", "model": "efficientnet_lite0", "file": "package"}}
+        )
+        s.targets = mlc.ConfigDict({"digits": "target=digits,size=32"})
+        s.overrides = ("augment=", "log_every=20", shifts)
+        converged(
+            s,
+            max_epochs=15.0,
+            max_epochs_by_size={"10": 60.0},
+            eval_every_epochs_by_size={"10": 4.0},
+            lr_grid=(0.01, 0.05, 0.2),
+        )
+    elif a.pair == "far":
+        if not a.source_dir:
+            raise ValueError("pair=far needs source_dir=DIR (DIR/fashion: the benchmark source)")
+        s.title = "Shift and calibration: Fashion-MNIST cnn_small -> digits (a far source)"
+        s.cell_config = "configs/transfer.py"
+        s.sources = mlc.ConfigDict(
+            {"fashion": {"kind": "checkpoint", "path": f"{a.source_dir}/fashion"}}
+        )
+        s.targets = mlc.ConfigDict({"digits": "target=digits"})
+        s.overrides = ("model.name=cnn_small", "model.kwargs.width=0.5", "log_every=50", shifts)
+        protocol = {**SMALL_IMAGE_PROTOCOL, "max_epochs_by_size": {"10": 150.0, "100": 30.0}}
+        converged(s, **protocol, stop_min_steps=100)
+    else:
+        raise ValueError(f"pair={a.pair!r}: use near or far")
+    s.sweep_tune_seeds = 0  # every seed runs the whole grid (the soup averages it)
+    return s
