@@ -21,8 +21,8 @@ every SGD arm over the same LR grid on every seed (soups need each seed's whole 
 
 Run (resumable; from a separate git worktree):
     jtl study --config configs/studies/shift_source.py:pair=near --workdir runs/shift_near
-    jtl study --config configs/studies/shift_source.py:pair=far,source_dir=runs/bench_probe/sources \
-        --workdir runs/shift_far
+    S=source_dir=runs/bench_probe/sources
+    jtl study --config configs/studies/shift_source.py:pair=far,$S --workdir runs/shift_far
 
 Expected: not run yet (built 2026-12-02; docs/results.md will hold the command, machine, wall
 time and the three claims' verdicts once it has).
