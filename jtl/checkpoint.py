@@ -332,6 +332,14 @@ class LoadReport:
             f"unexpected {len(self.unexpected)}, shape-mismatched {len(self.mismatched)}"
         )
 
+    def problems(self) -> str:
+        """The missing, unexpected and mismatched keys as an indented listing ("" if none)."""
+        return (
+            _listing("missing in checkpoint", self.missing)
+            + _listing("unexpected in checkpoint", self.unexpected)
+            + _listing("shape mismatch", self.mismatched)
+        )
+
 
 def _listing(title: str, items: list[str], limit: int = 15) -> str:
     if not items:
@@ -346,14 +354,16 @@ def load_variables(
     exclude: Sequence[str] = (),
     strict: bool = True,
     step: int | None = None,
+    as_stored: bool = False,
 ) -> tuple[dict[str, Any], LoadReport]:
-    """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`).
+    """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`); `as_stored`
+    reads a PEFT run's slim checkpoint as it is on disk (no base, LoRA unmerged).
 
     A checkpoint that cannot be read at all (truncated, corrupt, not orbax) is one
     `CheckpointError` naming the path, never a library traceback.
     """
     try:
-        return _load_variables(path, target, exclude, strict, step)
+        return _load_variables(path, target, exclude, strict, step, as_stored)
     except (CheckpointMismatchError, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
@@ -364,13 +374,13 @@ def load_variables(
         ) from e
 
 
-# Long (101 lines): one restore with its key report; splitting is issue 21's redesign step.
 def _load_variables(
     path: str | Path,
     target: dict[str, Any],
     exclude: Sequence[str] = (),
     strict: bool = True,
     step: int | None = None,
+    as_stored: bool = False,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Restores `params`/`batch_stats` from a checkpoint into the structure of `target`.
 
@@ -378,12 +388,48 @@ def _load_variables(
     (fullmatch on paths without the collection prefix, e.g. `head/.*`) whose target values are
     kept as initialized. Missing, unexpected or shape-mismatched keys raise
     `CheckpointMismatchError` unless `strict=False`, in which case they are logged and the target
-    values kept.
+    values kept. A PEFT run (a slim checkpoint naming its base) loads as the base architecture:
+    its base filled in by sha256 and LoRA merged (`jtl.slim_checkpoint.plain_run_variables`).
     """
     ckpt_dir = checkpoints_dir(path)
+    step, source, source_meta = _contents(ckpt_dir, step)
+    plain = None
+    if source_meta.get("base") and not as_stored:  # jtl.slim_checkpoint.BASE_KEY
+        from jtl.slim_checkpoint import plain_run_variables
+
+        plain = flatten(plain_run_variables(path))
+        source = {k: np.asarray(v) for k, v in plain.items()}
+    wanted = flatten({c: target.get(c, {}) for c in WEIGHT_COLLECTIONS})
+    report = _match(str(ckpt_dir), step, source, wanted, exclude, source_meta)
+    problems = report.problems()
+    if problems:
+        hint = (
+            "\nFix: exclude the parts you re-initialize (e.g. --config.init.exclude='head/.*' "
+            "for a new head), check that --config.model matches the source model, or set "
+            "--config.init.strict=False to keep the initial values of these keys."
+        )
+        if strict:
+            raise CheckpointMismatchError(
+                f"checkpoint {ckpt_dir} does not fit the model:{problems}{hint}"
+            )
+        logging.warning("Partial load from %s:%s", ckpt_dir, problems)
+    to_load = report.loaded
+    restored = plain if plain is not None else _read_arrays(ckpt_dir, step, source, to_load)
+    merged = dict(wanted)
+    for p in to_load:
+        merged[p] = np.asarray(restored[p]).astype(np.asarray(wanted[p]).dtype)
+    out = unflatten(merged)
+    for c in WEIGHT_COLLECTIONS:
+        out.setdefault(c, {})
+    return out, report
+
+
+def _contents(ckpt_dir: epath.Path, step: int | None) -> tuple[int, dict[str, Any], dict]:
+    """(step, {path: array metadata} of the weight collections, the checkpoint's meta)."""
     manager = ocp.CheckpointManager(ckpt_dir, item_handlers=_handlers())
     step = manager.latest_step() if step is None else step
     if step is None:
+        manager.close()
         raise MissingFileError(f"{ckpt_dir} holds no finished checkpoint step")
     metadata = manager.item_metadata(step)
     try:
@@ -394,13 +440,19 @@ def _load_variables(
     state_md = metadata["state"]
     state_md = state_md.tree if hasattr(state_md, "tree") else state_md
     manager.close()
+    flat = flatten({c: state_md.get(c, {}) for c in WEIGHT_COLLECTIONS})
+    return int(step), {k: v for k, v in flat.items() if v is not None}, source_meta
 
-    source = {
-        k: v
-        for k, v in flatten({c: state_md.get(c, {}) for c in WEIGHT_COLLECTIONS}).items()
-        if v is not None
-    }
-    wanted = flatten({c: target.get(c, {}) for c in WEIGHT_COLLECTIONS})
+
+def _match(
+    where: str,
+    step: int,
+    source: dict[str, Any],
+    wanted: dict[str, Any],
+    exclude: Sequence[str],
+    source_meta: dict[str, Any],
+) -> LoadReport:
+    """Which keys load, and which are excluded, missing, unexpected or of another shape."""
     patterns = [re.compile(p) for p in exclude]
 
     def is_excluded(p: str) -> bool:
@@ -419,50 +471,28 @@ def _load_variables(
     )
     bad_shape = {m.split(":")[0] for m in mismatched}
     to_load = sorted(p for p in wanted if p in source and not is_excluded(p) and p not in bad_shape)
-    report = LoadReport(
-        str(ckpt_dir), int(step), to_load, excluded, missing, unexpected, mismatched, source_meta
-    )
-    problems = (
-        _listing("missing in checkpoint", missing)
-        + _listing("unexpected in checkpoint", unexpected)
-        + _listing("shape mismatch", mismatched)
-    )
-    if problems:
-        hint = (
-            "\nFix: exclude the parts you re-initialize (e.g. --config.init.exclude='head/.*' "
-            "for a new head), check that --config.model matches the source model, or set "
-            "--config.init.strict=False to keep the initial values of these keys."
-        )
-        if strict:
-            raise CheckpointMismatchError(
-                f"checkpoint {ckpt_dir} does not fit the model:{problems}{hint}"
-            )
-        logging.warning("Partial load from %s:%s", ckpt_dir, problems)
+    return LoadReport(where, step, to_load, excluded, missing, unexpected, mismatched, source_meta)
 
+
+def _read_arrays(
+    ckpt_dir: epath.Path, step: int, source: dict[str, Any], to_load: Sequence[str]
+) -> dict[str, Any]:
+    """Only the `to_load` arrays of a checkpoint (orbax partial restore), flat."""
+    if not to_load:
+        return {}
     abstract = unflatten(
         {p: jax.ShapeDtypeStruct(tuple(source[p].shape), source[p].dtype) for p in to_load}
     )
-    restored_flat: dict[str, Any] = {}
-    if to_load:
-        reader = ocp.CheckpointManager(
-            ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()}
-        )
-        restored = reader.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=abstract,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                    partial_restore=True,
-                )
-            ),
-        )["state"]
-        reader.close()
-        restored_flat = flatten(restored)
-    merged = dict(wanted)
-    for p in to_load:
-        merged[p] = np.asarray(restored_flat[p]).astype(np.asarray(wanted[p]).dtype)
-    out = unflatten(merged)
-    for c in WEIGHT_COLLECTIONS:
-        out.setdefault(c, {})
-    return out, report
+    reader = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    restored = reader.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                partial_restore=True,
+            )
+        ),
+    )["state"]
+    reader.close()
+    return flatten(restored)

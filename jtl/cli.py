@@ -223,11 +223,17 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--merge", action="store_true", required=True, help="merge LoRA factors")
     p.add_argument("--checkpoint", required=True, help="a run workdir (e.g. a lora run)")
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
+    p.add_argument(
+        "--base",
+        default=None,
+        help="a PEFT run's base, where it moved to (checked by sha256; default: the recorded "
+        "path, then a directory of the same name next to the run)",
+    )
     args = p.parse_args(argv)
     setup_logging(verbose=False)
     from jtl.export import export_merged
 
-    meta = export_merged(args.checkpoint, args.out)
+    meta = export_merged(args.checkpoint, args.out, args.base)
     print(f"exported {meta['strategy']} run {args.checkpoint} (step {meta['step']}) -> {args.out}")
     return 0
 

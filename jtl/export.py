@@ -25,12 +25,13 @@ from jtl import peft, slim_checkpoint, source_model
 from jtl.errors import MissingFileError, UserError
 
 
-def _run_state(run: Path) -> tuple[dict[str, Any], int]:
+def _run_state(run: Path, base: str | None = None) -> tuple[dict[str, Any], int]:
     """The latest checkpoint's params and batch_stats; a slim (PEFT) checkpoint gets its frozen
-    weights back from the base it references, whose sha256 must match."""
+    weights back from its base (`base`, else where it was, else next to the run), whose sha256
+    must match."""
     variables, step, meta = slim_checkpoint.read_variables(str(run))
     if meta.get(slim_checkpoint.BASE_KEY):
-        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run))
+        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run), base)
     return variables, step
 
 
@@ -48,8 +49,9 @@ def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[
     return {**variables, "params": params}
 
 
-def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
-    """Writes the merged model of run workdir `run` into the new directory `out`; returns meta."""
+def export_merged(run: str | Path, out: str | Path, base: str | None = None) -> dict[str, Any]:
+    """Writes the merged model of run workdir `run` into the new directory `out`; returns meta.
+    `base`: where a PEFT run's base is now, when it moved (found by its sha256)."""
     run = Path(run).absolute()
     if not (run / "config.json").exists():
         raise MissingFileError(
@@ -57,7 +59,7 @@ def export_merged(run: str | Path, out: str | Path) -> dict[str, Any]:
         )
     config = json.loads((run / "config.json").read_text())
     info = source_model.describe(run)
-    variables, step = _run_state(run)
+    variables, step = _run_state(run, base)
     variables = merged_variables(config, variables)
     meta = import_meta(info, exported_from=str(run), strategy=config.get("strategy"), step=step)
     ckpt.save_variables(out, variables, meta)

@@ -42,6 +42,14 @@ def check_base(ref: dict[str, Any] | None, actual: str, where: str) -> None:
         )
 
 
+def absolute(path: str | Any) -> str:
+    """`path` made absolute (a run found from any directory later); URLs are kept as given."""
+    from pathlib import Path
+
+    text = str(path)
+    return text if "://" in text else str(Path(text).absolute())
+
+
 @dataclasses.dataclass
 class SlimCheckpoint:
     """Strips the frozen parameters from the train state before saving, and fills them back."""
@@ -55,7 +63,7 @@ class SlimCheckpoint:
         """`mask` (True = trainable) as `jtl.optim.trainable_mask` gives it."""
         flat, flags = ckpt.flatten(params), ckpt.flatten(mask)
         frozen = {k: np.asarray(v) for k, v in flat.items() if not flags[k]}
-        return cls(frozen, str(base_path), frozen_digest(frozen))
+        return cls(frozen, absolute(base_path), frozen_digest(frozen))
 
     @property
     def ref(self) -> dict[str, str]:
@@ -74,17 +82,61 @@ class SlimCheckpoint:
         check_base(meta.get(BASE_KEY), self.sha256, where)
 
 
-def fill_from_base(variables: dict[str, Any], ref: dict[str, Any], where: str) -> dict[str, Any]:
-    """A slim checkpoint's variables completed with the frozen weights read from `ref["path"]`.
+def fill_from_base(
+    variables: dict[str, Any], ref: dict[str, Any], where: str, base: str | None = None
+) -> dict[str, Any]:
+    """A slim checkpoint's variables completed with the frozen weights of its base.
 
     The frozen weights are the base's params that the slim checkpoint lacks; their digest must
-    match `ref["sha256"]`.
+    match `ref["sha256"]`. The base is `base` when given, else the recorded `ref["path"]`, else
+    a directory of the same name next to the run (`find_base`: a run that moved with its base).
     """
-    base = ckpt.flatten(read_params(ref["path"]))
     have = ckpt.flatten(variables["params"])
-    frozen = {k: v for k, v in base.items() if k not in have}
-    check_base(ref, frozen_digest(frozen), where)
-    return {**variables, "params": ckpt.unflatten({**frozen, **have})}
+    tried = []
+    for candidate in find_base(ref, where, base):
+        params = ckpt.flatten(read_params(candidate))
+        frozen = {k: v for k, v in params.items() if k not in have}
+        digest = frozen_digest(frozen)
+        if digest == ref.get("sha256") or not ref.get("sha256"):
+            return {**variables, "params": ckpt.unflatten({**frozen, **have})}
+        tried.append((candidate, digest))
+    if tried:  # found only other weights: say which, as before
+        check_base({**ref, "path": tried[0][0]}, tried[0][1], where)
+    raise CheckpointError(
+        f"{where} was trained on base {ref.get('path')} (sha256 {str(ref.get('sha256'))[:12]}), "
+        "which is not there any more",
+        "pass the base's new location (--base PATH, or --config.init.checkpoint when resuming)",
+    )
+
+
+def find_base(ref: dict[str, Any], where: str, base: str | None = None) -> list[str]:
+    """Existing candidate directories for a run's base, in the order they are tried."""
+    from pathlib import Path
+
+    recorded = str(ref.get("path") or "")
+    candidates = [base] if base else []
+    candidates += [recorded, str(Path(where).parent / Path(recorded).name)] if recorded else []
+    out: list[str] = []
+    for c in candidates:
+        if c and c not in out and ("://" in c or (Path(c) / "checkpoints").exists()):
+            out.append(c)
+    return out
+
+
+def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, Any]:
+    """A PEFT run's latest weights as its base architecture's variables: the frozen base read
+    back (sha256-checked; `base` or the recorded path, see `find_base`) and LoRA merged.
+    Adapter runs add layers the base lacks and are refused (`jtl.export.merged_variables`)."""
+    import json
+    from pathlib import Path
+
+    from jtl.export import merged_variables
+
+    variables, _, meta = read_variables(str(path))
+    if meta.get(BASE_KEY):
+        variables = fill_from_base(variables, meta[BASE_KEY], str(path), base)
+    config = json.loads((Path(path) / "config.json").read_text())
+    return merged_variables(config, variables)
 
 
 def read_params(path: str) -> dict[str, Any]:
@@ -112,5 +164,5 @@ def read_variables(path: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
     flat = ckpt.flatten({c: md.get(c) or {} for c in ("params", "batch_stats")})
     target = ckpt.unflatten({k: np.zeros(m.shape, m.dtype) for k, m in flat.items()})
     target.setdefault("batch_stats", {})
-    variables, _ = ckpt.load_variables(path, target, exclude=(), step=step)
+    variables, _ = ckpt.load_variables(path, target, exclude=(), step=step, as_stored=True)
     return jax.tree.map(np.asarray, variables), int(step), meta

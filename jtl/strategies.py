@@ -52,7 +52,7 @@ from jtl import peft
 from jtl.errors import ConfigError
 from jtl.models import TEXT_MODELS
 from jtl.optim import network_rules, trainable_mask
-from jtl.slim_checkpoint import SlimCheckpoint
+from jtl.slim_checkpoint import SlimCheckpoint, absolute
 
 
 def _zero_penalty(params: Any) -> jax.Array:
@@ -405,7 +405,11 @@ def args_not_read_by(name: str) -> set[str]:
 def recorded_run_diff(recorded: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
     """`config_lib.config_diff` for resuming a run: other strategies' own args do not count."""
     unread = [f"strategy_args.{a}" for a in sorted(args_not_read_by(config.strategy))]
-    return config_lib.config_diff(recorded, config, unread=unread)
+    diff = config_lib.config_diff(recorded, config, unread=unread)
+    before = str((recorded.get("init") or {}).get("checkpoint") or "")
+    if "init.checkpoint" in diff and absolute(before) == absolute(config.init.checkpoint):
+        diff.remove("init.checkpoint")  # recorded as typed (relative) by an older jtl
+    return diff
 
 
 def plan_strategy(

@@ -45,6 +45,7 @@ from jtl.metrics import MetricWriter
 from jtl.models import get_model
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
 from jtl.paths import as_path
+from jtl.slim_checkpoint import absolute
 from jtl.strategies import Plan, ProbePlan, plan_strategy, recorded_run_diff
 
 State = dict[str, Any]
@@ -386,6 +387,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
     t_start = time.time()
     config_check.check(config)  # also for train() called from Python (studies, tests)
+    if config.init.checkpoint:  # recorded absolute: the run resumes and exports from anywhere
+        config = config.copy_and_resolve_references()
+        config.init.checkpoint = absolute(config.init.checkpoint)
     workdir = as_path(workdir)  # epath: local dirs absolute, gs:// kept as given
     workdir.mkdir(parents=True, exist_ok=True)
     sharding.maybe_initialize_distributed(config.distributed or "auto")

@@ -453,3 +453,43 @@ def test_a_swept_peft_trial_is_test_evaluated_from_its_slim_checkpoint(source, t
     out = evaluate_test(trial, tmp_path / "trial")
     assert out["test_accuracy"] == pytest.approx(itself["test_accuracy"], abs=1e-6)
     assert out["test_loss"] == pytest.approx(itself["test_loss"], rel=1e-5)
+
+
+def test_a_peft_run_travels_with_its_base(source, tmp_path, monkeypatch):
+    """Started with a relative base path; resumed from elsewhere by another path to the same
+    base; moved with its base (found next to the run); base moved apart (--base, by sha256).
+    `jtl predict` reads the unmerged run as it reads the merged export."""
+    import shutil
+
+    from jtl import predict
+    from jtl.cli import main
+    from jtl.train import train
+
+    work = tmp_path / "a"
+    work.mkdir()
+    shutil.copytree(source, work / "base")
+    monkeypatch.chdir(work)
+    train(_target("base", "lora", "checkpoint_every=2", steps=2), work / "run")
+    recorded = json.loads((work / "run" / "config.json").read_text())["init"]["checkpoint"]
+    assert recorded == str(work / "base")  # absolute, whatever was typed
+    monkeypatch.chdir(tmp_path)  # the same base by another path: the same run, not a conflict
+    again = train(_target("a/base", "lora", "checkpoint_every=2", steps=2), work / "run")
+    assert again["resumed_from_step"] == 2
+
+    shutil.move(work, tmp_path / "moved")  # run and base moved together
+    run, out = tmp_path / "moved" / "run", tmp_path / "merged"
+    assert main(["export", "--merge", "--checkpoint", str(run), "--out", str(out)]) == 0
+    image = np.random.default_rng(1).integers(0, 255, (16, 16, 1), dtype=np.uint8)
+    unmerged = dict(predict.predict(run, image, top=10, calibrated=False))
+    merged = dict(predict.predict(out, image, top=10, calibrated=False))
+    assert unmerged.keys() == merged.keys()
+    for k, p in merged.items():
+        assert unmerged[k] == pytest.approx(p, abs=1e-5)
+
+    shutil.move(tmp_path / "moved" / "base", tmp_path / "elsewhere")  # the base moved apart
+    args = ["export", "--merge", "--checkpoint", str(run), "--out", str(tmp_path / "m2")]
+    assert main(args) == 2
+    assert main([*args, "--base", str(tmp_path / "elsewhere")]) == 0
+    shutil.move(tmp_path / "elsewhere", tmp_path / "moved" / "base")  # back next to the run
+    init = _target(run, "finetune_full", "checkpoint_every=2", steps=2)  # --init a LoRA run
+    assert 0.0 <= train(init, tmp_path / "from_lora")["test_accuracy"] <= 1.0
