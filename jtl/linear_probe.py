@@ -1,8 +1,8 @@
 """The `linear_probe` strategy as a run: frozen backbone -> cached features -> linear classifiers.
 
-Features are computed for the *whole* train and test splits once per (checkpoint, data set,
-input size) and cached under `$JTL_DATA_DIR/features/`, so every training-set size and seed of
-a study reuses them; subsets and the validation split are just index sets into the cache.
+Features are computed once per example and (checkpoint, data set, input size), and cached
+under `$JTL_DATA_DIR/features/`: a run extracts only the training and validation examples it
+uses (and the whole test split), and every later size, seed and fold of a study reuses them.
 """
 
 from __future__ import annotations
@@ -33,10 +33,19 @@ def _checkpoint_identity(path: str) -> str:
 
 
 def split_features(
-    config: mlc.ConfigDict, model: Any, variables: dict, data: Any, split: str
+    config: mlc.ConfigDict,
+    model: Any,
+    variables: dict,
+    data: Any,
+    split: str,
+    indices: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every example of `split` (cached)."""
+    """Features and labels of `indices` of `split` (default: every example), in that order.
+
+    Cached per (source weights, data set, split): the cache grows by the examples asked for, so
+    a 10-per-class probe extracts 10 per class, and later seeds, folds and sizes reuse them."""
     source = data.dataset.splits[split]
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
     text = getattr(data, "text", False)
     key = probe.cache_key(
         ckpt=_checkpoint_identity(config.init.checkpoint) if config.init.checkpoint else "random",
@@ -72,19 +81,19 @@ def split_features(
             return sharding.shard_batch(x, mesh)
         return sharding.shard_batch({"x": x}, mesh)["x"]
 
-    def compute() -> tuple[np.ndarray, np.ndarray]:
+    def compute(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = time.time()
         if text:
             batches = text_data.eval_batches(
                 source,
-                np.arange(len(source)),
+                idx,
                 batch_size=config.eval_batch_size,
                 seq_len=config.seq_len,
             )
         else:
             batches = pipeline.eval_batches(
                 source,
-                np.arange(len(source)),
+                idx,
                 batch_size=config.eval_batch_size,
                 image_size=config.image_size,
                 channels=config.channels,
@@ -96,7 +105,7 @@ def split_features(
         )
         return out
 
-    return probe.cached(path, compute)
+    return probe.cached_rows(path, indices, len(source), compute)
 
 
 def fit_probe_on_target(
@@ -104,10 +113,11 @@ def fit_probe_on_target(
 ) -> tuple[probe.LinearClassifier, dict[str, Any]]:
     """Fits the configured probes on the training subset; picks the winner on validation."""
     t = time.time()
-    x_all, y_all = split_features(config, model, variables, data, "train")
+    need = np.concatenate([data.train_idx, data.val_idx])
+    x_need, y_need = split_features(config, model, variables, data, "train", need)
     t_feat = time.time() - t
-    train = (x_all[data.train_idx], y_all[data.train_idx])
-    val = (x_all[data.val_idx], y_all[data.val_idx])
+    n = len(data.train_idx)
+    train, val = (x_need[:n], y_need[:n]), (x_need[n:], y_need[n:])
     t = time.time()
     kinds = tuple(config.strategy_args.probe_kinds)
     winner, fitted = probe.fit_probes(train, val, data.num_classes, kinds)
@@ -117,7 +127,7 @@ def fit_probe_on_target(
         "probe_val_accuracy": {k: p.val_accuracy for k, p in fitted.items()},
         "feature_time_s": t_feat,
         "probe_fit_time_s": time.time() - t,
-        "feature_dim": int(x_all.shape[1]),
+        "feature_dim": int(x_need.shape[1]),
     }
     return winner, {"fitted": fitted, "val": val, **info}
 

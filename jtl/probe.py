@@ -85,17 +85,39 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached(path: Path, compute: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Loads `path` (.npz with x, y) or computes and writes it atomically."""
+def cached_rows(
+    path: Path, indices: np.ndarray, n: int, compute: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of rows `indices` of an `n`-row split, from the .npz cache at `path` (rows `idx`
+    with x, y; a file without `idx` holds every row), computing only the missing rows with
+    `compute(missing_indices)` and writing the merged cache atomically."""
+    have_idx = np.zeros(0, np.int64)
+    have_x = have_y = None
     if path.exists():
         with np.load(path) as f:
-            return f["x"], f["y"]
-    x, y = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, x=x, y=y)
-    tmp.replace(path)
-    return x, y
+            have_x, have_y = f["x"], f["y"]
+            have_idx = f["idx"] if "idx" in f.files else np.arange(len(have_x))
+    wanted = np.unique(indices)
+    missing = np.setdiff1d(wanted, have_idx)
+    if len(missing):
+        new_x, new_y = compute(missing)
+        if have_x is None:
+            have_idx, have_x, have_y = missing, new_x, new_y
+        else:
+            have_idx = np.concatenate([have_idx, missing])
+            have_x = np.concatenate([have_x, new_x])
+            have_y = np.concatenate([have_y, new_y])
+        order = np.argsort(have_idx, kind="stable")
+        have_idx, have_x, have_y = have_idx[order], have_x[order], have_y[order]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        if len(have_idx) == n:  # complete: the plain form every reader takes
+            np.savez(tmp, x=have_x, y=have_y)
+        else:
+            np.savez(tmp, x=have_x, y=have_y, idx=have_idx)
+        tmp.replace(path)
+    rows = np.searchsorted(have_idx, indices)
+    return have_x[rows], have_y[rows]
 
 
 # ----------------------------------------------------------------------------- classifiers

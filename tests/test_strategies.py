@@ -321,3 +321,28 @@ def test_wise_ft_sweep_trial_reads_no_test_and_its_curve_is_evaluated_after_sele
     for got, want in zip(test["test_wise_ft"], full["wise_ft"], strict=True):
         for k, v in want.items():
             assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_feature_cache_computes_only_missing_rows_and_keeps_their_order(tmp_path):
+    from jtl import probe
+
+    table = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
+    calls = []
+
+    def compute(idx):
+        calls.append(list(idx))
+        return table[idx], idx.astype(np.int32)
+
+    path = tmp_path / "f.npz"
+    x, y = probe.cached_rows(path, np.array([7, 2, 9]), 20, compute)
+    np.testing.assert_array_equal(y, [7, 2, 9])
+    np.testing.assert_array_equal(x, table[[7, 2, 9]])
+    x, y = probe.cached_rows(path, np.array([9, 3, 2]), 20, compute)
+    assert calls == [[2, 7, 9], [3]]  # only the missing row the second time
+    np.testing.assert_array_equal(y, [9, 3, 2])
+    x, y = probe.cached_rows(path, np.arange(20), 20, compute)  # complete: the plain form
+    with np.load(path) as f:
+        assert "idx" not in f.files and len(f["x"]) == 20
+    np.testing.assert_array_equal(x, table)
+    assert probe.cached_rows(path, np.array([5]), 20, compute)[1].tolist() == [5]
+    assert len(calls) == 3
