@@ -475,3 +475,19 @@ def test_shift_section_effective_robustness_and_wise_curves(tmp_path):
     text = paths["md"].read_text()
     assert "## Distribution shift" in text and "+10.0" in text
     assert paths["ood_plot"].exists() and paths["wise_plot"].exists()
+
+
+def test_layer_transfer_section_reads_anb_arms(tmp_path):
+    from jtl.report.layer_transfer import layer_transfer_table
+
+    rows = grid("mnist59", {"scratch": {"100/class": 0.9}, "A1B": {"100/class": 0.92},
+                            "A1B+": {"100/class": 0.93}, "A2B": {"100/class": 0.8}},
+                strategy="layer_transfer")  # fmt: skip
+    for r in rows:
+        if r["arm"] == "scratch":
+            r["strategy"] = "scratch"
+    (e,) = layer_transfer_table(rows)
+    assert e["n"] == [1, 2] and e["scratch"] == pytest.approx(0.9)
+    assert e["AnB"] == pytest.approx([0.92, 0.8]) and e["AnB+"][1] is None
+    paths = sr.build_report({"title": "t"}, rows, tmp_path)
+    assert "## Transferred blocks" in paths["md"].read_text() and paths["layer_plot"].exists()

@@ -240,6 +240,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         ("configs/studies/transfer_bench.py:part=imagenet", 40),
         ("configs/studies/layer_transfer.py", 56),
         ("configs/studies/shift_source.py", 52),
+        ("configs/studies/quickstart.py", 20),
     ],
 )
 def test_reference_studies_expand_into_valid_train_configs(spec, cells, tmp_path):

@@ -18,6 +18,7 @@ from jtl.report.calibration import calibration_section
 from jtl.report.convergence import budget_label
 from jtl.report.curves import learning_curves
 from jtl.report.document import _Doc, _fmt_time
+from jtl.report.layer_transfer import layer_transfer_section
 from jtl.report.sections import (
     _advisor_section,
     _cost_section,
@@ -121,6 +122,7 @@ def build_report(
         "reliability_plot": outdir / "reliability.png",
         "ood_plot": outdir / "id_vs_ood.png",
         "wise_plot": outdir / "wise_ft.png",
+        "layer_plot": outdir / "layer_transfer.png",
     }
     agg = aggregate(rows)
     targets = targets_of(agg)
@@ -167,6 +169,7 @@ def build_report(
         _cost_section(doc, costs, study, agg, paths["cost_plot"])
         calibration_section(doc, rows, paths["reliability_plot"])
         shift_section(doc, rows, paths)
+        layer_transfer_section(doc, rows, paths["layer_plot"])
         _advisor_section(doc, advisor)
 
     paths["md"].write_text(doc.markdown())
