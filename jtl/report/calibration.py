@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from jtl.report.document import _Doc
-from jtl.report.plots import _colors
+from jtl.report.plots import _colors, label_panel, panels, save
 
 FIELDS = ("temperature", "test_ece", "test_ece_ts", "test_nll", "test_nll_ts", "test_brier")
 
@@ -53,16 +53,13 @@ def pooled_reliability(runs: Sequence[dict[str, Any]], split: str = "test") -> d
 
 def plot_reliability(rows: Sequence[dict[str, Any]], path: Path) -> bool:
     """Per (target, size): accuracy against confidence per arm, test split, pooled over seeds."""
-    from matplotlib.figure import Figure
-
     groups = _groups(rows)
-    panels = sorted({(t, s) for t, s, _ in groups})
-    if not panels:
+    keys = sorted({(t, s) for t, s, _ in groups})
+    if not keys:
         return False
     colors = _colors(sorted({a for *_, a in groups}))
-    fig = Figure(figsize=(4.2 * len(panels), 4))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (target, size) in zip(axes, panels, strict=True):
+    fig, axes = panels(len(keys))
+    for ax, (target, size) in zip(axes, keys, strict=True):
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         for (t, s, arm), runs in sorted(groups.items()):
             if (t, s) != (target, size):
@@ -73,14 +70,8 @@ def plot_reliability(rows: Sequence[dict[str, Any]], path: Path) -> bool:
             ]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=colors[arm], label=arm)
-        ax.set_xlabel("confidence")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{target}, {size}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+        label_panel(ax, "confidence", "accuracy", f"{target}, {size}")
+    return save(fig, path)
 
 
 def calibration_section(doc: _Doc, rows: Sequence[dict[str, Any]], plot_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jtl.report.document import _Doc
+from jtl.report.plots import label_panel, panels, save
 
 ARM = re.compile(r"A(\d+)B(\+?)(?:@.*)?$")
 
@@ -46,12 +47,9 @@ def layer_transfer_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 
 def plot_layer_transfer(table: Sequence[dict[str, Any]], path: Path) -> bool:
-    from matplotlib.figure import Figure
-
     if not table:
         return False
-    fig = Figure(figsize=(4.2 * len(table), 3.8))
-    axes = fig.subplots(1, len(table), squeeze=False)[0]
+    fig, axes = panels(len(table), height=3.8)
     for ax, e in zip(axes, table, strict=True):
         for kind, style in (("AnB", "o-"), ("AnB+", "s--")):
             pts = [(n, 100 * a) for n, a in zip(e["n"], e[kind], strict=True) if a is not None]
@@ -60,14 +58,8 @@ def plot_layer_transfer(table: Sequence[dict[str, Any]], path: Path) -> bool:
         if e["scratch"] is not None:
             ax.axhline(100 * e["scratch"], color="k", lw=1, ls=":", label="scratch (B)")
         ax.set_xticks(e["n"])
-        ax.set_xlabel("blocks transferred (n)")
-        ax.set_ylabel("test accuracy %")
-        ax.set_title(f"{e['target']}, {e['size']}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+        label_panel(ax, "blocks transferred (n)", "test accuracy %", f"{e['target']}, {e['size']}")
+    return save(fig, path)
 
 
 def layer_transfer_section(doc: _Doc, rows: Sequence[dict[str, Any]], path: Path) -> None:

@@ -11,6 +11,28 @@ import numpy as np
 from jtl.report.aggregate import arms_of, targets_of
 
 
+def panels(n: int, height: float = 4.0) -> tuple[Any, list[Any]]:
+    """A figure of `n` side-by-side panels (one per target, size or arm)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * n, height))
+    return fig, list(fig.subplots(1, n, squeeze=False)[0])
+
+
+def label_panel(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def save(fig: Any, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def _colors(arms: Sequence[str]) -> dict[str, Any]:
     from matplotlib import colormaps
 

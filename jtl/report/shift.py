@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from jtl.report.document import _Doc
-from jtl.report.plots import _colors
+from jtl.report.plots import _colors, label_panel, panels, save
 
 
 def shift_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,53 +96,35 @@ def _mean(values: Sequence[Any]) -> float | None:
 
 def plot_id_vs_ood(points: Sequence[dict[str, Any]], path: Path) -> bool:
     """One panel per (target, size, shift): arms at (ID, OOD), the scratch-probe lines dashed."""
-    from matplotlib.figure import Figure
-
-    panels = sorted({(p["target"], p["size"], p["shift"]) for p in points})
-    if not panels:
+    keys = sorted({(p["target"], p["size"], p["shift"]) for p in points})
+    if not keys:
         return False
     colors = _colors(sorted({p["arm"] for p in points}))
-    fig = Figure(figsize=(4.2 * len(panels), 4))
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels, strict=True):
-        pts = [p for p in points if (p["target"], p["size"], p["shift"]) == panel]
+    fig, axes = panels(len(keys))
+    for ax, key in zip(axes, keys, strict=True):
+        pts = [p for p in points if (p["target"], p["size"], p["shift"]) == key]
         xs = np.linspace(min(p["id"] for p in pts), max(p["id"] for p in pts), 2)
         for line in {p["baseline"] for p in pts if p.get("baseline")}:
             ax.plot(xs, line[0] + line[1] * xs, "k--", lw=1)
         for p in pts:
             ax.scatter(p["id"], p["ood"], color=colors[p["arm"]], label=p["arm"], s=25)
-        ax.set_xlabel("ID accuracy (test)")
-        ax.set_ylabel("OOD accuracy")
-        ax.set_title(f"{panel[0]}, {panel[1]} -> {panel[2]}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+        label_panel(ax, "ID accuracy (test)", "OOD accuracy", f"{key[0]}, {key[1]} -> {key[2]}")
+    return save(fig, path)
 
 
 def plot_wise(curves: Sequence[dict[str, Any]], path: Path) -> bool:
     """One panel per (target, size, arm): accuracy against alpha, ID (val, test) and shifts."""
-    from matplotlib.figure import Figure
-
     if not curves:
         return False
-    fig = Figure(figsize=(4.2 * len(curves), 4))
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    fig, axes = panels(len(curves))
     for ax, c in zip(axes, curves, strict=True):
         for key in [k for k in c if k.endswith("accuracy") or k.startswith("shift_accuracy")]:
-            ys = c[key]
-            pts = [(a, y) for a, y in zip(c["alpha"], ys, strict=True) if y is not None]
+            pts = [(a, y) for a, y in zip(c["alpha"], c[key], strict=True) if y is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key)
-        ax.set_xlabel("alpha (0: source + probe head, 1: fine-tuned)")
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"{c['target']}, {c['size']}, {c['arm']}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return True
+        xlabel = "alpha (0: source + probe head, 1: fine-tuned)"
+        label_panel(ax, xlabel, "accuracy", f"{c['target']}, {c['size']}, {c['arm']}")
+    return save(fig, path)
 
 
 def shift_section(doc: _Doc, rows: Sequence[dict[str, Any]], paths: dict[str, Path]) -> None:
