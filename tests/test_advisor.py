@@ -186,6 +186,18 @@ def test_advisor_learns_the_law_and_beats_fixed_policies_on_it():
         "k-NN alone",
         "source accuracy (static)",
     }
+    # "Probe or scratch?" on every triple: each policy picks between those two arms only.
+    two = loto["regret_probe_or_scratch"]
+    assert set(two) >= {"advisor", "always scratch", "always linear_probe", "oracle"}
+    assert two["oracle"]["value"] == 0
+    choices = [validation.choose({"linear_probe": p["pred"]["linear_probe"]})
+               for p in loto["predictions"]]  # fmt: skip
+    mine = np.mean([
+        max(e["scratch"]["mean"], e["arms"]["linear_probe"]["mean"])
+        - (e["scratch"]["mean"] if c == "scratch" else e["arms"]["linear_probe"]["mean"])
+        for e, c in zip(table, choices, strict=True)
+    ])  # fmt: skip
+    assert two["advisor"]["value"] == pytest.approx(mine)
 
 
 def test_advice_refuses_outside_the_benchmark_and_says_why():

@@ -60,6 +60,10 @@ def fit_and_validate(
             "weighted_tau_sources": loto["metrics"]["weighted_tau_sources"],
             "pearson": loto["metrics"]["pearson"],
             "regret": {k: {"value": v["value"], "ci": v["ci"]} for k, v in loto["regret"].items()},
+            "regret_probe_or_scratch": {
+                k: {"value": v["value"], "ci": v["ci"]}
+                for k, v in loto.get("regret_probe_or_scratch", {}).items()
+            },
         },
     }
     out = Path(out)

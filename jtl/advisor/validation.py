@@ -27,6 +27,8 @@ from scipy import stats
 from jtl.advisor import model as model_lib
 from jtl.advisor.table import SCRATCH, transfer_arms
 
+PROBE = "linear_probe"  # the arm every triple of the benchmark measured next to scratch
+
 Entry = dict[str, Any]
 SCHEMES = {
     "leave-one-target-out": lambda e: e["target"],
@@ -195,6 +197,26 @@ def regret_table(
     return out
 
 
+def _probe_or_scratch_regret(
+    table: Sequence[Entry], oof: Sequence[dict], group_of: Any
+) -> dict[str, dict[str, Any]]:
+    """Regret of the decision every triple measured, "linear probe or scratch?", on all of them:
+    each policy chooses between those two arms only (the advisor by its probe prediction)."""
+    if not all(PROBE in e["arms"] for e in table):
+        return {}
+    two = [{**e, "arms": {PROBE: e["arms"][PROBE]}} for e in table]
+
+    def pick(preds: Sequence[dict]) -> list[str]:
+        return [choose({PROBE: o["pred"][PROBE]}) for o in preds]
+
+    choices = {"advisor": pick(oof), f"always {SCRATCH}": [SCRATCH] * len(two)}
+    choices[f"always {PROBE}"] = [PROBE] * len(two)
+    for label, names in model_lib.SINGLE_SCORES.items():
+        choices[label] = pick(cross_validate(table, group_of, names))
+    choices["oracle"] = [min((SCRATCH, PROBE), key=lambda a, e=e: regret(e, a)) for e in two]
+    return regret_table(two, choices)
+
+
 def validate(table: Sequence[Entry]) -> dict[str, Any]:
     """The whole validation: per CV scheme, the advisor's metrics and the regret table."""
     arms = transfer_arms(table)
@@ -224,6 +246,7 @@ def validate(table: Sequence[Entry]) -> dict[str, Any]:
                 [table[i] for i in complete],
                 {k: [c[i] for i in complete] for k, c in choices.items()},
             ),
+            "regret_probe_or_scratch": _probe_or_scratch_regret(table, oof, group_of),
             "predictions": [
                 {
                     "source": e["source"],

@@ -183,9 +183,10 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
         "# Transferability benchmark and advisor validation",
         "",
         f"Studies: {', '.join(studies)}; {validation['entries']} (source, target, size) triples, "
-        f"transfer arms {', '.join(validation['arms'])}; regret over the "
-        f"{validation['regret_entries']} triples that measured every arm. Intervals: 95 % "
-        "bootstrap over targets.",
+        f"transfer arms {', '.join(validation['arms'])}. Regret: over the "
+        f"{validation['regret_entries']} triples that measured every arm, and for the choice "
+        "between the linear probe and scratch over every triple. Intervals: 95 % bootstrap over "
+        "targets.",
     ]
     for label, name in (
         ("Measured gain over the best scratch arm", "heatmap"),
@@ -202,14 +203,23 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
             "| share of (triple, arm) measured as significant gains | "
             f"{m['sign_accuracy']['base_rate_significant']:.2f} |"
         )
-        lines += ["", "| policy | mean top-1 regret, points [95 % CI] | minus best fixed policy |",
-                  "|---|---|---|"]  # fmt: skip
-        for name, r in sorted(s["regret"].items(), key=lambda kv: kv[1]["value"]):
-            diff = r.get("minus_best_fixed")
-            lines.append(f"| {name} | {_ci(r, '.2f')} | {_ci(diff) if diff else '–'} |")
-        if s["regret"]:
-            lines += ["", f"Best fixed policy: {next(iter(s['regret'].values()))['best_fixed']}."]
+        n_all, n_two = validation["regret_entries"], validation["entries"]
+        lines += _regret_lines(s["regret"], f"Every arm ({n_all} triples)")
+        two = s.get("regret_probe_or_scratch") or {}
+        lines += _regret_lines(two, f"Linear probe or scratch (all {n_two} triples)")
     return "\n".join(lines) + "\n"
+
+
+def _regret_lines(regret: dict[str, Any], title: str) -> list[str]:
+    if not regret:
+        return []
+    lines = ["", f"{title}:", "",
+             "| policy | mean top-1 regret, points [95 % CI] | minus best fixed policy |",
+             "|---|---|---|"]  # fmt: skip
+    for name, r in sorted(regret.items(), key=lambda kv: kv[1]["value"]):
+        diff = r.get("minus_best_fixed")
+        lines.append(f"| {name} | {_ci(r, '.2f')} | {_ci(diff) if diff else '–'} |")
+    return [*lines, "", f"Best fixed policy: {next(iter(regret.values()))['best_fixed']}."]
 
 
 def write_benchmark_report(
