@@ -3,7 +3,13 @@
 # workers (jax.distributed auto-detects the pod), optionally delete. Workdirs may be gs:// paths.
 #
 #   launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE [--type v5litepod-8]
-#       [--version tpu-ubuntu2204-base] [--repo URL] [--delete] -- train --config ... --workdir gs://...
+#       [--version tpu-ubuntu2204-base] [--repo URL] [--delete] [--retries N] \
+#       -- train --config ... --workdir gs://...
+#
+# Preemption: jtl exits 75 after checkpointing on SIGTERM, and an ssh session to a preempted VM
+# ends with 255. Either way the command is run again (up to --retries times, default 3), after
+# re-creating the VM and its install if it is no longer READY; the run resumes from its last
+# checkpoint in the (gs://) workdir.
 #
 # What runs on the pod is this checkout: a wheel built here (`pip wheel`, configs included) is
 # copied to every worker. `--repo URL` clones and installs that repository instead.
@@ -16,6 +22,7 @@ type="v5litepod-8"
 version="tpu-ubuntu2204-base"
 repo="${JTL_REPO:-}"
 delete=0
+retries=3
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
@@ -25,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --version) version="$2"; shift 2 ;;
     --repo) repo="$2"; shift 2 ;;
     --delete) delete=1; shift ;;
+    --retries) retries="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "launch/tpu_vm.sh: unknown option $1 (put the jtl command after --)" >&2; exit 2 ;;
   esac
@@ -57,13 +65,31 @@ fi
 setup="set -e; python3 -m venv jtl-venv; $install; jtl-venv/bin/jtl data fetch $data"
 command="JTL_DISTRIBUTED=1 jtl-venv/bin/jtl $jtl_args"
 
-run gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$type" \
-  --version="$version"
-if [[ -z "$repo" ]]; then
-  run gcloud compute tpus tpu-vm scp "$wheels/$wheel" "$name:~/" --zone="$zone" --worker=all
-fi
-run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$setup"
-run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$command"
+provision() {
+  run gcloud compute tpus tpu-vm create "$name" --zone="$zone" --accelerator-type="$type" \
+    --version="$version"
+  if [[ -z "$repo" ]]; then
+    run gcloud compute tpus tpu-vm scp "$wheels/$wheel" "$name:~/" --zone="$zone" --worker=all
+  fi
+  run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$setup"
+}
+
+provision
+status=0
+for ((attempt = 0; attempt <= retries; attempt++)); do
+  status=0
+  run gcloud compute tpus tpu-vm ssh "$name" --zone="$zone" --worker=all --command="$command" \
+    || status=$?
+  if [[ $status -ne 75 && $status -ne 255 ]]; then break; fi
+  echo "launch/tpu_vm.sh: preempted (exit $status); resuming, retry $((attempt + 1)) of $retries" >&2
+  state=$(gcloud compute tpus tpu-vm describe "$name" --zone="$zone" --format='value(state)' \
+    2>/dev/null || echo GONE)
+  if [[ "$state" != "READY" ]]; then
+    gcloud compute tpus tpu-vm delete "$name" --zone="$zone" --quiet 2>/dev/null || true
+    provision
+  fi
+done
 if [[ $delete -eq 1 ]]; then
   run gcloud compute tpus tpu-vm delete "$name" --zone="$zone" --quiet
 fi
+exit "$status"

@@ -91,3 +91,53 @@ def test_bad_usage_fails():
 def test_shellcheck_clean():
     scripts = [str(p) for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch")]
     subprocess.run(["shellcheck", *scripts], check=True)
+
+
+def _fake(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+def test_tpu_vm_reruns_a_preempted_command_and_recreates_a_lost_vm(tmp_path):
+    """Exit 75 (jtl checkpointed on SIGTERM) re-runs the command on the same VM; an ssh drop
+    (255) on a VM no longer READY re-creates and re-installs it first."""
+    log = tmp_path / "calls"
+    count = tmp_path / "runs"
+    _fake(
+        tmp_path,
+        "gcloud",
+        f"""echo "$*" >> {log}
+case "$*" in
+  *describe*) [[ $(cat {count}) == 1 ]] && echo READY || echo PREEMPTED ;;
+  *JTL_DISTRIBUTED*) n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}
+    [[ $n == 1 ]] && exit 75; [[ $n == 2 ]] && exit 255; exit 0 ;;
+esac
+""",
+    )
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out = subprocess.run(
+        ["bash", str(LAUNCH / "tpu_vm.sh"), "--name", "pod", "--zone", "z", "--repo", "u",
+         "--", "train", "--config", "c.py"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert sum("JTL_DISTRIBUTED" in c for c in calls) == 3
+    assert sum(c.startswith("compute tpus tpu-vm create") for c in calls) == 2  # re-created once
+    assert out.stderr.count("preempted (exit") == 2
+
+
+def test_slurm_requeues_on_preemption(tmp_path):
+    log = tmp_path / "calls"
+    _fake(tmp_path, "srun", "exit 75\n")
+    _fake(tmp_path, "scontrol", f'echo "$*" >> {log}\n')
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_JOB_ID": "42"}
+    out = subprocess.run(
+        ["bash", str(LAUNCH / "slurm.sbatch"), "train", "--config", "c.py"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 75
+    assert log.read_text().split() == ["requeue", "42"]
+    text = (LAUNCH / "slurm.sbatch").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=TERM@120" in text
