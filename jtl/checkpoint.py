@@ -354,16 +354,17 @@ def load_variables(
     exclude: Sequence[str] = (),
     strict: bool = True,
     step: int | None = None,
-    as_stored: bool = False,
+    arrays: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], LoadReport]:
-    """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`); `as_stored`
-    reads a PEFT run's slim checkpoint as it is on disk (no base, LoRA unmerged).
+    """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`); `arrays`
+    (flat, host) replaces what the checkpoint stores (a PEFT run's weights with its base filled
+    in, `jtl.slim_checkpoint.load_variables`), matched by the same rules.
 
     A checkpoint that cannot be read at all (truncated, corrupt, not orbax) is one
     `CheckpointError` naming the path, never a library traceback.
     """
     try:
-        return _load_variables(path, target, exclude, strict, step, as_stored)
+        return _load_variables(path, target, exclude, strict, step, arrays)
     except (CheckpointMismatchError, UserError):
         raise
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
@@ -380,7 +381,7 @@ def _load_variables(
     exclude: Sequence[str] = (),
     strict: bool = True,
     step: int | None = None,
-    as_stored: bool = False,
+    arrays: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], LoadReport]:
     """Restores `params`/`batch_stats` from a checkpoint into the structure of `target`.
 
@@ -388,17 +389,13 @@ def _load_variables(
     (fullmatch on paths without the collection prefix, e.g. `head/.*`) whose target values are
     kept as initialized. Missing, unexpected or shape-mismatched keys raise
     `CheckpointMismatchError` unless `strict=False`, in which case they are logged and the target
-    values kept. A PEFT run (a slim checkpoint naming its base) loads as the base architecture:
-    its base filled in by sha256 and LoRA merged (`jtl.slim_checkpoint.plain_run_variables`).
+    values kept.
     """
     ckpt_dir = checkpoints_dir(path)
     step, source, source_meta = _contents(ckpt_dir, step)
-    plain = None
-    if source_meta.get("base") and not as_stored:  # jtl.slim_checkpoint.BASE_KEY
-        from jtl.slim_checkpoint import plain_run_variables
-
-        plain = flatten(plain_run_variables(path))
-        source = {k: np.asarray(v) for k, v in plain.items()}
+    plain = None if arrays is None else {k: np.asarray(v) for k, v in arrays.items()}
+    if plain is not None:
+        source = plain
     wanted = flatten({c: target.get(c, {}) for c in WEIGHT_COLLECTIONS})
     report = _match(str(ckpt_dir), step, source, wanted, exclude, source_meta)
     problems = report.problems()
@@ -422,6 +419,11 @@ def _load_variables(
     for c in WEIGHT_COLLECTIONS:
         out.setdefault(c, {})
     return out, report
+
+
+def checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The latest checkpoint's metadata (what `save` wrote beside the state)."""
+    return _contents(checkpoints_dir(path), None)[2]
 
 
 def _contents(ckpt_dir: epath.Path, step: int | None) -> tuple[int, dict[str, Any], dict]:

@@ -203,10 +203,10 @@ def cmd_predict(argv: Sequence[str]) -> int:
     )
     args = p.parse_args(argv)
     setup_logging(verbose=False)
-    from jtl.predict import _load_image, predict, temperature
+    from jtl.predict import load_image, predict, temperature
 
     t = temperature(args.checkpoint) if args.calibrated else 1.0
-    image = _load_image(args.image)
+    image = load_image(args.image)
     for name, prob in predict(args.checkpoint, image, args.top, args.calibrated):
         print(f"{prob:8.4f}  {name}")
     if args.calibrated and t != 1.0:
@@ -426,10 +426,6 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "advisor": cmd_advisor,
     "study": cmd_study,
 }
-
-
-def register(name: str, fn: Callable[[Sequence[str]], int]) -> None:
-    COMMANDS[name] = fn
 
 
 def main(argv: Sequence[str] | None = None) -> int:

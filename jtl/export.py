@@ -17,12 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-
 from jtl import checkpoint as ckpt
 from jtl import peft, slim_checkpoint, source_model
-from jtl.errors import MissingFileError, UserError
+from jtl.errors import MissingFileError
 
 
 def _run_state(run: Path, base: str | None = None) -> tuple[dict[str, Any], int]:
@@ -33,20 +30,6 @@ def _run_state(run: Path, base: str | None = None) -> tuple[dict[str, Any], int]
     if meta.get(slim_checkpoint.BASE_KEY):
         variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run), base)
     return variables, step
-
-
-def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-    """The base model's variables for a trained PEFT run (LoRA merged; adapters refused)."""
-    params = dict(variables["params"])
-    if peft.ADAPTER in params:
-        raise UserError(
-            "cannot merge an adapter run: adapters add layers the base model does not have",
-            "retrain with --config.strategy=lora for a mergeable model",
-        )
-    if peft.LORA in params:
-        scale = peft.lora_scale(config["strategy_args"])
-        params = jax.tree.map(np.asarray, peft.merge_lora(params, scale))
-    return {**variables, "params": params}
 
 
 def export_merged(run: str | Path, out: str | Path, base: str | None = None) -> dict[str, Any]:
@@ -60,7 +43,7 @@ def export_merged(run: str | Path, out: str | Path, base: str | None = None) -> 
     config = json.loads((run / "config.json").read_text())
     info = source_model.describe(run)
     variables, step = _run_state(run, base)
-    variables = merged_variables(config, variables)
+    variables = peft.merged_variables(config, variables)
     meta = import_meta(info, exported_from=str(run), strategy=config.get("strategy"), step=step)
     ckpt.save_variables(out, variables, meta)
     return meta

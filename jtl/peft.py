@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jtl.errors import ConfigError
+from jtl.errors import ConfigError, UserError
 from jtl.models import norm as norm_lib
 
 LORA = "lora"
@@ -224,3 +224,17 @@ class PeftModel:
 
         with nn.intercept_methods(add_adapter):
             return self.base.apply(plain, *args, **kwargs)
+
+
+def merged_variables(config: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+    """The base model's variables for a trained PEFT run (LoRA merged; adapters refused)."""
+    params = dict(variables["params"])
+    if ADAPTER in params:
+        raise UserError(
+            "cannot merge an adapter run: adapters add layers the base model does not have",
+            "retrain with --config.strategy=lora for a mergeable model",
+        )
+    if LORA in params:
+        scale = lora_scale(config["strategy_args"])
+        params = jax.tree.map(np.asarray, merge_lora(params, scale))
+    return {**variables, "params": params}

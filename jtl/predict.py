@@ -9,7 +9,7 @@ import numpy as np
 from jtl import run_summary, source_model
 
 
-def _load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:

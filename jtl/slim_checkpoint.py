@@ -126,17 +126,28 @@ def find_base(ref: dict[str, Any], where: str, base: str | None = None) -> list[
 def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, Any]:
     """A PEFT run's latest weights as its base architecture's variables: the frozen base read
     back (sha256-checked; `base` or the recorded path, see `find_base`) and LoRA merged.
-    Adapter runs add layers the base lacks and are refused (`jtl.export.merged_variables`)."""
+    Adapter runs add layers the base lacks and are refused (`jtl.peft.merged_variables`)."""
     import json
     from pathlib import Path
 
-    from jtl.export import merged_variables
+    from jtl.peft import merged_variables
 
     variables, _, meta = read_variables(str(path))
     if meta.get(BASE_KEY):
         variables = fill_from_base(variables, meta[BASE_KEY], str(path), base)
     config = json.loads((Path(path) / "config.json").read_text())
     return merged_variables(config, variables)
+
+
+def load_variables(
+    path: str | Any, target: dict[str, Any], exclude: Any = (), strict: bool = True
+) -> tuple[dict[str, Any], ckpt.LoadReport]:
+    """`jtl.checkpoint.load_variables`, reading a PEFT run as its base architecture (base filled
+    in by sha256, LoRA merged): what `jtl predict` and `--config.init.checkpoint` load."""
+    if ckpt.checkpoint_meta(path).get(BASE_KEY):
+        arrays = ckpt.flatten(plain_run_variables(path))
+        return ckpt.load_variables(path, target, exclude, strict, arrays=arrays)
+    return ckpt.load_variables(path, target, exclude, strict)
 
 
 def read_params(path: str) -> dict[str, Any]:
@@ -164,5 +175,5 @@ def read_variables(path: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
     flat = ckpt.flatten({c: md.get(c) or {} for c in ("params", "batch_stats")})
     target = ckpt.unflatten({k: np.zeros(m.shape, m.dtype) for k, m in flat.items()})
     target.setdefault("batch_stats", {})
-    variables, _ = ckpt.load_variables(path, target, exclude=(), step=step, as_stored=True)
+    variables, _ = ckpt.load_variables(path, target, exclude=(), step=step)
     return jax.tree.map(np.asarray, variables), int(step), meta

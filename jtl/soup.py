@@ -31,7 +31,7 @@ import jax
 import ml_collections as mlc
 import numpy as np
 
-from jtl import calibration, run_summary, slim_checkpoint, source_model
+from jtl import calibration, peft, run_summary, slim_checkpoint, source_model
 from jtl import checkpoint as ckpt
 from jtl.errors import MissingFileError, UserError
 
@@ -163,9 +163,7 @@ class Evaluator:
 
 def merged(config: mlc.ConfigDict | dict, variables: dict) -> dict:
     """The base architecture's variables (LoRA factors merged), as `jtl export --merge`."""
-    from jtl.export import merged_variables
-
-    out = merged_variables(dict(config), variables)
+    out = peft.merged_variables(dict(config), variables)
     return out if out.get("batch_stats") else {"params": out["params"]}
 
 

@@ -27,7 +27,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from jtl import checkpoint as ckpt
 from jtl.data.target import (  # noqa: F401 - part of this module's API
     preprocess_for_model,
     scale_for,
@@ -200,7 +199,9 @@ def load(directory: str | Path, example: np.ndarray) -> tuple[SourceModel, Any, 
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
     target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    variables, _ = ckpt.load_variables(directory, target, exclude=())
+    from jtl.slim_checkpoint import load_variables  # a PEFT run loads with its base, merged
+
+    variables, _ = load_variables(directory, target, exclude=())
     if not variables["batch_stats"]:
         variables = {"params": variables["params"]}
     return info, model, variables

@@ -48,7 +48,7 @@ from etils import epath
 
 from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import peft
+from jtl import peft, slim_checkpoint
 from jtl.errors import ConfigError
 from jtl.models import TEXT_MODELS
 from jtl.optim import network_rules, trainable_mask
@@ -96,7 +96,7 @@ def load_pretrained(
     config: mlc.ConfigDict, variables: dict[str, Any], extra_exclude: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], ckpt.LoadReport]:
     """Imported weights merged into the fresh init; excluded keys (the head) keep their init."""
-    loaded, report = ckpt.load_variables(
+    loaded, report = slim_checkpoint.load_variables(
         config.init.checkpoint,
         variables,
         exclude=tuple(config.init.exclude) + tuple(extra_exclude),
@@ -466,9 +466,8 @@ def head_only(s: Setup) -> Plan:
 @register("finetune_top", own_args=("freeze_blocks",))
 def finetune_top(s: Setup) -> Plan:
     """The first `freeze_blocks` blocks (stem first) frozen; the rest and the head train."""
-    return s.sgd_plan(
-        s.block_rules(s.blocks[: s.count("freeze_blocks")]), depth_rates=True, backbone_rate=True
-    )
+    frozen = network_rules.freeze_first_k(s.blocks, s.count("freeze_blocks"))
+    return s.sgd_plan(frozen, depth_rates=True, backbone_rate=True)
 
 
 @register("finetune_full")
@@ -641,4 +640,3 @@ def norm_only(s: Setup) -> Plan:
 
 
 STRATEGIES = tuple(REGISTRY)
-PEFT_STRATEGIES = tuple(n for n, st in REGISTRY.items() if st.peft)

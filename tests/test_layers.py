@@ -21,10 +21,11 @@ LAYERS = [
     ),
     "data models optim checkpoint report",  # the report reads result rows only
     "interop peft probe config",  # config: base_config builds on the optimizer's defaults
-    "slim_checkpoint linear_probe source_model",
-    "strategies",
+    "slim_checkpoint linear_probe",
+    "source_model strategies",
     "config_check",  # names from the registries (models, optimizers, strategies, transforms)
     "train predict export advise",
+    "soup",  # reads runs back through train's evaluation and export's metadata
     "study",  # a package: grid, budget, sweep, run, results
     "process",
     "quickstart",

@@ -222,8 +222,3 @@ def preprocess_imagenet(image: np.ndarray, image_size: int = IMAGE_SIZE) -> np.n
     image = image[top : top + crop, left : left + crop]
     resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BICUBIC)
     return (np.asarray(resized, dtype=np.float32) - MEAN_RGB) / STDDEV_RGB
-
-
-def num_blocks() -> int:
-    """Number of top-level backbone blocks after the stem (16 MBConv + head conv)."""
-    return len(lite0_block_specs()) + 1

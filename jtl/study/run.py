@@ -47,7 +47,6 @@ from jtl.study import sweep as sweep_lib
 from jtl.study.grid import (
     Cell,
     StudyError,
-    _resolve,
     expand,
     load_study,
     source_dir,
@@ -81,7 +80,7 @@ def prepare_sources(study: mlc.ConfigDict, root: Path) -> dict[str, Path]:
     for name, src in study.sources.items():
         directory = source_dir(root, name, study)
         if src.kind == "train":
-            spec = str(_resolve(src.config.partition(":")[0]))
+            spec = str(config_lib.resolve_config_path(src.config.partition(":")[0]))
             arg = src.config.partition(":")[2]
             config = config_lib.load_config(f"{spec}:{arg}" if arg else spec, ["progress=False"])
             summary = run_train(config, directory)
