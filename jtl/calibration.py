@@ -103,6 +103,27 @@ def split_fields(
     return out
 
 
+def shift_fields(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    temperature: float,
+    accuracy: float | None = None,
+    loss: float | None = None,
+) -> dict[str, object]:
+    """An `eval_shifts` set's summary entry: accuracy, loss, examples, NLL / Brier / ECE raw
+    and at `temperature` (`_ts`). `accuracy` and `loss` default to those of `logits`."""
+    raw, scaled = metrics(logits, labels), metrics(logits, labels, temperature)
+    if accuracy is None and len(labels):
+        accuracy = float(np.mean(np.argmax(logits, 1) == labels))
+    return {
+        "accuracy": accuracy,
+        "loss": raw["nll"] if loss is None else loss,
+        "examples": int(len(labels)),
+        **raw,
+        **{f"{k}_ts": v for k, v in scaled.items()},
+    }
+
+
 def summary_fields(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
     """summary.json's calibration fields from each split's (logits, labels): raw and
     temperature-scaled (T fitted on "val", stored as `temperature`), with reliability bins."""

@@ -21,6 +21,7 @@ from scipy.special import log_softmax
 from jtl import calibration, costs, probe, sharding
 from jtl.data import pipeline
 from jtl.data import text as text_data
+from jtl.data.target import SHIFT
 from jtl.paths import cache_dir
 
 
@@ -43,15 +44,21 @@ def split_features(
     """Features and labels of `indices` of `split` (default: every example), in that order.
 
     Cached per (source weights, data set, split): the cache grows by the examples asked for, so
-    a 10-per-class probe extracts 10 per class, and later seeds, folds and sizes reuse them."""
-    source = data.dataset.splits[split]
+    a 10-per-class probe extracts 10 per class, and later seeds, folds and sizes reuse them.
+    `split` "shift:NAME" is the test split of the `eval_shifts` data set NAME."""
+    dataset_name = config.dataset
+    if split.startswith(SHIFT):
+        dataset_name = split[len(SHIFT) :]
+        source, split = data.shifts[dataset_name].splits["test"], "test"
+    else:
+        source = data.dataset.splits[split]
     indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
     text = getattr(data, "text", False)
     key = probe.cache_key(
         ckpt=_checkpoint_identity(config.init.checkpoint) if config.init.checkpoint else "random",
         seed=config.seed if not config.init.checkpoint else None,
         model=config.model.to_dict(),
-        dataset=config.dataset,
+        dataset=dataset_name,
         split=split,
         n=len(source),
         size=config.image_size,
@@ -63,7 +70,7 @@ def split_features(
     path = (
         cache_dir()
         / "features"
-        / f"{config.dataset.replace(':', '_').replace('/', '_')}-{split}-{key}.npz"
+        / f"{dataset_name.replace(':', '_').replace('/', '_').replace('|', '_')}-{split}-{key}.npz"
     )
     mesh = sharding.make_mesh()
     repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -146,9 +153,16 @@ def probe_summary(config: mlc.ConfigDict, model: Any, variables: dict, data: Any
     test_loss = float(-np.mean(logp[np.arange(len(y_test)), y_test]))
     x_val, y_val = info.pop("val")  # the features and labels the probe was chosen on
     val_logits = x_val @ winner.kernel + winner.bias
+    fields = calibration.summary_fields({"val": (val_logits, y_val), "test": (logits, y_test)})
+    shifts = {}
+    for name in data.shifts:  # eval_shifts, at the temperature fitted on validation
+        x, y = split_features(config, model, variables, data, f"{SHIFT}{name}")
+        t = float(fields.get("temperature", 1.0))
+        shifts[name] = calibration.shift_fields(x @ winner.kernel + winner.bias, y, t)
     return {
         **info,
-        **calibration.summary_fields({"val": (val_logits, y_val), "test": (logits, y_test)}),
+        **fields,
+        **({"shifts": shifts} if shifts else {}),
         "test_accuracy": winner.accuracy(x_test, y_test),
         "test_loss": test_loss,
         "val_accuracy": winner.val_accuracy,

@@ -197,17 +197,10 @@ def evaluate_shifts(
         keep: list = []
         r = evaluate_split(variables, f"{SHIFT}{name}", keep)
         logits, labels = kept_arrays(keep)
-        raw, scaled = (
-            calibration.metrics(logits, labels),
-            calibration.metrics(logits, labels, temperature),
+        out[name] = calibration.shift_fields(
+            logits, labels, temperature, accuracy=r["accuracy"], loss=r["loss"]
         )
-        out[name] = {
-            "accuracy": r["accuracy"],
-            "loss": r["loss"],
-            "examples": r["examples"],
-            **raw,
-            **{f"{k}_ts": v for k, v in scaled.items()},
-        }
+        out[name]["examples"] = r["examples"]
     return out
 
 

@@ -128,13 +128,22 @@ def test_linear_probe_run(source, tmp_path):
     from jtl.train import train
 
     s = train(
-        _target(source, "linear_probe", "strategy_args.probe_kinds=('logistic','ridge','svm')"),
+        _target(
+            source, "linear_probe", "strategy_args.probe_kinds=('logistic','ridge','svm')",
+            "eval_shifts=('digits|invert',)",
+        ),
         tmp_path / "t",
-    )
+    )  # fmt: skip
     assert s["probe"] in ("logistic", "ridge", "svm")
     assert set(s["probe_test_accuracy"]) == {"logistic", "ridge", "svm"}
     assert s["test_accuracy"] > 0.5
     assert s["steps"] == 0
+    # The shift set is evaluated like an SGD run's (jtl.calibration.shift_fields): inverted
+    # digits are far harder for features learnt on upright ones.
+    shift = s["shifts"]["digits|invert"]
+    assert shift["examples"] > 100  # the whole shifted test split
+    assert 0.0 <= shift["accuracy"] < s["test_accuracy"]
+    assert {"nll", "ece", "brier", "nll_ts", "ece_ts"} <= set(shift)
 
 
 def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch):
