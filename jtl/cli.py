@@ -196,6 +196,9 @@ def cmd_predict(argv: Sequence[str]) -> int:
     p.add_argument("--image", required=True)
     p.add_argument("--top", type=int, default=5)
     p.add_argument(
+        "--base", default=None, help="a PEFT run's base, where it moved to (checked by sha256)"
+    )
+    p.add_argument(
         "--no-temperature",
         dest="calibrated",
         action="store_false",
@@ -207,7 +210,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
 
     t = temperature(args.checkpoint) if args.calibrated else 1.0
     image = load_image(args.image)
-    for name, prob in predict(args.checkpoint, image, args.top, args.calibrated):
+    for name, prob in predict(args.checkpoint, image, args.top, args.calibrated, args.base):
         print(f"{prob:8.4f}  {name}")
     if args.calibrated and t != 1.0:
         print(f"(probabilities temperature-scaled, T = {t:.3f} fitted on validation; "

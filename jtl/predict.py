@@ -25,7 +25,11 @@ def temperature(checkpoint: str | Path) -> float:
 
 
 def predict(
-    checkpoint: str | Path, image: np.ndarray, top: int = 5, calibrated: bool = True
+    checkpoint: str | Path,
+    image: np.ndarray,
+    top: int = 5,
+    calibrated: bool = True,
+    base: str | None = None,
 ) -> list[tuple[str, float]]:
     """Top-`top` (class name, probability) pairs for one uint8 HWC image; with `calibrated`,
     the probabilities are the run's temperature-scaled ones (jtl.calibration)."""
@@ -33,7 +37,7 @@ def predict(
     # The source's own input scaling (ImageNet mean/std for torchvision ResNets, (x-127)/128
     # for Lite0, [-1, 1] for jtl runs): recorded in import.json, see jtl.source_model.
     x = source_model.prepare_image(info, image)[None]
-    _, model, variables = source_model.load(checkpoint, x)
+    _, model, variables = source_model.load(checkpoint, x, base)
     logits = np.asarray(model.apply(variables, x, train=False), np.float64)[0]
     if calibrated:
         logits = logits / temperature(checkpoint)

@@ -140,12 +140,17 @@ def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, A
 
 
 def load_variables(
-    path: str | Any, target: dict[str, Any], exclude: Any = (), strict: bool = True
+    path: str | Any,
+    target: dict[str, Any],
+    exclude: Any = (),
+    strict: bool = True,
+    base: str | None = None,
 ) -> tuple[dict[str, Any], ckpt.LoadReport]:
     """`jtl.checkpoint.load_variables`, reading a PEFT run as its base architecture (base filled
-    in by sha256, LoRA merged): what `jtl predict` and `--config.init.checkpoint` load."""
+    in by sha256, from `base` when given; LoRA merged): what `jtl predict` and
+    `--config.init.checkpoint` load."""
     if ckpt.checkpoint_meta(path).get(BASE_KEY):
-        arrays = ckpt.flatten(plain_run_variables(path))
+        arrays = ckpt.flatten(plain_run_variables(path, base))
         return ckpt.load_variables(path, target, exclude, strict, arrays=arrays)
     return ckpt.load_variables(path, target, exclude, strict)
 

@@ -190,8 +190,11 @@ def describe(directory: str | Path) -> SourceModel:
     )
 
 
-def load(directory: str | Path, example: np.ndarray) -> tuple[SourceModel, Any, dict]:
-    """`(description, flax model, variables)`; `example` is one input batch for shapes."""
+def load(
+    directory: str | Path, example: np.ndarray, base: str | None = None
+) -> tuple[SourceModel, Any, dict]:
+    """`(description, flax model, variables)`; `example` is one input batch for shapes; `base`:
+    where a PEFT run's base moved to."""
     from jtl.models import get_model
 
     info = describe(directory)
@@ -201,7 +204,7 @@ def load(directory: str | Path, example: np.ndarray) -> tuple[SourceModel, Any, 
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
     from jtl.slim_checkpoint import load_variables  # a PEFT run loads with its base, merged
 
-    variables, _ = load_variables(directory, target, exclude=())
+    variables, _ = load_variables(directory, target, exclude=(), base=base)
     if not variables["batch_stats"]:
         variables = {"params": variables["params"]}
     return info, model, variables

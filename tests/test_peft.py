@@ -490,6 +490,8 @@ def test_a_peft_run_travels_with_its_base(source, tmp_path, monkeypatch):
     args = ["export", "--merge", "--checkpoint", str(run), "--out", str(tmp_path / "m2")]
     assert main(args) == 2
     assert main([*args, "--base", str(tmp_path / "elsewhere")]) == 0
+    moved = predict.predict(run, image, 10, calibrated=False, base=str(tmp_path / "elsewhere"))
+    assert dict(moved).keys() == merged.keys()
     shutil.move(tmp_path / "elsewhere", tmp_path / "moved" / "base")  # back next to the run
     init = _target(run, "finetune_full", "checkpoint_every=2", steps=2)  # --init a LoRA run
     assert 0.0 <= train(init, tmp_path / "from_lora")["test_accuracy"] <= 1.0
