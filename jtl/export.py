@@ -26,9 +26,7 @@ def _run_state(run: Path, base: str | None = None) -> tuple[dict[str, Any], int]
     """The latest checkpoint's params and batch_stats; a slim (PEFT) checkpoint gets its frozen
     weights back from its base (`base`, else where it was, else next to the run), whose sha256
     must match."""
-    variables, step, meta = slim_checkpoint.read_variables(str(run))
-    if meta.get(slim_checkpoint.BASE_KEY):
-        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(run), base)
+    variables, step, _ = slim_checkpoint.read_run_variables(run, base)
     return variables, step
 
 

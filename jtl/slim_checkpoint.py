@@ -123,6 +123,17 @@ def find_base(ref: dict[str, Any], where: str, base: str | None = None) -> list[
     return out
 
 
+def read_run_variables(
+    path: str | Any, base: str | None = None
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """`read_variables` of a run, a slim (PEFT) checkpoint completed with its frozen base
+    (`fill_from_base`: sha256-checked, `base` or where `find_base` finds it)."""
+    variables, step, meta = read_variables(str(path))
+    if meta.get(BASE_KEY):
+        variables = fill_from_base(variables, meta[BASE_KEY], str(path), base)
+    return variables, step, meta
+
+
 def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, Any]:
     """A PEFT run's latest weights as its base architecture's variables: the frozen base read
     back (sha256-checked; `base` or the recorded path, see `find_base`) and LoRA merged.
@@ -132,9 +143,7 @@ def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, A
 
     from jtl.peft import merged_variables
 
-    variables, _, meta = read_variables(str(path))
-    if meta.get(BASE_KEY):
-        variables = fill_from_base(variables, meta[BASE_KEY], str(path), base)
+    variables, _, _ = read_run_variables(path, base)
     config = json.loads((Path(path) / "config.json").read_text())
     return merged_variables(config, variables)
 

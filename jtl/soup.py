@@ -61,10 +61,8 @@ def load_member(path: str | Path) -> Member:
             f"{run} is not a finished run workdir (no config.json / summary.json)",
             "pass the --workdir of finished `jtl train` runs",
         )
-    variables, _, meta = slim_checkpoint.read_variables(str(run))
+    variables, _, meta = slim_checkpoint.read_run_variables(run)
     base = meta.get(slim_checkpoint.BASE_KEY)
-    if base:
-        variables = slim_checkpoint.fill_from_base(variables, base, str(run))
     return Member(run, json.loads((run / "config.json").read_text()), variables, base)
 
 
@@ -185,11 +183,16 @@ def barrier(
     }
 
 
-def greedy(evaluate: Callable[[dict], dict], members: Sequence[Member], order: Sequence[int]):
+def greedy(
+    evaluate: Callable[[dict], dict],
+    members: Sequence[Member],
+    order: Sequence[int],
+    best: float,
+):
     """Wortsman et al.'s greedy soup: in order of validation accuracy, keep a run only where
-    the soup's validation accuracy does not drop. Returns (indices kept, accuracy per try)."""
+    the soup's validation accuracy does not drop below `best` (the first run's, then the
+    soup's). Returns (indices kept, accuracy per try)."""
     kept = [order[0]]
-    best = evaluate(members[order[0]].variables)["accuracy"]
     tries = []
     for i in order[1:]:
         acc = evaluate(average([members[j].variables for j in [*kept, i]]))["accuracy"]
@@ -240,7 +243,7 @@ def make_soup(
             )
         kept, tries = list(range(len(members))), []
     else:
-        kept, tries = greedy(evaluate, members, order)
+        kept, tries = greedy(evaluate, members, order, solo[order[0]])
     soup = average([members[i].variables for i in kept])
     summary = _summary(evaluate, members, soup, kind, time.time() - t0)
     summary["soup"] = {

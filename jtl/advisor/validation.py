@@ -198,10 +198,11 @@ def regret_table(
 
 
 def _probe_or_scratch_regret(
-    table: Sequence[Entry], oof: Sequence[dict], group_of: Any
+    table: Sequence[Entry], oof: Sequence[dict], single: dict[str, Sequence[dict]]
 ) -> dict[str, dict[str, Any]]:
     """Regret of the decision every triple measured, "linear probe or scratch?", on all of them:
-    each policy chooses between those two arms only (the advisor by its probe prediction)."""
+    each policy chooses between those two arms only (the advisor by its probe prediction;
+    `single`: each single score's out-of-fold predictions, by label)."""
     if not all(PROBE in e["arms"] for e in table):
         return {}
     two = [{**e, "arms": {PROBE: e["arms"][PROBE]}} for e in table]
@@ -211,8 +212,8 @@ def _probe_or_scratch_regret(
 
     choices = {"advisor": pick(oof), f"always {SCRATCH}": [SCRATCH] * len(two)}
     choices[f"always {PROBE}"] = [PROBE] * len(two)
-    for label, names in model_lib.SINGLE_SCORES.items():
-        choices[label] = pick(cross_validate(table, group_of, names))
+    for label, preds in single.items():
+        choices[label] = pick(preds)
     choices["oracle"] = [min((SCRATCH, PROBE), key=lambda a, e=e: regret(e, a)) for e in two]
     return regret_table(two, choices)
 
@@ -234,8 +235,11 @@ def validate(table: Sequence[Entry]) -> dict[str, Any]:
         choices: dict[str, list[str]] = {"advisor": [choose(o["pred"]) for o in oof]}
         for arm in [SCRATCH, *arms]:
             choices[f"always {arm}"] = [arm] * len(table)
-        for label, names in model_lib.SINGLE_SCORES.items():
-            base = cross_validate(table, group_of, names)
+        single = {
+            label: cross_validate(table, group_of, names)
+            for label, names in model_lib.SINGLE_SCORES.items()
+        }
+        for label, base in single.items():
             choices[label] = [choose(o["pred"]) for o in base]
         choices["oracle"] = [
             min([SCRATCH, *e["arms"]], key=lambda a, e=e: regret(e, a)) for e in table
@@ -246,7 +250,7 @@ def validate(table: Sequence[Entry]) -> dict[str, Any]:
                 [table[i] for i in complete],
                 {k: [c[i] for i in complete] for k, c in choices.items()},
             ),
-            "regret_probe_or_scratch": _probe_or_scratch_regret(table, oof, group_of),
+            "regret_probe_or_scratch": _probe_or_scratch_regret(table, oof, single),
             "predictions": [
                 {
                     "source": e["source"],

@@ -245,9 +245,7 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     model = build_model(config, data.num_classes)
     # Whatever the run saved: full weights, or a PEFT run's slim checkpoint (its frozen base
     # read back from the base it names, sha256-checked) with its lora / adapter subtrees.
-    variables, _, meta = slim_checkpoint.read_variables(str(workdir))
-    if meta.get(slim_checkpoint.BASE_KEY):
-        variables = slim_checkpoint.fill_from_base(variables, meta["base"], str(workdir))
+    variables, _, _ = slim_checkpoint.read_run_variables(workdir)
     if any(k in variables["params"] for k in peft.PEFT_KEYS):
         model = peft.PeftModel(model, peft.lora_scale(config.strategy_args))
     v = {"params": sharding.replicate(variables["params"], mesh)}
