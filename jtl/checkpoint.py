@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,17 +80,29 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:240]}"
 
 
-@contextlib.contextmanager
-def _quiet_unraisable() -> Any:
-    """A failed orbax read leaves un-awaited coroutines whose 'Exception ignored' tracebacks
-    would bury the one warning line; they carry nothing the warning does not say."""
-    old = sys.unraisablehook
-    sys.unraisablehook = lambda unraisable: None
-    try:
-        yield
-    finally:
-        gc.collect()
-        sys.unraisablehook = old
+def _is_orbax_coroutine(obj: Any) -> bool:
+    code = getattr(obj, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _silence_failed_orbax_reads() -> None:
+    """A failed orbax read leaves coroutines in orbax's event loop; whenever they are collected
+    (inside the read, or minutes later) Python prints 'Exception ignored in: <coroutine ...>'
+    tracebacks or 'coroutine ... was never awaited' warnings that bury the one warning line and
+    say nothing it does not. Installed once the first read has failed, for the rest of the
+    process: only orbax's own coroutines are dropped, every other unraisable still prints."""
+    if getattr(sys.unraisablehook, "_jtl_orbax_filter", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not _is_orbax_coroutine(unraisable.object):
+            previous(unraisable)
+
+    hook._jtl_orbax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    # jtl itself runs no coroutines: after a failed orbax read, an un-awaited one is orbax's.
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited")
 
 
 class RunCheckpoints:
@@ -187,10 +200,11 @@ class RunCheckpoints:
         bad: list[tuple[int, BaseException]] = []
         for step in steps:
             try:
-                with _quiet_unraisable():
-                    state, meta = self.restore(abstract_for(step), step)
+                state, meta = self.restore(abstract_for(step), step)
             except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+                _silence_failed_orbax_reads()
                 bad.append((step, e))
+                gc.collect()  # most of orbax's leftovers go now, before the warning line
                 continue
             if bad:
                 self._quarantine([b for b, _ in bad])
