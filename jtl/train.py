@@ -8,6 +8,7 @@ and reaches the same final numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -339,32 +340,164 @@ def _preempted(
     raise preemption.Preempted(step, preempt.signal_name or "SIGTERM")
 
 
-def _diverged(
+def _eval_variables(state: State) -> dict:
+    v = {"params": state["params"]}
+    if state["batch_stats"]:
+        v["batch_stats"] = state["batch_stats"]
+    return v
+
+
+def _optimizer(plan: Plan, config: mlc.ConfigDict, step: int) -> tuple[Any, Any, list]:
+    """(tx, trainable mask, param groups) for the stage of `step`: gradual unfreezing freezes
+    per stage, and the LR schedule continues across stages."""
+    optim = mlc.ConfigDict(plan.optim.to_dict())
+    optim.frozen = tuple(plan.frozen_at(step) if plan.frozen_at else plan.optim.frozen)
+    params = plan.variables["params"]
+    tx, groups = make_optimizer(
+        params, optim, config.total_steps, step_offset=plan.stage_start(step)
+    )
+    return tx, trainable_mask(params, optim), groups
+
+
+def _fresh_state(plan: Plan, config: mlc.ConfigDict, mesh: Any, step: int) -> State:
+    """A new state whose optimizer state has the structure a checkpoint of `step` holds: the
+    one the stage of the last step it finished built."""
+    tx = _optimizer(plan, config, max(step - 1, 0))[0]
+    variables = plan.variables
+    return sharding.replicate(init_state(variables["params"], variables["batch_stats"], tx), mesh)
+
+
+def _saved(plan: Plan, state: State) -> State:
+    """What a checkpoint holds: PEFT's slim checkpoints leave out the frozen base weights."""
+    return plan.checkpoint.strip(state) if plan.checkpoint is not None else state
+
+
+def _restore(
+    config: mlc.ConfigDict,
     workdir: epath.Path,
-    base: dict[str, Any],
-    metrics: dict[str, Any],
-    step: int,
-    policy: str,
+    mesh: Any,
+    plan: Plan,
     checkpoints: ckpt.RunCheckpoints,
-    writer: MetricWriter,
-    t_start: float,
-    skipped: int | None = None,
-    why: str = "",
+) -> tuple[int, State, dict[str, Any]]:
+    """(start step, state, checkpoint metadata): the newest checkpoint that restores intact
+    (older ones if it is corrupt, with a warning), or a fresh state at step 0."""
+    start_step, restored, meta = checkpoints.restore_usable(
+        lambda s: ckpt.abstract_like(_saved(plan, _fresh_state(plan, config, mesh, s)))
+    )
+    slim = plan.checkpoint
+    if restored is not None and slim is not None:
+        slim.check(meta, str(workdir))  # refuses a base that is not the one it trained on
+        restored = sharding.replicate(slim.fill(restored), mesh)
+    state = restored if start_step else _fresh_state(plan, config, mesh, 0)
+    if start_step:
+        logging.info(
+            "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
+        )
+    return start_step, state, meta
+
+
+def _eval_steps(model: Any, mesh: Any) -> tuple[Any, Any]:
+    """Jitted eval steps: sums only (periodic validation), and with the logits (calibration)."""
+    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    sums = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
+    logits = jax.jit(
+        make_eval_step(model, logits=True), in_shardings=(repl, batched), out_shardings=repl
+    )
+    return sums, logits
+
+
+@dataclasses.dataclass
+class _Run:
+    """One SGD run: its fixed pieces, then what the step loop carries from step to step."""
+
+    config: mlc.ConfigDict
+    workdir: epath.Path
+    t_start: float
+    mesh: Any
+    data: TargetData
+    model: Any  # the model the steps apply (PEFT: the plan's own)
+    plan: Plan
+    base: dict[str, Any]  # summary.json fields known before training
+    policy: str  # nonfinite: "stop" or "skip"
+    checkpoints: ckpt.RunCheckpoints
+    early: EarlyStopping
+    writer: MetricWriter
+    start_step: int
+    eval_steps: tuple[Any, Any]  # (sums, sums and logits)
+    batches: Any  # the training batches from start_step on
+    batch: Any = None  # the next step's (sharded); None once no step is left
+    skipped_steps: int = 0  # nonfinite="skip": steps skipped so far (checkpointed)
+    # The current stage (gradual unfreezing): set by `_enter_stage` only.
+    stage: int = 0
+    mask: Any = None
+    groups: list = dataclasses.field(default_factory=list)
+    step_fn: Any = None  # the compiled train step
+    flops_log: list[float] = dataclasses.field(default_factory=list)
+    # Since the last sync: per-step finite flags, and train metrics since the last log.
+    flags: list[Any] = dataclasses.field(default_factory=list)
+    pending: list[dict] = dataclasses.field(default_factory=list)
+    bar: Any = None  # tqdm on a TTY, else None and `progress_line` logs
+    progress_line: guard.ProgressLine | None = None
+    # A bounded dispatch queue: unbounded ones deadlock on CPU devices.
+    inflight: InFlight = dataclasses.field(default_factory=InFlight)
+
+    def evaluate_split(self, v: dict, split: str, keep: list | None = None) -> dict[str, float]:
+        step_fn = self.eval_steps[0] if keep is None else self.eval_steps[1]
+        return evaluate(step_fn, v, self.data, split, self.config.eval_batch_size, self.mesh, keep)
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The metadata of `step`'s checkpoint: what an exact resume needs beside the state."""
+        slim = self.plan.checkpoint
+        return {
+            "step": step,
+            "stage": self.plan.stage_at(max(step - 1, 0)),
+            "data": {"next_batch": step, "seed": self.config.seed},
+            "fingerprint": config_lib.fingerprint(self.config),
+            "skipped_steps": self.skipped_steps,
+            **self.early.meta(),
+            **({"base": slim.ref} if slim is not None else {}),
+        }
+
+
+def _enter_stage(
+    run: _Run, state: State, step: int, fresh_opt_state: bool, groups_file: str
+) -> State:
+    """The one place the optimizer, trainable mask and compiled step are (re)built: at the
+    start, and at each gradual-unfreezing stage change (with a fresh optimizer state)."""
+    run.stage = run.plan.stage_at(step)
+    tx, run.mask, run.groups = _optimizer(run.plan, run.config, step)
+    if fresh_opt_state:
+        host_params = sharding.to_host(state["params"])
+        state["opt_state"] = sharding.replicate(tx.init(host_params), run.mesh)
+    _log_and_write(run.workdir, groups_file, format_group_table(run.groups))
+    if run.batch is not None:  # else no step is left to run (a finished run resumed)
+        t = time.time()
+        step_fn = jit_train_step(run.model, tx, run.mask, run.plan, run.mesh, run.policy)
+        run.step_fn = step_fn.lower(state, run.batch).compile()
+        flops = compiled_flops(run.step_fn)  # per device: the SPMD program runs on each
+        flops = flops * run.mesh.devices.size if flops is not None else None
+        logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)
+        run.flops_log.append(flops or 0.0)
+    return state
+
+
+def _diverged(
+    run: _Run, metrics: dict[str, Any], step: int, skipped: int | None = None, why: str = ""
 ) -> None:
     """Stops a diverged run: no checkpoint after `step`, summary.json says so, then raises."""
     what = guard.what_was_nonfinite(metrics)
     host = {k: float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
-    writer.write(step, "train", **host)
-    writer.close()
-    checkpoints.wait()
-    checkpoints.close()
-    last = checkpoints.latest_step()
-    summary = guard.diverged_summary(base, step, what, last, policy)
-    summary["wall_time_s"] = time.time() - t_start
+    run.writer.write(step, "train", **host)
+    run.writer.close()
+    run.checkpoints.wait()
+    run.checkpoints.close()
+    last = run.checkpoints.latest_step()
+    summary = guard.diverged_summary(run.base, step, what, last, run.policy)
+    summary["wall_time_s"] = time.time() - run.t_start
     if skipped is not None:
         summary["skipped_steps"] = int(skipped)
     if jax.process_index() == 0:
-        _atomic_write(workdir / "summary.json", run_summary.dumps(summary))
+        _atomic_write(run.workdir / "summary.json", run_summary.dumps(summary))
     raise DivergedError(
         f"training diverged at step {step}: non-finite {what}{f' ({why})' if why else ''}; "
         "summary.json records it, "
@@ -375,10 +508,116 @@ def _diverged(
     )
 
 
-# Long (335 lines): the trainer; issue 21 (open) makes it a short straight-down function.
-def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Runs (or resumes) one training run; returns the summary also written to summary.json."""
-    t_start = time.time()
+def _syncs(run: _Run, step: int) -> bool:
+    """Whether `step` syncs with the host anyway (logs, evaluates or checkpoints)."""
+    config = run.config
+    return (
+        step % config.log_every == 0
+        or step % config.eval_every == 0
+        or run.checkpoints.should_save(step)
+        or step == config.total_steps
+    )
+
+
+def _check_flags(run: _Run, step: int) -> None:
+    """The finite flags of the steps since the last sync (read at syncs only): "stop" diverges
+    at the first bad step; "skip" counts them, and diverges past `nonfinite_max_skipped`."""
+    bad = guard.bad_steps(run.flags, step - len(run.flags) + 1)
+    run.flags = []
+    if bad and run.policy == "skip":
+        run.skipped_steps += len(bad)
+        logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
+        limit = run.config.nonfinite_max_skipped
+        if guard.too_many_skipped(run.skipped_steps, step, limit):
+            _diverged(
+                run, run.pending[bad[-1] - step - 1], bad[-1], skipped=run.skipped_steps,
+                why=f"skipped {run.skipped_steps} of {step} steps (more than "
+                f"nonfinite_max_skipped={limit:g})",
+            )  # fmt: skip
+    elif bad:
+        _diverged(run, run.pending[bad[0] - step - 1], bad[0])
+
+
+def _check_weights(run: _Run, step: int, state: State) -> None:
+    """The loss and gradient were finite, but did the update overflow? Never save (or name as
+    the last finite one) a checkpoint holding non-finite weights."""
+    if not guard.all_finite(state):
+        why = "the update overflowed"
+        _diverged(run, {"weights": jnp.nan}, step, skipped=run.skipped_steps, why=why)
+
+
+def _save(run: _Run, step: int, state: State) -> None:
+    """`step`'s checkpoint, with the best weights and metrics it names written first."""
+    _check_weights(run, step, state)
+    run.early.persist()  # the best weights this checkpoint's metadata names
+    run.writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
+    run.checkpoints.save(step, _saved(run.plan, state), run.meta(step))
+
+
+def _log_train(run: _Run, step: int) -> None:
+    """Mean train metrics since the last log: metrics.jsonl, and the progress bar or line."""
+    host = jax.device_get(run.pending)
+    means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    run.writer.write(step, "train", **means)
+    run.pending = []
+    if run.bar is not None:
+        run.bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
+    elif jax.process_index() == 0:
+        logging.info(run.progress_line.line(step, means["loss"], means["accuracy"]))
+
+
+def _validate(run: _Run, step: int, state: State) -> None:
+    """Validation loss and accuracy at `step`; early stopping decides on the accuracy."""
+    val = run.evaluate_split(_eval_variables(state), "val")
+    run.writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
+    logging.info("step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"])
+    if run.early.update(step, val["accuracy"], state):
+        logging.info("Early stop at step %d (best step %s)", step, run.early.best_step)
+
+
+def _loop(run: _Run, state: State, preempt: preemption.Preemption) -> tuple[State, int]:
+    """SGD steps to `total_steps` or an early stop; returns the state and steps run. A stop
+    request finishes the step, checkpoints it and raises `Preempted`."""
+    config, step = run.config, run.start_step
+    while step < config.total_steps and not run.early.stopped:
+        if run.plan.stage_at(step) != run.stage:  # gradual unfreezing: a new stage
+            groups_file = f"param_groups_stage{run.plan.stage_at(step)}.txt"
+            state = _enter_stage(run, state, step, True, groups_file)
+        state, metrics = run.step_fn(state, run.batch)
+        run.inflight.push(metrics)
+        step += 1
+        run.flags.append(metrics.pop("finite"))
+        run.pending.append(metrics)
+        stop_now = _stop_requested(preempt, step, config.log_every)
+        if stop_now or _syncs(run, step):  # look at the flags before logging, evaluating, saving
+            _check_flags(run, step)
+        if step < config.total_steps:
+            run.batch = sharding.shard_batch(next(run.batches), run.mesh)
+        if step % config.log_every == 0 or step == config.total_steps:
+            _log_train(run, step)
+        if step % config.eval_every == 0 or step == config.total_steps:
+            _validate(run, step, state)
+        last = step == config.total_steps or run.early.stopped
+        if last:  # with early stopping, the best evaluated weights are what the run reports
+            state = run.early.best_into(state, lambda x: sharding.replicate(x, run.mesh))
+        if run.checkpoints.should_save(step) or last:
+            _save(run, step, state)
+        if run.bar is not None:
+            run.bar.update(1)
+        if stop_now and not last:
+            if not run.checkpoints.should_save(step):  # else the cadence just saved this step
+                _save(run, step, state)
+            _preempted(step, preempt, run.checkpoints, run.writer)
+    return state, step
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _prepare_workdir(
+    config: mlc.ConfigDict, workdir: str | Path
+) -> tuple[mlc.ConfigDict, epath.Path]:
+    """Checks the config and records it in the workdir, refusing one of another experiment."""
     config_check.check(config)  # also for train() called from Python (studies, tests)
     if config.init.checkpoint:  # recorded absolute: the run resumes and exports from anywhere
         config = config.copy_and_resolve_references()
@@ -391,8 +630,11 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         cfg = config_lib.to_dict(config)
         cfg["_fingerprint"] = config_lib.fingerprint(config)
         _atomic_write(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
+    return config, workdir
 
-    mesh = sharding.make_mesh()
+
+def _load_data(config: mlc.ConfigDict, mesh: Any) -> tuple[mlc.ConfigDict, TargetData]:
+    """The target's splits, and the config with its epoch budget resolved to steps."""
     sharding.check_batch_size(config.batch_size, mesh)
     data = TargetData(config)
     config = resolve_budget(config, len(data.train_idx))  # max_epochs / eval_every_epochs -> steps
@@ -404,9 +646,12 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         len(data.test_idx),
         data.num_classes,
     )
-    model = build_model(config, data.num_classes)
-    variables = _init_variables(model, config, data.example_inputs())
-    base = {
+    return config, data
+
+
+def _base_summary(config: mlc.ConfigDict, data: TargetData) -> dict[str, Any]:
+    """summary.json fields known before any step (also those of a diverged run)."""
+    return {
         "dataset": config.dataset,
         "data_transforms": transforms.describe(config.dataset),
         "model": config.model.name,
@@ -419,7 +664,13 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "processes": jax.process_count(),
         "input_scale": data.input_scale,
     }
-    if jax.process_index() == 0:  # the workdir describes its model (jtl predict, advise, export)
+
+
+def _describe_workdir(
+    config: mlc.ConfigDict, workdir: epath.Path, data: TargetData, base: dict[str, Any]
+) -> None:
+    """The workdir describes its model (jtl predict, advise, export) and the images skipped."""
+    if jax.process_index() == 0:
         names = data.dataset.class_names or [str(i) for i in range(data.num_classes)]
         meta = source_model.model_json(
             config.model.name,
@@ -443,51 +694,24 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
             workdir / "skipped_images.txt",
         )
 
-    plan = plan_strategy(config, model, variables, data)
-    if isinstance(plan, ProbePlan):  # no SGD steps: the plan's fit is the whole run
-        summary = {**base, **plan.fit(), "wall_time_s": time.time() - t_start}
-        _write_summary(workdir, summary)
-        return summary
-    model = plan.model if plan.model is not None else model  # PEFT: applies its own subtrees
-    params = plan.variables["params"]
-    frozen_at = plan.frozen_at or (lambda step: tuple(plan.optim.frozen))
 
-    def optimizer_for(step: int) -> tuple[Any, Any, list]:
-        optim = mlc.ConfigDict(plan.optim.to_dict())
-        optim.frozen = tuple(frozen_at(step))
-        tx, groups = make_optimizer(
-            params, optim, config.total_steps, step_offset=plan.stage_start(step)
-        )
-        return tx, trainable_mask(params, optim), groups
-
+def _setup(
+    config: mlc.ConfigDict,
+    workdir: epath.Path,
+    t_start: float,
+    mesh: Any,
+    data: TargetData,
+    model: Any,
+    plan: Plan,
+    base: dict[str, Any],
+) -> tuple[_Run, State]:
+    """The run restored from its newest usable checkpoint, compiled for its first step."""
     checkpoints = ckpt.RunCheckpoints(
         workdir / "checkpoints", keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
     policy = guard.check_policy(config.get("nonfinite", "stop"))
-
-    def fresh_state(step: int) -> State:
-        # The optimizer state in a checkpoint was built by the stage of the last step it finished.
-        tx = optimizer_for(max(step - 1, 0))[0]
-        return sharding.replicate(init_state(params, plan.variables["batch_stats"], tx), mesh)
-
-    # The newest checkpoint that restores intact (older ones if it is corrupt, with a warning).
-    slim = plan.checkpoint  # PEFT: checkpoints hold no frozen base weights (jtl.slim_checkpoint)
-
-    def saved(s: State) -> State:
-        return slim.strip(s) if slim is not None else s
-
-    start_step, restored, meta = checkpoints.restore_usable(
-        lambda s: ckpt.abstract_like(saved(fresh_state(s)))
-    )
-    if restored is not None and slim is not None:
-        slim.check(meta, str(workdir))  # refuses a base that is not the one it trained on
-        restored = sharding.replicate(slim.fill(restored), mesh)
-    tx, mask, groups = optimizer_for(max(start_step - 1, 0))
-    state = restored if start_step else fresh_state(0)
-    if start_step:
-        logging.info(
-            "Resumed from step %d (stage %s) in %s", start_step, meta.get("stage"), workdir
-        )
+    model = plan.model if plan.model is not None else model  # PEFT: applies its own subtrees
+    start_step, state, meta = _restore(config, workdir, mesh, plan, checkpoints)
     early = EarlyStopping(
         config.early_stopping_patience,
         meta,
@@ -497,180 +721,57 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     )
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)
-    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(repl, batched), out_shardings=repl)
-    eval_logits = jax.jit(
-        make_eval_step(model, logits=True), in_shardings=(repl, batched), out_shardings=repl
+    run = _Run(
+        config=config,
+        workdir=workdir,
+        t_start=t_start,
+        mesh=mesh,
+        data=data,
+        model=model,
+        plan=plan,
+        base=base,
+        policy=policy,
+        checkpoints=checkpoints,
+        early=early,
+        writer=writer,
+        start_step=start_step,
+        eval_steps=_eval_steps(model, mesh),
+        batches=data.train_batches(config, start_step),
     )
+    if start_step < config.total_steps:
+        run.batch = sharding.shard_batch(next(run.batches), mesh)
+    # A resume at a stage boundary starts the new stage: its optimizer, from a fresh state.
+    new_stage = plan.stage_at(max(start_step - 1, 0)) != plan.stage_at(start_step)
+    stage_step = start_step if new_stage else max(start_step - 1, 0)
+    state = _enter_stage(run, state, stage_step, new_stage, "param_groups.txt")
+    run.bar = _progress(config.total_steps, start_step, config.progress)
+    if run.bar is None:
+        run.progress_line = guard.ProgressLine(config.total_steps, start_step)
+    run.skipped_steps = int(meta.get("skipped_steps", 0))
+    return run, state
 
-    def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
-        step_fn = eval_step if keep is None else eval_logits
-        return evaluate(step_fn, v, data, split, config.eval_batch_size, mesh, keep)
 
-    batches = data.train_batches(config, start_step)
-    batch = sharding.shard_batch(next(batches), mesh) if start_step < config.total_steps else None
-
-    def compile_step(tx: Any, mask: Any) -> tuple[Any, float | None]:
-        t = time.time()
-        step_fn = jit_train_step(model, tx, mask, plan, mesh, policy)
-        compiled = step_fn.lower(state, batch).compile()
-        flops = compiled_flops(compiled)  # per device: the SPMD program runs on each
-        flops = flops * mesh.devices.size if flops is not None else None
-        logging.info("Compiled train step in %.1fs; %.3g FLOPs/step", time.time() - t, flops or 0)
-        return compiled, flops
-
-    stage = plan.stage_at(start_step)
-    if plan.stage_at(max(start_step - 1, 0)) != stage:
-        tx, mask, groups = optimizer_for(start_step)
-        state["opt_state"] = sharding.replicate(tx.init(sharding.to_host(state["params"])), mesh)
-    _log_and_write(workdir, "param_groups.txt", format_group_table(groups))
-    flops_log: list[float] = []
-    compiled = None
-    if batch is not None:
-        compiled, flops = compile_step(tx, mask)
-        flops_log.append(flops or 0.0)
-
-    def eval_variables(s: State) -> dict:
-        v = {"params": s["params"]}
-        if s["batch_stats"]:
-            v["batch_stats"] = s["batch_stats"]
-        return v
-
-    def meta_for(step: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "stage": plan.stage_at(max(step - 1, 0)),
-            "data": {"next_batch": step, "seed": config.seed},
-            "fingerprint": config_lib.fingerprint(config),
-            "skipped_steps": skipped_steps,
-            **early.meta(),
-            **({"base": slim.ref} if slim is not None else {}),
-        }
-
-    bar = _progress(config.total_steps, start_step, config.progress)
-    inflight = InFlight()  # a bounded dispatch queue: unbounded ones deadlock on CPU devices
-    progress_line = guard.ProgressLine(config.total_steps, start_step) if bar is None else None
-    skipped_steps = int(meta.get("skipped_steps", 0))
-    flags: list[Any] = []  # per-step finite flags since the last check (read at syncs only)
-    pending: list[dict] = []
-    t_train = time.time()
-    step = start_step
-    # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.preemption).
-    with preemption.Preemption() as preempt:
-        while step < config.total_steps and not early.stopped:
-            if plan.stage_at(step) != stage:
-                # Gradual unfreezing: a new stage rebuilds the optimizer (fresh state) and the step.
-                stage = plan.stage_at(step)
-                tx, mask, groups = optimizer_for(step)
-                state["opt_state"] = sharding.replicate(
-                    tx.init(sharding.to_host(state["params"])), mesh
-                )
-                _log_and_write(
-                    workdir, f"param_groups_stage{stage}.txt", format_group_table(groups)
-                )
-                compiled, flops = compile_step(tx, mask)
-                flops_log.append(flops or 0.0)
-            state, metrics = compiled(state, batch)
-            inflight.push(metrics)
-            step += 1
-            flags.append(metrics.pop("finite"))
-            pending.append(metrics)
-            stop_now = _stop_requested(preempt, step, config.log_every)
-            if (
-                stop_now
-                or step % config.log_every == 0
-                or step % config.eval_every == 0
-                or checkpoints.should_save(step)
-                or step == config.total_steps
-            ):  # points that sync anyway: look at the flags before logging, evaluating or saving
-                bad = guard.bad_steps(flags, step - len(flags) + 1)
-                flags = []
-                if bad and policy == "skip":
-                    skipped_steps += len(bad)
-                    logging.warning("Skipped %d non-finite step(s), first %d", len(bad), bad[0])
-                    if guard.too_many_skipped(skipped_steps, step, config.nonfinite_max_skipped):
-                        _diverged(
-                            workdir, base, pending[bad[-1] - step - 1], bad[-1], policy,
-                            checkpoints, writer, t_start, skipped=skipped_steps,
-                            why=f"skipped {skipped_steps} of {step} steps (more than "
-                            f"nonfinite_max_skipped={config.nonfinite_max_skipped:g})",
-                        )  # fmt: skip
-                elif bad:
-                    _diverged(
-                        workdir,
-                        base,
-                        pending[bad[0] - step - 1],
-                        bad[0],
-                        policy,
-                        checkpoints,
-                        writer,
-                        t_start,
-                    )
-            if step < config.total_steps:
-                batch = sharding.shard_batch(next(batches), mesh)
-            if step % config.log_every == 0 or step == config.total_steps:
-                host = jax.device_get(pending)
-                means = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                writer.write(step, "train", **means)
-                pending = []
-                if bar is not None:
-                    bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
-                elif jax.process_index() == 0:
-                    logging.info(progress_line.line(step, means["loss"], means["accuracy"]))
-            if step % config.eval_every == 0 or step == config.total_steps:
-                val = evaluate_split(eval_variables(state), "val")
-                writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
-                logging.info(
-                    "step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"]
-                )
-                if early.update(step, val["accuracy"], state):
-                    logging.info("Early stop at step %d (best step %s)", step, early.best_step)
-            last = step == config.total_steps or early.stopped
-            if last:  # with early stopping, the best evaluated weights are what the run reports
-                state = early.best_into(state, lambda x: sharding.replicate(x, mesh))
-            if (checkpoints.should_save(step) or last) and not guard.all_finite(state):
-                # The loss and gradient were finite, but the update overflowed: never save
-                # (or name as the last finite one) a checkpoint holding non-finite weights.
-                _diverged(
-                    workdir, base, {"weights": jnp.nan}, step, policy, checkpoints, writer,
-                    t_start, skipped=skipped_steps, why="the update overflowed",
-                )  # fmt: skip
-            if checkpoints.should_save(step) or last:
-                early.persist()  # the best weights this checkpoint's metadata names
-                writer.flush()  # remote workdirs: metrics.jsonl up to the checkpoint
-                checkpoints.save(step, saved(state), meta_for(step))
-            if bar is not None:
-                bar.update(1)
-            if stop_now and not last:
-                if not guard.all_finite(state):  # never a non-finite resume point
-                    _diverged(
-                        workdir, base, {"weights": jnp.nan}, step, policy, checkpoints, writer,
-                        t_start, skipped=skipped_steps, why="the update overflowed",
-                    )  # fmt: skip
-                if not checkpoints.should_save(step):  # else the cadence just saved this step
-                    early.persist()
-                    writer.flush()
-                    checkpoints.save(step, saved(state), meta_for(step))
-                _preempted(step, preempt, checkpoints, writer)
-    if bar is not None:
-        bar.close()
-    train_time = time.time() - t_train
+def _summarize(run: _Run, state: State, step: int, train_time: float) -> dict[str, Any]:
+    """summary.json of a finished run: the reported weights evaluated, then what the
+    strategy's finish adds (WiSE-FT's curve), calibration and shifts."""
+    config, checkpoints, early = run.config, run.checkpoints, run.early
     checkpoints.wait()
     checkpoints.close()
-
     early.prune()
     # eval_test=False (sweep trials): the test split is not read; the study evaluates only the
     # trial chosen on validation, from its checkpoint (jtl.study.sweep).
     splits = ("val", "test") if config.eval_test else ("val",)
     kept: dict[str, list] = {split: [] for split in splits}
-    final = {split: evaluate_split(eval_variables(state), split, kept[split]) for split in splits}
+    variables = _eval_variables(state)
+    final = {split: run.evaluate_split(variables, split, kept[split]) for split in splits}
     final.setdefault("test", {"loss": None, "accuracy": None})
-    if start_step < config.total_steps and config.eval_test:
-        writer.write(step, "test", loss=final["test"]["loss"], accuracy=final["test"]["accuracy"])
-    writer.close()
-    n_trainable, n_frozen = _count(params, mask)
+    if run.start_step < config.total_steps and config.eval_test:
+        test = final["test"]
+        run.writer.write(step, "test", loss=test["loss"], accuracy=test["accuracy"])
+    run.writer.close()
+    n_trainable, n_frozen = _count(run.plan.variables["params"], run.mask)
     summary = {
-        **base,
+        **run.base,
         "steps": int(config.total_steps),
         "test_accuracy": final["test"]["accuracy"],
         "test_loss": final["test"]["loss"],
@@ -679,38 +780,72 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         "steps_run": int(step),
         "images_seen": int(step * config.batch_size),
         **early.meta(),
-        **early.summary(config, step, len(data.train_idx)),
+        **early.summary(config, step, len(run.data.train_idx)),
         "trainable_params": n_trainable,
         "frozen_params": n_frozen,
-        "flops_per_step": flops_log[-1] if flops_log else None,
+        "flops_per_step": run.flops_log[-1] if run.flops_log else None,
         **costs.cost_fields(state["opt_state"], checkpoints.directory / str(step)),
         "train_time_s": train_time,
-        "resumed_from_step": start_step,
+        "resumed_from_step": run.start_step,
         "diverged": False,
-        "skipped_steps": skipped_steps,
-        **plan.info,
+        "skipped_steps": run.skipped_steps,
+        **run.plan.info,
     }
-    extra = plan.finish(sharding.to_host(state), evaluate_split, splits)
-    _save_finish_weights(workdir, extra.pop("finish_weights", {}))
-    reported = eval_variables(state)
+    _finish_strategy(run, state, splits, kept, summary)
+    summary["wall_time_s"] = time.time() - run.t_start
+    if jax.process_index() == 0:
+        groups = json.dumps(groups_to_json(run.groups), indent=2)
+        (run.workdir / "param_groups.json").write_text(groups)
+    return summary
+
+
+def _finish_strategy(
+    run: _Run, state: State, splits: tuple[str, ...], kept: dict[str, list], summary: dict
+) -> None:
+    """Adds the strategy's finish (e.g. WiSE-FT's ensembles) to `summary`, then calibration and
+    shifts of the weights the run reports (the same ones as its accuracy)."""
+    extra = run.plan.finish(sharding.to_host(state), run.evaluate_split, splits)
+    _save_finish_weights(run.workdir, extra.pop("finish_weights", {}))
+    reported = _eval_variables(state)
     if extra:  # keep the trained model's own numbers next to what the strategy reports
         summary["trained_val_accuracy"] = summary["val_accuracy"]
         summary["trained_test_accuracy"] = summary["test_accuracy"]
         if extra.get("reported_variables") is not None:  # e.g. WiSE-FT's chosen ensemble
-            reported = sharding.replicate(extra["reported_variables"], mesh)
+            reported = sharding.replicate(extra["reported_variables"], run.mesh)
             kept = {split: [] for split in splits}
             for split in splits:
-                evaluate_split(reported, split, kept[split])
+                run.evaluate_split(reported, split, kept[split])
     extra.pop("reported_variables", None)
     summary.update(extra)
-    # Calibration and shifts of the weights the run reports (the same ones as its accuracy).
     summary.update(calibration.summary_fields({k: kept_arrays(v) for k, v in kept.items()}))
-    if data.shifts and config.eval_test:
+    if run.data.shifts and run.config.eval_test:
         t = float(summary.get("temperature") or 1.0)
-        summary["shifts"] = evaluate_shifts(evaluate_split, reported, data, t)
-    summary["wall_time_s"] = time.time() - t_start
-    if jax.process_index() == 0:
-        (workdir / "param_groups.json").write_text(json.dumps(groups_to_json(groups), indent=2))
+        summary["shifts"] = evaluate_shifts(run.evaluate_split, reported, run.data, t)
+
+
+def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Runs (or resumes) one training run; returns the summary also written to summary.json."""
+    t_start = time.time()
+    config, workdir = _prepare_workdir(config, workdir)
+    mesh = sharding.make_mesh()
+    config, data = _load_data(config, mesh)
+    model = build_model(config, data.num_classes)
+    variables = _init_variables(model, config, data.example_inputs())
+    base = _base_summary(config, data)
+    _describe_workdir(config, workdir, data, base)
+    plan = plan_strategy(config, model, variables, data)
+    if isinstance(plan, ProbePlan):  # no SGD steps: the plan's fit is the whole run
+        summary = {**base, **plan.fit(), "wall_time_s": time.time() - t_start}
+        _write_summary(workdir, summary)
+        return summary
+    run, state = _setup(config, workdir, t_start, mesh, data, model, plan, base)
+    t_train = time.time()
+    # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.preemption).
+    with preemption.Preemption() as preempt:
+        state, step = _loop(run, state, preempt)
+    if run.bar is not None:
+        run.bar.close()
+    summary = _summarize(run, state, step, time.time() - t_train)
     _write_summary(workdir, summary)
     if preempt.requested:  # asked to stop during the last step: done, but tell the caller
         raise preemption.Preempted(step, preempt.signal_name or "SIGTERM")
