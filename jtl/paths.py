@@ -30,3 +30,10 @@ def as_path(path: Any) -> epath.Path:
 def cache_dir() -> Path:
     """`$JTL_DATA_DIR`, default `~/.cache/jtl`: raw files, prepared tfds data, feature caches."""
     return Path(os.environ.get("JTL_DATA_DIR") or Path.home() / ".cache" / "jtl").expanduser()
+
+
+def unique_tmp(path: Path) -> Path:
+    """A temporary sibling of `path` for an atomic `replace`, unique to this process: two
+    processes filling the same shared cache (parallel tests, a study's workers) never write
+    into one file. Keeps `path`'s suffix (np.save/np.savez would append theirs otherwise)."""
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")

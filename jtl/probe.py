@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from absl import logging
 
+from jtl.paths import unique_tmp
+
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -110,7 +112,7 @@ def cached_rows(
         order = np.argsort(have_idx, kind="stable")
         have_idx, have_x, have_y = have_idx[order], have_x[order], have_y[order]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = unique_tmp(path)
         if len(have_idx) == n:  # complete: the plain form every reader takes
             np.savez(tmp, x=have_x, y=have_y)
         else:

@@ -247,11 +247,15 @@ def test_full_tmpfs_disk_is_one_line(tmp_path):
     _count("disk full (tmpfs)", True)
 
 
+# CI runs 8 kills; docs/results.md's table is the 20-kill run: JTL_FAULT_KILLS=20 pytest ...
+KILLS = int(os.environ.get("JTL_FAULT_KILLS", "8"))
+
+
 @pytest.mark.slow
 def test_kill9_during_training_and_checkpoint_writes_resumes_identically(tmp_path):
-    """20 seeded kill -9s, alternately mid-training and mid-checkpoint-write, on one run."""
+    """KILLS seeded kill -9s, alternately mid-training and mid-checkpoint-write, on one run."""
     rng = random.Random(20261130)
-    steps = 160
+    steps = 8 * KILLS  # room for each kill to land after a new checkpoint (every 4 steps)
     ref = tmp_path / "ref"
     out = _jtl(*_train_args(ref, steps), "--config.checkpoint_every=4", "--config.log_every=4")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -261,7 +265,7 @@ def test_kill9_during_training_and_checkpoint_writes_resumes_identically(tmp_pat
     kills = collections.Counter()
     lost = 0
     last = 0
-    for trial in range(20):
+    for trial in range(KILLS):
         mode = "checkpoint write" if trial % 2 else "training"
         delay = rng.uniform(0, 0.03) if trial % 2 else rng.uniform(0, 0.15)
 
@@ -304,7 +308,7 @@ def test_kill9_during_training_and_checkpoint_writes_resumes_identically(tmp_pat
         for _ in range(n):
             _count(f"kill -9 during {mode}", same and not lost, lost=bool(lost) or not same)
     print(f"\nkill -9 chain: {dict(kills)}, resumed from up to step {last}, identical: {same}")
-    assert sum(kills.values()) >= 20 and not lost and same
+    assert sum(kills.values()) == KILLS and not lost and same
 
 
 # ----------------------------------------------------------------------------- NaN

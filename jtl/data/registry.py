@@ -28,6 +28,7 @@ from absl import logging
 
 from jtl.data import builders, sources, transforms
 from jtl.errors import DataError
+from jtl.paths import unique_tmp
 
 NETWORK_TIMEOUT_S = 5.0  # the reachability check before a catalog download
 # Splits up to this size are read into memory once (fast epochs); larger ones stream.
@@ -115,7 +116,7 @@ def _cached_arrays(
         return np.load(images_path), np.load(labels_path)
     images, labels = _read_all(source)
     for path, array in ((images_path, images), (labels_path, labels)):
-        tmp = path.with_name(path.name + ".tmp.npy")
+        tmp = unique_tmp(path)
         np.save(tmp, array)
         tmp.replace(path)
     return images, labels
@@ -203,7 +204,7 @@ def _text_split(builder: tfds.core.DatasetBuilder, split: str) -> Any:
     if not path.exists():
         source = builder.as_data_source(split=split)
         records = source.__getitems__(list(range(len(source))))
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = unique_tmp(path)
         np.savez(
             tmp,
             input_ids=np.stack([r["input_ids"] for r in records]),
