@@ -370,9 +370,31 @@ class Strategy:
     # The `strategy_args` only this strategy (and others that list them) reads: changing one
     # cannot change a run of any other strategy, so resuming that run ignores it.
     own_args: tuple[str, ...] = ()
+    # Takes SGD steps. False (a closed-form fit): a study neither sweeps its LR nor gives it
+    # a step budget to converge in.
+    sgd: bool = True
 
 
 REGISTRY: dict[str, Strategy] = {}
+
+
+def get(name: str) -> Strategy:
+    """The registered strategy `name`; an unknown name fails with the list of valid ones."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def is_baseline(name: str) -> bool:
+    """Whether `name` is the baseline every transfer arm is compared with: it starts from
+    random init (no pretrained source), and studies give it He et al.'s longer schedule."""
+    return not get(name).pretrained
+
+
+def baseline() -> str:
+    """The name of the one baseline strategy (studies' default scratch arm)."""
+    (name,) = [s.name for s in REGISTRY.values() if not s.pretrained]
+    return name
 
 
 def register(
@@ -382,13 +404,14 @@ def register(
     keep_fresh: Callable[[Setup], list[str]] | None = None,
     peft: bool = False,
     own_args: tuple[str, ...] = (),
+    sgd: bool = True,
 ) -> Callable[[Callable[[Setup], Plan | ProbePlan]], Callable[[Setup], Plan | ProbePlan]]:
     """Adds a strategy function to `REGISTRY` (in the module docstring's table order)."""
 
     def add(fn: Callable[[Setup], Plan | ProbePlan]) -> Callable[[Setup], Plan | ProbePlan]:
         if name in REGISTRY:
             raise ValueError(f"strategy {name!r} registered twice")
-        REGISTRY[name] = Strategy(name, fn, pretrained, keep_fresh, peft, own_args)
+        REGISTRY[name] = Strategy(name, fn, pretrained, keep_fresh, peft, own_args, sgd)
         return fn
 
     return add
@@ -417,9 +440,7 @@ def plan_strategy(
 ) -> Plan | ProbePlan:
     """Expands `config.strategy` into a plan; unknown names fail with the list of valid ones."""
     name = config.strategy
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown strategy {name!r}; valid: {', '.join(REGISTRY)}")
-    strategy = REGISTRY[name]
+    strategy = get(name)
     setup = Setup(config, model, variables, data, mlc.ConfigDict(config.optim.to_dict()), {})
     if strategy.pretrained and not config.init.checkpoint:
         raise ConfigError(
@@ -449,7 +470,7 @@ def scratch(s: Setup) -> Plan:
     return Plan(variables=variables, optim=s.optim, info=s.info)
 
 
-@register("linear_probe", own_args=("probe_kinds",))
+@register("linear_probe", own_args=("probe_kinds",), sgd=False)
 def linear_probe(s: Setup) -> ProbePlan:
     """Cached bottleneck features, then logistic / ridge / SVM chosen on validation."""
     from jtl.linear_probe import probe_summary

@@ -1,6 +1,7 @@
 """Transfer strategies on real (tiny) data: frozen really means frozen, and each method does
 what its paper says. The source model is a short cnn_small run on sklearn digits."""
 
+import re
 from pathlib import Path
 
 import jax
@@ -217,8 +218,6 @@ def test_scratch_head_is_uniform_unless_zeros():
 def test_registry_matches_readme_and_tests():
     """A strategy is one registered function, one README table row and one test: the registry,
     the README's table (same order) and the test files must name the same strategies."""
-    import re
-
     root = Path(__file__).parent.parent
     readme = (root / "README.md").read_text()
     rows = re.findall(r"^\| `([a-z0-9_]+)` \|", readme, flags=re.M)
@@ -228,8 +227,57 @@ def test_registry_matches_readme_and_tests():
         assert st.plan.__doc__, f"strategy {name}: its function needs a docstring"
         assert re.search(rf"[\"'=]{name}[\"',)]", tests), f"no test names strategy {name!r}"
     assert strategies.STRATEGIES == tuple(strategies.REGISTRY)
+    table = re.findall(r"^\| ([a-z0-9_]+) \|", strategies.__doc__, flags=re.M)[1:]  # header
+    assert table == list(strategies.REGISTRY), "strategies.py's docstring table != REGISTRY"
     with pytest.raises(ValueError, match="registered twice"):
         strategies.register("scratch")(strategies.scratch)
+
+
+# Where jtl's code may spell a strategy name outside strategies.py, and why. Everything else
+# (the trainer, the study's grid, budget and sweep) asks the registry what a strategy is.
+NAMES_ALLOWED = {
+    "config.py": ({"scratch"}, "the schema's default strategy (config sits below the registry)"),
+    "study/grid.py": ({"scratch", "finetune_full"}, "study_defaults(): a config default"),
+    "advise.py": ({"scratch", "linear_probe", "lp_ft", "finetune_full"}, "names its advice"),
+    "peft.py": ({"lora", "adapter"}, "the parameter collections PEFT adds"),
+    "soup.py": ({"adapter"}, "the adapter parameter collection"),
+    "study/results.py": ({"wise_ft"}, "the summary field of WiSE-FT's curve"),
+    "study/sweep.py": ({"wise_ft"}, "the summary field of WiSE-FT's curve"),
+    # Result-row readers, below the registry by design: rows name their strategy.
+    "advisor/": ({"scratch", "linear_probe"}, "reads result rows"),
+    "report/": ({"scratch", "linear_probe", "wise_ft"}, "reads result rows"),
+}
+
+
+def test_no_strategy_name_outside_the_registry():
+    """A new strategy is one function: no module tests a strategy's name to decide what to do
+    with it (except the row readers and defaults in NAMES_ALLOWED, each with its reason)."""
+    import ast
+
+    jtl_dir = Path(strategies.__file__).parent
+    names = set(strategies.REGISTRY)
+    found: dict[str, set[str]] = {}
+    for path in jtl_dir.rglob("*.py"):
+        rel = path.relative_to(jtl_dir).as_posix()
+        if rel == "strategies.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(n)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in docs and node.value in names:
+                found.setdefault(rel, set()).add(node.value)
+    for rel, used in sorted(found.items()):
+        key = next((k for k in NAMES_ALLOWED if rel == k or rel.startswith(k)), None)
+        allowed = NAMES_ALLOWED[key][0] if key else set()
+        assert used <= allowed, (
+            f"jtl/{rel} names strategies {sorted(used - allowed)}: ask the registry "
+            "(strategies.get, is_baseline) instead"
+        )
+    assert found, "the scan found nothing at all: is it reading jtl/?"
 
 
 def test_wise_ft_curve_has_ece_and_every_shift(source, tmp_path):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
+from jtl import strategies
+
 BUDGETS = ("equal_steps", "converged")
 
 
@@ -117,7 +119,7 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
         return []
     c = study.convergence
     # He et al.'s longer schedule: scratch's cap and step floors are scaled alike.
-    mult = float(study.scratch_schedule_mult) if strategy == "scratch" else 1.0
+    mult = float(study.scratch_schedule_mult) if strategies.is_baseline(strategy) else 1.0
     cap = float(c.max_epochs_by_size.get(str(size), c.max_epochs)) * mult
     out = [
         f"early_stopping_patience={int(c.patience)}",

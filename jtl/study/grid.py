@@ -15,6 +15,7 @@ from pathlib import Path
 import ml_collections as mlc
 
 from jtl import config as config_lib
+from jtl import strategies
 from jtl.study import sweep as sweep_lib
 from jtl.study.budget import budget_overrides, convergence_defaults, validate_budget
 
@@ -106,9 +107,10 @@ def validate(study: mlc.ConfigDict) -> None:
             raise StudyError(
                 f"sources.{name}.kind={src.get('kind')!r}: use one of {SOURCE_ARG_KINDS}"
             )
-    transfer = [s for s in study.strategies if s != "scratch"] + list(study.arm_variants)
+    transfer = [s for s in study.strategies if not strategies.is_baseline(s)]
+    transfer += list(study.arm_variants)
     for label, v in study.arm_variants.items():
-        if not v.get("strategy") or v.strategy == "scratch":
+        if not v.get("strategy") or strategies.is_baseline(v.strategy):
             raise StudyError(
                 f"arm_variants.{label}: give strategy=NAME (a transfer strategy) and overrides"
             )
@@ -117,7 +119,7 @@ def validate(study: mlc.ConfigDict) -> None:
     if transfer and not study.sources:
         raise StudyError(
             f"strategies {transfer} need a pretrained source: add study.sources.NAME, or keep "
-            "only 'scratch'"
+            f"only {strategies.baseline()!r}"
         )
     for size in study.sizes:
         _size_args(size)
@@ -224,9 +226,9 @@ def _arms(study: mlc.ConfigDict) -> list[tuple[str, str, str, str, str, tuple[st
     of the report."""
     arms = []
     for strategy in study.strategies:
-        if strategy == "scratch":
+        if strategies.is_baseline(strategy):
             for label, args in study.scratch_models.items():
-                arms.append(("none", "scratch", label, args, "", ()))
+                arms.append(("none", strategy, label, args, "", ()))
         else:
             for source in study.sources:
                 arms.append((source, strategy, "", "", "", ()))
@@ -255,12 +257,12 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                 continue
             for source, strategy, model, model_args, variant, variant_overrides in arms:
                 arm = variant or strategy
-                if strategy == "scratch" and model:
-                    arm = f"scratch/{model}"
+                if strategies.is_baseline(strategy) and model:
+                    arm = f"{strategy}/{model}"
                 elif multi_source:
                     arm = f"{arm}@{source}"
                 steps = base_steps
-                if strategy == "scratch":
+                if strategies.is_baseline(strategy):
                     steps = max(1, round(base_steps * study.scratch_schedule_mult))
                 tune_seeds = int(study.sweep_tune_seeds) if sweep_lib.grid(study, strategy) else 0
                 tuner_ids: list[str] = []

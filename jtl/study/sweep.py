@@ -40,11 +40,10 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
-from jtl import run_summary
+from jtl import run_summary, strategies
 
 # sweep axis -> the cell-config key it sets
 AXES = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
-NOT_SWEPT = ("linear_probe",)
 SELECTED = "selected.json"
 
 
@@ -55,7 +54,7 @@ def sweep_defaults() -> mlc.ConfigDict:
 
 def grid(study: mlc.ConfigDict, strategy: str) -> list[dict[str, float]]:
     """The trials of one arm as {axis: value} dicts, in grid order; [] when not swept."""
-    if strategy in NOT_SWEPT:
+    if not strategies.get(strategy).sgd:  # a closed-form fit: nothing to tune
         return []
     spec = study.sweep_by_strategy.get(strategy, study.sweep)
     axes = [(axis, tuple(spec.get(axis) or ())) for axis in AXES]
@@ -80,7 +79,7 @@ def validate_sweep(study: mlc.ConfigDict) -> str | None:
     unknown = set(study.sweep_by_strategy) - set(study.strategies)
     if unknown:
         return f"sweep_by_strategy names {sorted(unknown)}, not in strategies"
-    counts = {s: len(grid(study, s)) for s in study.strategies if s not in NOT_SWEPT}
+    counts = {s: len(grid(study, s)) for s in study.strategies if strategies.get(s).sgd}
     tune = study.get("sweep_tune_seeds", 0)
     if not isinstance(tune, int) or not 0 <= tune <= len(study.seeds):
         n = len(study.seeds)
