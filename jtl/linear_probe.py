@@ -7,9 +7,7 @@ uses (and the whole test split), and every later size, seed and fold of a study 
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -19,18 +17,21 @@ from absl import logging
 from scipy.special import log_softmax
 
 from jtl import calibration, costs, probe, sharding
+from jtl import checkpoint as ckpt
 from jtl.data import pipeline
 from jtl.data import text as text_data
 from jtl.data.target import SHIFT
 from jtl.paths import cache_dir
 
 
-def _checkpoint_identity(path: str) -> str:
-    """Identifies the source weights by their directory and newest step (content changes it)."""
-    p = Path(path).absolute()
-    steps = sorted(p.rglob("_CHECKPOINT_METADATA"))
-    stamp = [(str(s), s.stat().st_mtime_ns) for s in steps[-1:]]
-    return json.dumps([str(p), stamp])
+def features_identity(variables: dict) -> str:
+    """The weights that compute features, by content: sha256 of every variable but the head's.
+    A retrained, moved or copied source is told apart (or recognised) by its weights, not by
+    its path or file times; a random init is identified by its seed's weights alike."""
+    trunk = {
+        col: {k: v for k, v in tree.items() if k != "head"} for col, tree in variables.items()
+    }
+    return ckpt.state_digest(trunk)
 
 
 def split_features(
@@ -55,8 +56,7 @@ def split_features(
     indices = np.arange(len(source)) if indices is None else np.asarray(indices, np.int64)
     text = getattr(data, "text", False)
     key = probe.cache_key(
-        ckpt=_checkpoint_identity(config.init.checkpoint) if config.init.checkpoint else "random",
-        seed=config.seed if not config.init.checkpoint else None,
+        weights=features_identity(variables),
         model=config.model.to_dict(),
         dataset=dataset_name,
         split=split,

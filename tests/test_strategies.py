@@ -403,3 +403,24 @@ def test_feature_cache_computes_only_missing_rows_and_keeps_their_order(tmp_path
     np.testing.assert_array_equal(x, table)
     assert probe.cached_rows(path, np.array([5]), 20, compute)[1].tolist() == [5]
     assert len(calls) == 3
+
+
+def test_feature_cache_identity_is_the_trunk_weights_content():
+    """The cache key of features: equal weights share it wherever they were loaded from, any
+    changed trunk weight (a retrained source) changes it, and the head never matters."""
+    from jtl.linear_probe import features_identity
+
+    rng = np.random.default_rng(0)
+    v = {
+        "params": {"backbone": {"k": rng.normal(size=(3, 4))}, "head": {"k": np.zeros((4, 2))}},
+        "batch_stats": {"backbone": {"mean": np.zeros(4)}},
+    }
+    same = jax.tree.map(np.copy, v)
+    same["params"]["head"]["k"] = rng.normal(size=(4, 2))  # a new head for another target
+    assert features_identity(same) == features_identity(v)
+    moved = jax.tree.map(np.copy, v)
+    moved["params"]["backbone"]["k"][1, 2] += 1e-7
+    assert features_identity(moved) != features_identity(v)
+    stats = jax.tree.map(np.copy, v)
+    stats["batch_stats"]["backbone"]["mean"][0] = 1.0
+    assert features_identity(stats) != features_identity(v)
