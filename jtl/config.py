@@ -304,10 +304,13 @@ def config_diff(
     config: mlc.ConfigDict,
     ignore: Sequence[str] = ("progress", "cpu_devices"),
     unread: Sequence[str] = (),
+    input_scale: str = "minus_one_one",
 ) -> list[str]:
     """Dotted keys where a saved `config.json` and `config` describe different experiments.
 
     `unread`: dotted keys the run never reads (another strategy's `strategy_args`), ignored.
+    `input_scale`: what `config.input_scale` resolves to (`source_model.resolve_input_scale`:
+    the config knows no checkpoint), for a saved config from before input scales existed.
     """
     before = {k: v for k, v in old.items() if not k.startswith("_")}
     diff = recorded_diff(before, to_dict(config), to_dict(base_config()), ignore)
@@ -315,8 +318,6 @@ def config_diff(
     if "input_scale" not in before:
         # Before input scales, every run fed [-1, 1]: the same experiment only where
         # `input_scale` still resolves to that (not for a torchvision or Lite0 source).
-        from jtl.data.target import resolve_input_scale
-
-        same = resolve_input_scale(config) == "minus_one_one"
+        same = input_scale == "minus_one_one"
         diff = sorted([k for k in diff if k != "input_scale"] + ([] if same else ["input_scale"]))
     return diff

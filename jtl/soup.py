@@ -127,14 +127,13 @@ class Evaluator:
 
     def __init__(self, member: Member, eval_test: bool | None = None) -> None:
         from jtl import sharding
-        from jtl.data.target import TargetData
         from jtl.models import get_model
         from jtl.train import evaluate, make_eval_step
 
         self.config = mlc.ConfigDict(member.config)
         if eval_test is not None:
             self.config.eval_test = eval_test
-        self.data = TargetData(self.config)
+        self.data = source_model.target_data(self.config)
         self.info = source_model.describe(member.path)
         model = get_model(self.info.model, self.info.num_classes, **self.info.kwargs)
         self.mesh = sharding.make_mesh()

@@ -14,7 +14,9 @@ one silently degrades predictions and transferability scores:
 | `wordpiece` | imported BERT / MiniLM | text (token ids), not images |
 
 `import.json` records it (`preprocess`); imports written before it existed get it from the model
-name (`resnet*` -> torchvision, `efficientnet_lite0` -> lite0).
+name (`resnet*` -> torchvision, `efficientnet_lite0` -> lite0). This module is the one reader of
+a checkpoint directory's description: the data layer and the config get what they need from it
+resolved (`target_data`, `resolve_input_scale`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import ml_collections as mlc
 import numpy as np
+from etils import epath
 
-from jtl.data.target import (  # noqa: F401 - part of this module's API
-    preprocess_for_model,
-    scale_for,
-    self_description,
-    source_input_scale,
-)
+from jtl.data.target import TargetData
 
 # Resize/crop recipes: imports crop like their original evaluation; runs ("fit", and
 # "minus_one_one" from before model.json) resize the whole image as the data pipeline does.
@@ -61,6 +60,74 @@ class SourceModel:
     @property
     def is_text(self) -> bool:
         return self.preprocess == "wordpiece"
+
+
+def source_dataset(directory: Any) -> str | None:
+    """The data set a trained source ran on (its model.json or config.json); None for
+    imports and unreadable directories."""
+    meta = self_description(directory) or {}
+    if meta.get("dataset"):
+        return str(meta["dataset"])
+    d = epath.Path(directory)
+    d = d.parent if d.name == "checkpoints" else d
+    if (d / "config.json").exists():
+        return json.loads((d / "config.json").read_text()).get("dataset")
+    return None
+
+
+def resolve_input_scale(config: mlc.ConfigDict) -> str:
+    """`input_scale`, with "auto" read from the source (`init.checkpoint`), else [-1, 1]."""
+    scale = config.get("input_scale", "auto")
+    if scale != "auto":
+        return scale
+    if config.init.checkpoint:
+        return source_input_scale(config.init.checkpoint)
+    return "minus_one_one"
+
+
+def preprocess_for_model(model: str) -> str:
+    """The input recipe of an import that did not record one (by model name)."""
+    if model.startswith("resnet"):
+        return "torchvision"
+    if model.startswith("efficientnet_lite"):
+        return "lite0"
+    if model in ("bert", "minilm_l6"):
+        return "wordpiece"
+    return "minus_one_one"
+
+
+def scale_for(preprocess: str) -> str:
+    """The input scale that goes with an import's `preprocess` recipe."""
+    return preprocess if preprocess in ("torchvision", "lite0") else "minus_one_one"
+
+
+def self_description(directory: Any) -> dict[str, Any] | None:
+    """A checkpoint directory's `import.json` (imports, exports) or `model.json` (runs)."""
+    directory = epath.Path(directory)
+    # `init.checkpoint` may name the run or import itself, or its `checkpoints/` directory.
+    for d in (directory, directory.parent) if directory.name == "checkpoints" else (directory,):
+        for name in ("import.json", "model.json"):
+            if (d / name).exists():
+                return json.loads((d / name).read_text())
+    return None
+
+
+def source_input_scale(directory: str | Path) -> str:
+    """The input scale a checkpoint directory's model expects (minus_one_one if unrecorded)."""
+    meta = self_description(directory)
+    if meta is None:
+        return "minus_one_one"
+    return meta.get("input_scale") or scale_for(
+        meta.get("preprocess") or preprocess_for_model(meta["model"])
+    )
+
+
+def target_data(config: mlc.ConfigDict) -> TargetData:
+    """The run's target data, fed at the input scale its source expects."""
+    source = config.init.checkpoint
+    return TargetData(
+        config, resolve_input_scale(config), source_dataset(source) if source else None
+    )
 
 
 MODEL_JSON = "model.json"

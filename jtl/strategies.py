@@ -425,10 +425,13 @@ def args_not_read_by(name: str) -> set[str]:
     return owned - mine
 
 
-def recorded_run_diff(recorded: dict[str, Any], config: mlc.ConfigDict) -> list[str]:
-    """`config_lib.config_diff` for resuming a run: other strategies' own args do not count."""
+def recorded_run_diff(
+    recorded: dict[str, Any], config: mlc.ConfigDict, input_scale: str = "minus_one_one"
+) -> list[str]:
+    """`config_lib.config_diff` for resuming a run: other strategies' own args do not count.
+    `input_scale`: the resolved one (`source_model.resolve_input_scale`)."""
     unread = [f"strategy_args.{a}" for a in sorted(args_not_read_by(config.strategy))]
-    diff = config_lib.config_diff(recorded, config, unread=unread)
+    diff = config_lib.config_diff(recorded, config, unread=unread, input_scale=input_scale)
     before = str((recorded.get("init") or {}).get("checkpoint") or "")
     if "init.checkpoint" in diff and absolute(before) == absolute(config.init.checkpoint):
         diff.remove("init.checkpoint")  # recorded as typed (relative) by an older jtl

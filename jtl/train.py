@@ -232,7 +232,8 @@ def _check_workdir(workdir: epath.Path, config: mlc.ConfigDict) -> None:
     existing = workdir / "config.json"
     if not existing.exists() or not _has_results(workdir):
         return  # nothing trained yet (e.g. a start that failed on a config error): no conflict
-    diff = recorded_run_diff(json.loads(existing.read_text()), config)
+    scale = source_model.resolve_input_scale(config)
+    diff = recorded_run_diff(json.loads(existing.read_text()), config, scale)
     if diff:
         raise WorkdirConflictError(
             f"{workdir} already holds a run with a different config (differs in: "
@@ -636,7 +637,7 @@ def _prepare_workdir(
 def _load_data(config: mlc.ConfigDict, mesh: Any) -> tuple[mlc.ConfigDict, TargetData]:
     """The target's splits, and the config with its epoch budget resolved to steps."""
     sharding.check_batch_size(config.batch_size, mesh)
-    data = TargetData(config)
+    data = source_model.target_data(config)
     config = resolve_budget(config, len(data.train_idx))  # max_epochs / eval_every_epochs -> steps
     logging.info(
         "Data %s: %d train / %d val / %d test examples, %d classes",

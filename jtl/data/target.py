@@ -2,16 +2,13 @@
 
 Built once per run as an image or a text data set; the trainer, the linear probe, strategies
 (LP-FT's probe, adapters' shapes) and sweeps' test evaluation all read batches through it, so
-they see the same subsets and the same input scale. `input_scale="auto"` takes the scale the
-source model expects from its own description (`import.json` / `model.json`), read here as
-plain JSON so the data layer needs nothing above it.
+they see the same subsets and the same input scale. The data layer knows no checkpoint: the
+input scale a source expects ("auto") comes resolved from `source_model.target_data`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -19,7 +16,6 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 from absl import logging
-from etils import epath
 
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
@@ -31,7 +27,15 @@ SHIFT = "shift:"  # eval_batches split prefix for `eval_shifts` data sets
 class TargetData:
     """The target data set with its validation split and (nested) training subset resolved."""
 
-    def __init__(self, config: mlc.ConfigDict) -> None:
+    def __init__(
+        self,
+        config: mlc.ConfigDict,
+        input_scale: str | None = None,
+        source_dataset: str | None = None,
+    ) -> None:
+        """`input_scale`: resolved (`source_model.target_data` reads "auto" from the source's
+        description; None: the config's own, [-1, 1] for "auto"). `source_dataset`: what the
+        source trained on, refused as an `eval_shifts` data set (not out of distribution)."""
         self.dataset = registry.load(
             config.dataset,
             data_dir=config.data_dir or None,
@@ -58,17 +62,19 @@ class TargetData:
             _warn_untested_classes(self.dataset, labels[self.train_idx])
         self.image_size = config.image_size
         self.channels = config.channels
-        self.input_scale = resolve_input_scale(config)
+        scale = input_scale or config.get("input_scale", "auto")
+        self.input_scale = "minus_one_one" if scale == "auto" else scale
         # Text (e.g. austen): batches of token arrays instead of images; see jtl.data.text.
         self.text = self.dataset.modality == "text"
         self.seq_len = int(config.seq_len or 0)
         self._fitted_eval: dict[str, pipeline.FittedSource] = {}
-        self.shifts = self._load_shifts(config)
+        self.shifts = self._load_shifts(config, source_dataset)
 
-    def _load_shifts(self, config: mlc.ConfigDict) -> dict[str, registry.Dataset]:
+    def _load_shifts(
+        self, config: mlc.ConfigDict, source_data: str | None
+    ) -> dict[str, registry.Dataset]:
         """`eval_shifts` data sets by name, checked against the target and the source."""
         shifts = {}
-        source_data = source_dataset(config.init.checkpoint) if config.init.checkpoint else None
         for name in config.get("eval_shifts", ()):
             if name == config.dataset:
                 raise DataError(f"eval_shifts: {name!r} is the target itself, not a shift")
@@ -182,63 +188,3 @@ def _warn_untested_classes(dataset: registry.Dataset, train_labels: np.ndarray) 
             dataset.name,
             ", ".join(names[int(c)] for c in missing[:10]),
         )
-
-
-def source_dataset(directory: Any) -> str | None:
-    """The data set a trained source ran on (its model.json or config.json); None for
-    imports and unreadable directories."""
-    meta = self_description(directory) or {}
-    if meta.get("dataset"):
-        return str(meta["dataset"])
-    d = epath.Path(directory)
-    d = d.parent if d.name == "checkpoints" else d
-    if (d / "config.json").exists():
-        return json.loads((d / "config.json").read_text()).get("dataset")
-    return None
-
-
-def resolve_input_scale(config: mlc.ConfigDict) -> str:
-    """`input_scale`, with "auto" read from the source (`init.checkpoint`), else [-1, 1]."""
-    scale = config.get("input_scale", "auto")
-    if scale != "auto":
-        return scale
-    if config.init.checkpoint:
-        return source_input_scale(config.init.checkpoint)
-    return "minus_one_one"
-
-
-def preprocess_for_model(model: str) -> str:
-    """The input recipe of an import that did not record one (by model name)."""
-    if model.startswith("resnet"):
-        return "torchvision"
-    if model.startswith("efficientnet_lite"):
-        return "lite0"
-    if model in ("bert", "minilm_l6"):
-        return "wordpiece"
-    return "minus_one_one"
-
-
-def scale_for(preprocess: str) -> str:
-    """The input scale that goes with an import's `preprocess` recipe."""
-    return preprocess if preprocess in ("torchvision", "lite0") else "minus_one_one"
-
-
-def self_description(directory: Any) -> dict[str, Any] | None:
-    """A checkpoint directory's `import.json` (imports, exports) or `model.json` (runs)."""
-    directory = epath.Path(directory)
-    # `init.checkpoint` may name the run or import itself, or its `checkpoints/` directory.
-    for d in (directory, directory.parent) if directory.name == "checkpoints" else (directory,):
-        for name in ("import.json", "model.json"):
-            if (d / name).exists():
-                return json.loads((d / name).read_text())
-    return None
-
-
-def source_input_scale(directory: str | Path) -> str:
-    """The input scale a checkpoint directory's model expects (minus_one_one if unrecorded)."""
-    meta = self_description(directory)
-    if meta is None:
-        return "minus_one_one"
-    return meta.get("input_scale") or scale_for(
-        meta.get("preprocess") or preprocess_for_model(meta["model"])
-    )

@@ -60,9 +60,11 @@ def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
     summary, cfg = workdir / "summary.json", workdir / "config.json"
     if not (summary.exists() and cfg.exists()):
         return False
+    from jtl.source_model import resolve_input_scale
     from jtl.strategies import recorded_run_diff
 
-    return not recorded_run_diff(json.loads(cfg.read_text()), config)
+    recorded = json.loads(cfg.read_text())
+    return not recorded_run_diff(recorded, config, resolve_input_scale(config))
 
 
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:

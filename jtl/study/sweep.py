@@ -235,12 +235,12 @@ def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     import jax
 
     from jtl import calibration, peft, sharding, slim_checkpoint, strategies
-    from jtl.data.target import TargetData
+    from jtl.source_model import target_data
     from jtl.train import build_model, evaluate, evaluate_shifts, kept_arrays, make_eval_step
 
     t = time.time()
     mesh = sharding.make_mesh()
-    data = TargetData(config)
+    data = target_data(config)
     model = build_model(config, data.num_classes)
     # Whatever the run saved: full weights, or a PEFT run's slim checkpoint (its frozen base
     # read back from the base it names, sha256-checked) with its lora / adapter subtrees.
