@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections as mlc
 import numpy as np
 
 from jtl import calibration, peft, run_summary, slim_checkpoint, source_model
 from jtl import checkpoint as ckpt
 from jtl.errors import MissingFileError, UserError
+from jtl.train import WeightsEvaluator, evaluate_shifts, kept_arrays
 
 BARRIER_POINTS = 11  # alpha = 0, 0.1, ..., 1 on the line between two members
 MAX_ERROR_BARRIER = 0.02  # accuracy points (as a fraction) above the chord: Frankle et al. 2020
@@ -46,7 +46,11 @@ SPLIT_KEYS = (
 
 @dataclass
 class Member:
-    """One run to soup: its config, its weights (un-merged; PEFT bases filled in) and where."""
+    """One run to soup: its config, its weights (PEFT bases filled in, LoRA merged) and where.
+
+    LoRA runs are souped as the models they are, W + s * b @ a: the average of merged weights
+    (Wortsman et al.'s soup of the fine-tuned models), not of the factors, whose products'
+    average is another model."""
 
     path: Path
     config: dict[str, Any]
@@ -63,7 +67,10 @@ def load_member(path: str | Path) -> Member:
         )
     variables, _, meta = slim_checkpoint.read_run_variables(run)
     base = meta.get(slim_checkpoint.BASE_KEY)
-    return Member(run, json.loads((run / "config.json").read_text()), variables, base)
+    config = json.loads((run / "config.json").read_text())
+    if peft.ADAPTER not in variables["params"]:  # adapter runs are refused by check_compatible
+        variables = merged(config, variables)
+    return Member(run, config, variables, base)
 
 
 def check_compatible(members: Sequence[Member]) -> None:
@@ -88,7 +95,7 @@ def check_compatible(members: Sequence[Member]) -> None:
                 f"cannot soup {first.path} and {m.path}: their parameter trees differ",
                 "soup runs of the same strategy and architecture",
             )
-    if any("adapter" in m.variables["params"] for m in members):
+    if any(peft.ADAPTER in m.variables["params"] for m in members):
         raise UserError(
             "cannot soup adapter runs: adapters add layers the base model does not have",
             "soup lora, bitfit, norm_only or fine-tuned runs",
@@ -122,40 +129,12 @@ def average(trees: Sequence[dict[str, Any]], weights: Sequence[float] | None = N
     return ckpt.unflatten(out)
 
 
-class Evaluator:
-    """Loss, accuracy and (on request) logits of variables on one member's splits."""
-
-    def __init__(self, member: Member, eval_test: bool | None = None) -> None:
-        from jtl import sharding
-        from jtl.models import get_model
-        from jtl.train import evaluate, make_eval_step
-
-        self.config = mlc.ConfigDict(member.config)
-        if eval_test is not None:
-            self.config.eval_test = eval_test
-        self.data = source_model.target_data(self.config)
-        self.info = source_model.describe(member.path)
-        model = get_model(self.info.model, self.info.num_classes, **self.info.kwargs)
-        self.mesh = sharding.make_mesh()
-        repl, batched = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-        self._steps = {
-            logits: jax.jit(
-                make_eval_step(model, logits=logits),
-                in_shardings=(repl, batched),
-                out_shardings=repl,
-            )  # fmt: skip
-            for logits in (False, True)
-        }
-        self._evaluate = evaluate
-        self._replicate = lambda v: sharding.replicate(v, self.mesh)
-
-    def __call__(self, variables: dict, split: str = "val", keep: list | None = None) -> dict:
-        plain = merged(self.config, variables)
-        step = self._steps[keep is not None]
-        batch = int(self.config.eval_batch_size)
-        return self._evaluate(
-            step, self._replicate(plain), self.data, split, batch, self.mesh, keep
-        )
+def _evaluator(member: Member, eval_test: bool | None) -> WeightsEvaluator:
+    """The members' evaluation (train.WeightsEvaluator on the first member's target)."""
+    config = mlc.ConfigDict(member.config)
+    if eval_test is not None:
+        config.eval_test = eval_test
+    return WeightsEvaluator(config)
 
 
 def merged(config: mlc.ConfigDict | dict, variables: dict) -> dict:
@@ -220,7 +199,7 @@ def make_soup(
     t0 = time.time()
     members = [load_member(r) for r in runs]
     check_compatible(members)
-    evaluate = Evaluator(members[0], eval_test)
+    evaluate = _evaluator(members[0], eval_test)
     solo = [evaluate(m.variables)["accuracy"] for m in members]
     order = [int(i) for i in np.argsort(-np.asarray(solo), kind="stable")]
     best = members[order[0]].variables
@@ -254,34 +233,30 @@ def make_soup(
         "barriers": barriers,
         "max_error_barrier": max_error_barrier,
     }
-    _write(out, members[0], merged(evaluate.config, soup), summary)
+    _write(out, members[0], soup, summary)
     return summary
 
 
 def _summary(
-    evaluate: Evaluator, members: Sequence[Member], soup: dict, kind: str, seconds: float
+    evaluate: WeightsEvaluator, members: Sequence[Member], soup: dict, kind: str, seconds: float
 ) -> dict[str, Any]:
     """summary.json fields of the soup: accuracy, loss, calibration and shifts."""
-    from jtl.train import evaluate_shifts, kept_arrays
-
     first = run_summary.read(members[0].path) or {}
     splits = ["val"] + (["test"] if evaluate.config.get("eval_test", True) else [])
     kept: dict[str, list] = {s: [] for s in splits}
     final = {s: evaluate(soup, s, kept[s]) for s in splits}
     fields = calibration.summary_fields({s: kept_arrays(kept[s]) for s in splits})
     temperature = float(fields.get("temperature", 1.0))
-    shifts = evaluate_shifts(
-        lambda v, split, keep=None: evaluate(v, split, keep), soup, evaluate.data, temperature
-    )
+    shifts = evaluate_shifts(evaluate, soup, evaluate.data, temperature)
     return {
         **{
             k: first[k]
             for k in ("dataset", "data_transforms", "seed", "train_examples")
             if k in first
         },  # fmt: skip
-        "model": first.get("model", evaluate.info.model),
+        "model": first.get("model", evaluate.config.model.name),
         "strategy": f"soup:{kind}",
-        "num_classes": evaluate.info.num_classes,
+        "num_classes": evaluate.data.num_classes,
         "test_accuracy": final.get("test", {}).get("accuracy"),
         "test_loss": final.get("test", {}).get("loss"),
         "val_accuracy": final["val"]["accuracy"],

@@ -29,6 +29,7 @@ from jtl import (
     config_check,
     costs,
     guard,
+    peft,
     preemption,
     run_summary,
     sharding,
@@ -187,6 +188,29 @@ def evaluate(
             keep.append((np.asarray(out["logits"])[rows], np.asarray(out["label"])[rows]))
     n = max(totals["count"], 1.0)
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "examples": int(n)}
+
+
+class WeightsEvaluator:
+    """Loss, accuracy and (with `keep`) logits of any weights of one run's architecture on its
+    target's splits: the one evaluation of weights after training (the sweep's test evaluation
+    of a chosen trial, WiSE-FT curves, soups). Full and PEFT runs alike: LoRA factors and
+    adapters in `variables` are applied through `peft.PeftModel`, a no-op for plain weights."""
+
+    def __init__(self, config: mlc.ConfigDict) -> None:
+        self.config = config
+        self.mesh = sharding.make_mesh()
+        self.data = source_model.target_data(config)
+        base = build_model(config, self.data.num_classes)
+        self.model = peft.PeftModel(base, peft.lora_scale(config.strategy_args))
+        self._steps = _eval_steps(self.model, self.mesh)
+
+    def __call__(self, variables: dict, split: str = "val", keep: list | None = None) -> dict:
+        v = {"params": sharding.replicate(variables["params"], self.mesh)}
+        if variables.get("batch_stats"):
+            v["batch_stats"] = sharding.replicate(variables["batch_stats"], self.mesh)
+        step = self._steps[0] if keep is None else self._steps[1]
+        batch = int(self.config.eval_batch_size)
+        return evaluate(step, v, self.data, split, batch, self.mesh, keep)
 
 
 def evaluate_shifts(

@@ -108,7 +108,7 @@ def test_cli_soup_is_one_line_and_exit_2_on_bad_input(runs, tmp_path, capsys):
 
 
 def test_lora_soup_averages_only_the_trainable_subtrees(runs, tmp_path):
-    """Two LoRA runs on one base: the factors are averaged and merged; every frozen base
+    """Two LoRA runs on one base: their merged weights are averaged; every frozen base
     weight that LoRA does not touch (biases, norms) is the base's, bit for bit."""
     from jtl.train import train
 

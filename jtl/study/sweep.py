@@ -232,43 +232,25 @@ def select(summaries: Sequence[dict[str, Any]]) -> int | None:
 
 def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
-    import jax
-
-    from jtl import calibration, peft, sharding, slim_checkpoint, strategies
-    from jtl.source_model import target_data
-    from jtl.train import build_model, evaluate, evaluate_shifts, kept_arrays, make_eval_step
+    from jtl import calibration, slim_checkpoint, strategies
+    from jtl.train import WeightsEvaluator, evaluate_shifts, kept_arrays
 
     t = time.time()
-    mesh = sharding.make_mesh()
-    data = target_data(config)
-    model = build_model(config, data.num_classes)
+    evaluate_split = WeightsEvaluator(config)
     # Whatever the run saved: full weights, or a PEFT run's slim checkpoint (its frozen base
     # read back from the base it names, sha256-checked) with its lora / adapter subtrees.
-    variables, _, _ = slim_checkpoint.read_run_variables(workdir)
-    if any(k in variables["params"] for k in peft.PEFT_KEYS):
-        model = peft.PeftModel(model, peft.lora_scale(config.strategy_args))
-    v = {"params": sharding.replicate(variables["params"], mesh)}
-    if variables.get("batch_stats"):
-        v["batch_stats"] = sharding.replicate(variables["batch_stats"], mesh)
-    repl, batched = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    eval_step = jax.jit(
-        make_eval_step(model, logits=True), in_shardings=(repl, batched), out_shardings=repl
-    )
-
-    def evaluate_split(v: dict, split: str, keep: list | None = None) -> dict[str, float]:
-        return evaluate(eval_step, v, data, split, config.eval_batch_size, mesh, keep)
-
+    v, _, _ = slim_checkpoint.read_run_variables(workdir)
     wise: dict[str, Any] = {}
     if strategies.wise_start(workdir) is not None:  # WiSE-FT: its curve, then the chosen alpha
-        wise = strategies.wise_curve(workdir, config, variables, evaluate_split)
+        wise = strategies.wise_curve(workdir, config, v, evaluate_split)
         chosen = wise.pop("reported_variables")
-        v = {k: sharding.replicate(x, mesh) for k, x in chosen.items() if x}
+        v = {k: x for k, x in chosen.items() if x}
     keep: list = []
     out = evaluate_split(v, "test", keep)
     # Calibration and shifts with the temperature the run fitted on its validation split.
     trial = run_summary.read(workdir) or {}
     temperature = float(trial.get("temperature") or 1.0)
-    shifts = evaluate_shifts(evaluate_split, v, data, temperature)
+    shifts = evaluate_shifts(evaluate_split, v, evaluate_split.data, temperature)
     return {
         "test_accuracy": out["accuracy"],
         "test_loss": out["loss"],
