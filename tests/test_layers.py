@@ -62,6 +62,19 @@ def _imports() -> dict[str, set[str]]:
     return {m: {resolve(d) for d in deps} - {m} for m, deps in out.items()}
 
 
+def test_design_md_holds_this_module_map():
+    """One module map: docs/design.md's table is LAYERS, row for row (notes in parentheses)."""
+    import re
+
+    text = (JTL.parent / "docs" / "design.md").read_text()
+    table = text.split("| layer | units |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", table, flags=re.M)
+    plain = [re.sub(r"\([^)]*\)", "", units).replace(",", " ") for _, units in rows]
+    documented = [set(units.split()) for units in plain]
+    assert [int(n) for n, _ in rows] == list(range(len(LAYERS)))
+    assert documented == [set(units.split()) for units in LAYERS], "docs/design.md != LAYERS"
+
+
 def test_every_unit_has_a_layer():
     units = {_unit(m) for m in _imports()} - {""}
     assert units == set(RANK), f"unplaced: {units - set(RANK)}; gone: {set(RANK) - units}"
