@@ -260,27 +260,34 @@ def _read_image(path: Path, size: tuple[int, int] | None, mode: str) -> np.ndarr
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-# Long (110 lines): a tfds builder class defined in a closure; issue 21 moves it to module level.
-def folder_builder(
-    root: str | Path, skip_bad_images: bool = False, record_dir: str | Path | None = None
-) -> type[ArrayBuilder]:
-    """ImageFolder layout: `root/CLASS/*.png` (or `root/{train,test}/CLASS/*`), one fixed size.
-
-    Images are resized to the most common size; grayscale stays 1 channel, else RGB. The
-    builder's name carries a key of every image's path, size and mtime, so a changed folder is
-    prepared afresh. A class folder without images is a `DataError` naming it (it would
-    otherwise become a class with no examples). Unreadable images are a `DataError` naming the
-    first and the count; with `skip_bad_images` they are left out and listed in
-    `record_dir/<builder name>.skipped_images.txt` (see `skipped_images`).
-    """
-    from PIL import Image
-
-    root = Path(root).expanduser().absolute()
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+def _split_roots(root: Path) -> dict[str, Path]:
+    """Which folder holds which split: `root/{train,test}` where present, else all of `root` is
+    train (a separate function so the layout rule is stated once)."""
     split_roots = {s: root / s for s in ("train", "test") if (root / s).is_dir()}
     if not split_roots:
         split_roots = {"train": root}
+    return split_roots
+
+
+def _check_class_folders(split_roots: dict[str, Path], classes: list[str]) -> None:
+    """An empty class folder is a `DataError` naming it: it would be a class with no examples."""
+    for r in split_roots.values():
+        for c in classes:
+            if (r / c).is_dir() and not any(
+                p.suffix.lower() in IMAGE_SUFFIXES for p in (r / c).iterdir()
+            ):
+                raise DataError(
+                    f"class folder {r / c} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})",
+                    "add images or remove the empty folder: it would be a class with no examples",
+                )
+
+
+def _scan_image_folder(
+    root: Path,
+) -> tuple[list[str], dict[str, list[tuple[Path, int]]], list[Path]]:
+    """Classes, `(image, label)` per split and every image of an ImageFolder layout, validated
+    (kept apart from `folder_builder` so the layout rules read on their own)."""
+    split_roots = _split_roots(root)
     classes = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
     files = {
         s: [
@@ -293,20 +300,20 @@ def folder_builder(
         for s, r in split_roots.items()
     }
     all_files = [p for fs in files.values() for p, _ in fs]
-    for r in split_roots.values():
-        for c in classes:
-            if (r / c).is_dir() and not any(
-                p.suffix.lower() in IMAGE_SUFFIXES for p in (r / c).iterdir()
-            ):
-                raise DataError(
-                    f"class folder {r / c} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})",
-                    "add images or remove the empty folder: it would be a class with no examples",
-                )
+    _check_class_folders(split_roots, classes)
     if not classes or not all_files:
         raise ValueError(
             f"{root} has no images in class sub-folders; expected root/CLASS/IMAGE.png "
             f"(or root/train/CLASS/..., root/test/CLASS/...) with suffixes {IMAGE_SUFFIXES}"
         )
+    return classes, files, all_files
+
+
+def _common_size_and_mode(root: Path, all_files: list[Path]) -> tuple[tuple[int, int], str]:
+    """The most common `(height, width)` and mode ("L" or "RGB") among the first 200 readable
+    images: one fixed shape for the whole data set, chosen without reading every file."""
+    from PIL import Image
+
     sizes, modes = collections.Counter(), collections.Counter()
     for p in all_files:
         if sum(sizes.values()) >= 200:
@@ -319,55 +326,100 @@ def folder_builder(
             continue
     if not sizes:
         raise DataError(f"no readable image in {root} (first file: {all_files[0]})")
-    size = sizes.most_common(1)[0][0]
-    mode = modes.most_common(1)[0][0]
+    return sizes.most_common(1)[0][0], modes.most_common(1)[0][0]
+
+
+def _read_folder_split(
+    files: list[tuple[Path, int]], size: tuple[int, int], mode: str
+) -> tuple[list[np.ndarray], list[int], list[tuple[Path, Exception]]]:
+    """Images and labels of one split, plus the files that failed to read and why (collected,
+    not raised, so the caller can report them all at once or skip them)."""
+    images, labels, bad = [], [], []
+    for p, c in files:
+        try:
+            images.append(_read_image(p, size, mode))
+            labels.append(c)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+            bad.append((p, e))
+    return images, labels, bad
+
+
+class ImageFolderBuilder(ArrayBuilder, skip_registration=True):
+    """Reads an image folder scanned by `folder_builder`, which subclasses it once per folder.
+
+    Module level so the reading logic is defined once rather than in a closure per call; the
+    per-folder facts are class attributes set by that subclass.
+    """
+
+    VERSION = USER_DATA_VERSION
+    ROOT: ClassVar[Path] = Path()
+    FILES: ClassVar[dict[str, list[tuple[Path, int]]]] = {}
+    SIZE: ClassVar[tuple[int, int]] = (0, 0)
+    MODE: ClassVar[str] = "RGB"
+    SKIP_BAD_IMAGES: ClassVar[bool] = False
+    RECORD: ClassVar[Path | None] = None  # where skipped images are listed, if anywhere
+
+    def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        arrays, bad = {}, []
+        for s, fs in self.FILES.items():
+            images, labels, bad_here = _read_folder_split(fs, self.SIZE, self.MODE)
+            bad += bad_here
+            if not images:
+                raise DataError(f"no readable image in the {s} split of {self.ROOT}")
+            arrays[s] = (np.stack(images), np.array(labels, np.int64))
+        if bad and not self.SKIP_BAD_IMAGES:
+            path, err = bad[0]
+            raise DataError(
+                f"{len(bad)} unreadable image(s) in {self.ROOT}; first: {path} "
+                f"({type(err).__name__}: {err})",
+                "fix or remove them, or set --config.skip_bad_images=True to skip them "
+                "(they are then listed in the workdir's skipped_images.txt)",
+            )
+        counts = np.bincount(arrays["train"][1], minlength=len(self.CLASS_NAMES))
+        if (counts == 0).any():
+            empty = [self.CLASS_NAMES[i] for i in np.flatnonzero(counts == 0)]
+            raise DataError(f"class(es) {empty} of {self.ROOT} have no readable training image")
+        if self.RECORD is not None:
+            self.RECORD.parent.mkdir(parents=True, exist_ok=True)
+            self.RECORD.write_text("".join(f"{p}\t{type(e).__name__}: {e}\n" for p, e in bad))
+        return arrays  # no test/ folder: train only; `registry.load` holds out a test split
+
+    @classmethod
+    def skipped_images(cls) -> list[str]:
+        """Files left out when the data set was prepared (empty unless skip_bad_images)."""
+        if cls.RECORD is None or not cls.RECORD.exists():
+            return []
+        return [line for line in cls.RECORD.read_text().splitlines() if line]
+
+
+def folder_builder(
+    root: str | Path, skip_bad_images: bool = False, record_dir: str | Path | None = None
+) -> type[ArrayBuilder]:
+    """ImageFolder layout: `root/CLASS/*.png` (or `root/{train,test}/CLASS/*`), one fixed size.
+
+    Images are resized to the most common size; grayscale stays 1 channel, else RGB. The
+    builder's name carries a key of every image's path, size and mtime, so a changed folder is
+    prepared afresh. A class folder without images is a `DataError` naming it (it would
+    otherwise become a class with no examples). Unreadable images are a `DataError` naming the
+    first and the count; with `skip_bad_images` they are left out and listed in
+    `record_dir/<builder name>.skipped_images.txt` (see `skipped_images`).
+    """
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    classes, files, all_files = _scan_image_folder(root)
+    size, mode = _common_size_and_mode(root, all_files)
     channels = 1 if mode == "L" else 3
     key = _content_key(all_files) + ("_skipbad" if skip_bad_images else "")
     builder_name = f"jtl_folder_{root.name.lower().replace('-', '_')}_{key}"
     record = Path(record_dir) / f"{builder_name}.skipped_images.txt" if record_dir else None
 
-    class FolderBuilder(ArrayBuilder, skip_registration=True):
-        VERSION = USER_DATA_VERSION
+    class FolderBuilder(ImageFolderBuilder, skip_registration=True):
         name = builder_name
         IMAGE_SHAPE = (size[0], size[1], channels)
         CLASS_NAMES = classes
         DESCRIPTION = f"User images from {root}"
-
-        def load_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-            arrays, bad = {}, []
-            for s, fs in files.items():
-                images, labels = [], []
-                for p, c in fs:
-                    try:
-                        images.append(_read_image(p, size, mode))
-                        labels.append(c)
-                    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-                        bad.append((p, e))
-                if not images:
-                    raise DataError(f"no readable image in the {s} split of {root}")
-                arrays[s] = (np.stack(images), np.array(labels, np.int64))
-            if bad and not skip_bad_images:
-                path, err = bad[0]
-                raise DataError(
-                    f"{len(bad)} unreadable image(s) in {root}; first: {path} "
-                    f"({type(err).__name__}: {err})",
-                    "fix or remove them, or set --config.skip_bad_images=True to skip them "
-                    "(they are then listed in the workdir's skipped_images.txt)",
-                )
-            counts = np.bincount(arrays["train"][1], minlength=len(classes))
-            if (counts == 0).any():
-                empty = [classes[i] for i in np.flatnonzero(counts == 0)]
-                raise DataError(f"class(es) {empty} of {root} have no readable training image")
-            if record is not None:
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text("".join(f"{p}\t{type(e).__name__}: {e}\n" for p, e in bad))
-            return arrays  # no test/ folder: train only; `registry.load` holds out a test split
-
-        @classmethod
-        def skipped_images(cls) -> list[str]:
-            """Files left out when the data set was prepared (empty unless skip_bad_images)."""
-            if record is None or not record.exists():
-                return []
-            return [line for line in record.read_text().splitlines() if line]
+        ROOT, FILES, SIZE, MODE = root, files, size, mode
+        SKIP_BAD_IMAGES, RECORD = skip_bad_images, record
 
     return FolderBuilder

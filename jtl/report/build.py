@@ -104,14 +104,9 @@ def _diverged_section(doc: Any, diverged: list[str]) -> None:
     doc.ul(list(diverged))
 
 
-# Long (82 lines): the report written top to bottom, section by section.
-def build_report(
-    study: dict[str, Any], rows: list[dict[str, Any]], outdir: Path
-) -> dict[str, Path]:
-    """Writes report.md/.html, results.csv/.json and the PNGs for a study; returns their paths."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = {
+def _report_paths(outdir: Path) -> dict[str, Path]:
+    """Every file a report may write, by key: the one place that names them."""
+    return {
         "md": outdir / "report.md",
         "html": outdir / "report.html",
         "csv": outdir / "results.csv",
@@ -124,18 +119,12 @@ def build_report(
         "wise_plot": outdir / "wise_ft.png",
         "layer_plot": outdir / "layer_transfer.png",
     }
-    agg = aggregate(rows)
-    targets = targets_of(agg)
-    crosses = crossover_by_target(agg)
-    negative = negative_transfer(agg)
-    over_cells, over_summary = overfitting_flags(rows)
-    curves = learning_curves(rows, agg)
-    costs = cost_table(rows)
-    advisor = advise_vs_gain(study.get("advise") or [], agg)
-    summaries = {t: summarize(agg, t, crosses[t], negative) for t in targets}
 
-    title = study.get("title") or study.get("name") or "Study"
-    doc = _Doc()
+
+def _header_section(
+    doc: _Doc, title: str, study: dict[str, Any], rows: Sequence[dict], agg: Sequence[dict]
+) -> None:
+    """Title, the question, the command and what ran where: the report's first lines."""
     doc.h(1, title)
     doc.p("Fine-tune a pretrained network or train from scratch, and at what cost?")
     doc.p("Command:")
@@ -154,14 +143,39 @@ def build_report(
         ]
     )
 
-    _diverged_section(doc, study.get("diverged_cells") or [])
+
+def _summary_section(doc: _Doc, rows: Sequence[dict], summaries: dict[str, str]) -> None:
+    """One summary paragraph per target, or why there is nothing to summarize yet."""
     doc.h(2, "Summary")
     if not rows:
         doc.p("No finished cells: nothing to report yet.")
-    for t in targets:
+    for t, summary in summaries.items():
         doc.h(3, t)
-        doc.p(summaries[t])
+        doc.p(summary)
 
+
+def build_report(
+    study: dict[str, Any], rows: list[dict[str, Any]], outdir: Path
+) -> dict[str, Path]:
+    """Writes report.md/.html, results.csv/.json and the PNGs for a study; returns their paths."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = _report_paths(outdir)
+    agg = aggregate(rows)
+    targets = targets_of(agg)
+    crosses = crossover_by_target(agg)
+    negative = negative_transfer(agg)
+    over_cells, over_summary = overfitting_flags(rows)
+    curves = learning_curves(rows, agg)
+    costs = cost_table(rows)
+    advisor = advise_vs_gain(study.get("advise") or [], agg)
+    summaries = {t: summarize(agg, t, crosses[t], negative) for t in targets}
+
+    title = study.get("title") or study.get("name") or "Study"
+    doc = _Doc()
+    _header_section(doc, title, study, rows, agg)
+    _diverged_section(doc, study.get("diverged_cells") or [])
+    _summary_section(doc, rows, summaries)
     if rows:
         _results_sections(doc, agg, crosses, paths, negative, over_summary, len(over_cells), rows)
         _curve_section(doc, curves, paths, arms_of(agg))

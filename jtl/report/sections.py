@@ -13,7 +13,6 @@ from jtl.report.document import _Doc, _ex, _fmt, _fmt_time, accuracy_table
 from jtl.report.plots import plot_accuracy, plot_accuracy_vs_cost, plot_learning_curves
 
 
-# Long (105 lines): the results section in reading order; issue 21 splits it.
 def _results_sections(
     doc: _Doc,
     agg: Sequence[dict],
@@ -24,6 +23,17 @@ def _results_sections(
     n_over: int,
     rows: Sequence[dict],
 ) -> None:
+    """The results in reading order: test accuracy with crossover, then the flags."""
+    _accuracy_section(doc, agg, crosses, paths)
+    doc.h(2, "Flags")
+    _negative_transfer_section(doc, agg, negative)
+    _overfitting_section(doc, over_summary, n_over, rows)
+
+
+def _accuracy_section(
+    doc: _Doc, agg: Sequence[dict], crosses: dict[str, dict], paths: dict[str, Path]
+) -> None:
+    """One accuracy table and crossover line per target, then the accuracy plot."""
     doc.h(2, "Test accuracy")
     doc.p("Test accuracy in %, mean ± std over seeds and folds (n runs); best per column in bold.")
     for t in targets_of(agg):
@@ -32,30 +42,36 @@ def _results_sections(
         c = crosses[t]
         if c.get("inconclusive"):
             doc.p(f"† not converged. {join(c['inconclusive'])}.")
-        if c.get("reached") is None:
-            doc.p(f"Crossover: {c.get('note')}.")
-        elif c.get("inconclusive"):
-            doc.p(
-                f"Crossover: no verdict ({join(c['inconclusive'])}); measured gap at "
-                f"{c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
-                "(scratch − transfer)."
-            )
-        elif c["reached"]:
-            doc.p(
-                f"Crossover: scratch stays within the pooled standard error of the best "
-                f"transfer arm from {c['size']} ({_ex(c['train_examples'])} examples) on; "
-                f"gap at {c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
-                "(scratch − transfer)."
-            )
-        else:
-            doc.p(
-                f"Crossover: not reached; gap at {c['largest_size']}: "
-                f"{100 * c['gap_at_largest']:+.1f} points (scratch − transfer)."
-            )
+        doc.p(_crossover_line(c))
     plot_accuracy(agg, crosses, paths["accuracy_plot"])
     doc.img(paths["accuracy_plot"], "test accuracy vs training examples")
 
-    doc.h(2, "Flags")
+
+def _crossover_line(c: dict) -> str:
+    """The crossover sentence under a target's table: a note, no verdict, reached or not."""
+    if c.get("reached") is None:
+        return f"Crossover: {c.get('note')}."
+    if c.get("inconclusive"):
+        return (
+            f"Crossover: no verdict ({join(c['inconclusive'])}); measured gap at "
+            f"{c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
+            "(scratch − transfer)."
+        )
+    if c["reached"]:
+        return (
+            f"Crossover: scratch stays within the pooled standard error of the best "
+            f"transfer arm from {c['size']} ({_ex(c['train_examples'])} examples) on; "
+            f"gap at {c['largest_size']}: {100 * c['gap_at_largest']:+.1f} points "
+            "(scratch − transfer)."
+        )
+    return (
+        f"Crossover: not reached; gap at {c['largest_size']}: "
+        f"{100 * c['gap_at_largest']:+.1f} points (scratch − transfer)."
+    )
+
+
+def _negative_transfer_section(doc: _Doc, agg: Sequence[dict], negative: Sequence[dict]) -> None:
+    """The negative-transfer flags: the rule, the flagged pairs and where no verdict is given."""
     doc.h(3, "Negative transfer")
     doc.p(
         "A transfer arm below scratch (same model, else the best scratch arm) at a size: "
@@ -99,6 +115,12 @@ def _results_sections(
         )
     elif not negative:
         doc.p("None detected.")
+
+
+def _overfitting_section(
+    doc: _Doc, over_summary: Sequence[dict], n_over: int, rows: Sequence[dict]
+) -> None:
+    """The overfitting flags: the rule, how many cells it flagged and where they are."""
     doc.h(3, "Overfitting")
     doc.p(
         "Per cell: the last validation loss is more than 10 % above its minimum while the "
