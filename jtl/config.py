@@ -22,10 +22,10 @@ from jtl.errors import ConfigError, ConfigTypeError, MissingFileError
 from jtl.optim import optimizers
 
 
-# Long (118 lines): the schema, one commented field per line; issue 21 splits it by concern.
-def base_config() -> mlc.ConfigDict:
-    """Every field the trainer reads, with defaults; config files override what they need."""
-    c = mlc.ConfigDict()
+# The schema is built by section, in the order the fields appear in config.json; each builder
+# adds its fields to `c` in place, so `base_config` fixes the overall field order.
+def _data_fields(c: mlc.ConfigDict) -> None:
+    """Seeds, target data set, subsets / folds and input pipeline: what the model trains on."""
     c.seed = 0
     c.data_seed = 0  # fixes the validation split and the nested subsets across seeds
     # Target data: an offline jtl name (mnist, fashion_mnist, digits, lfw_subset), folder:PATH,
@@ -52,6 +52,9 @@ def base_config() -> mlc.ConfigDict:
     # skipped_images.txt) instead of failing on the first one.
     c.skip_bad_images = False
 
+
+def _budget_fields(c: mlc.ConfigDict) -> None:
+    """Batch sizes, step budget and the eval / log / checkpoint cadence of a fixed-length run."""
     c.batch_size = 128  # global
     c.eval_batch_size = 500
     c.total_steps = 1000
@@ -60,6 +63,10 @@ def base_config() -> mlc.ConfigDict:
     c.checkpoint_every = 500
     c.keep_checkpoints = 2
     c.progress = True
+
+
+def _early_stopping_fields(c: mlc.ConfigDict) -> None:
+    """Converged budgets: epoch caps, patience and the step floors that keep them sane."""
     # Converged budgets (jtl/early_stopping.py). > 0: stop when validation accuracy has not
     # improved by more than `min_delta` for this many evaluations and report the best evaluated
     # model; summary.json records `converged` (false = hit the cap while still improving).
@@ -76,6 +83,10 @@ def base_config() -> mlc.ConfigDict:
     # are noise, not a plateau (a full-digits scratch run stopped at step 152 of 1,140 at 94 %
     # while its other seeds reached 100 %).
     c.stop_min_steps = 0
+
+
+def _eval_and_divergence_fields(c: mlc.ConfigDict) -> None:
+    """What is evaluated besides validation (test, shifts) and what a non-finite step does."""
     c.eval_test = True  # False: never read the test split (sweep trials; see jtl/study/sweep.py)
     # Distribution shift: data sets with the target's classes whose test split is evaluated on
     # the reported weights (accuracy, NLL, ECE, raw and temperature-scaled), e.g.
@@ -88,6 +99,9 @@ def base_config() -> mlc.ConfigDict:
     # diverged and stops (exit 2) instead of reporting a useless model as a success.
     c.nonfinite_max_skipped = 0.25
 
+
+def _model_fields(c: mlc.ConfigDict) -> None:
+    """Compute dtype and the architecture (`model.name` / `model.kwargs`)."""
     # Compute dtype of activations (float32 or bfloat16); params, optimizer state and the loss
     # stay float32. bfloat16 pays off on TPU and recent GPUs, not on CPU.
     c.compute_dtype = "float32"
@@ -95,6 +109,9 @@ def base_config() -> mlc.ConfigDict:
     c.model.name = "resnet20"
     c.model.kwargs = mlc.ConfigDict({"norm": "batch"})
 
+
+def _optim_fields(c: mlc.ConfigDict) -> None:
+    """The `optim` block: the optimizer library's defaults plus the usual run recipe."""
     # The optimizer library's defaults (jtl.optim.optimizers.DEFAULTS, the one definition;
     # frozen / lr_mults / wd_mults / schedules are big_vision-style ordered rules on "/"-joined
     # parameter paths, fullmatch, first wins), with a run's usual recipe on top: momentum SGD,
@@ -103,12 +120,18 @@ def base_config() -> mlc.ConfigDict:
     c.optim.weight_decay = 5e-4
     c.optim.schedule = "cosine"
 
+
+def _init_fields(c: mlc.ConfigDict) -> None:
+    """The `init` block: the checkpoint a transfer run starts from."""
     # Transfer: which checkpoint to start from, and which keys to re-initialize.
     c.init = mlc.ConfigDict()
     c.init.checkpoint = ""  # run workdir, `jtl import` dir, or checkpoints/ dir; "" = scratch
     c.init.exclude = ("head/.*",)
     c.init.strict = True
 
+
+def _strategy_fields(c: mlc.ConfigDict) -> None:
+    """`strategy` and `strategy_args`: every knob of every transfer strategy, in one place."""
     # See jtl/strategies.py for what each strategy sets; every field below stays overridable.
     c.strategy = "scratch"
     a = c.strategy_args = mlc.ConfigDict()
@@ -136,10 +159,27 @@ def base_config() -> mlc.ConfigDict:
     a.adapter_blocks = ()  # adapter: block_names() entries followed by an adapter; () = not stem
     a.adapter_reduction = 8  # adapter: bottleneck width = channels // reduction
 
+
+def _runtime_fields(c: mlc.ConfigDict) -> None:
+    """Process and device setup: how a run is executed, kept apart from what it computes."""
     c.distributed = False  # jax.distributed.initialize() (auto-detects TPU / SLURM)
     # CPU only: XLA devices to split each batch over; 0 = one per core (measured 1.7x faster
     # than one device on 2 cores, bench/cpu_devices.py), -1 = XLA's default. XLA_FLAGS wins.
     c.cpu_devices = 0
+
+
+def base_config() -> mlc.ConfigDict:
+    """Every field the trainer reads, with defaults; config files override what they need."""
+    c = mlc.ConfigDict()
+    _data_fields(c)
+    _budget_fields(c)
+    _early_stopping_fields(c)
+    _eval_and_divergence_fields(c)
+    _model_fields(c)
+    _optim_fields(c)
+    _init_fields(c)
+    _strategy_fields(c)
+    _runtime_fields(c)
     return c
 
 

@@ -194,20 +194,24 @@ def _describe(spec: dict[str, Any]) -> str:
     return schedules_lib.describe(spec["name"], int(spec.get("warmup_steps", 0)), **kw)
 
 
-# Long (98 lines): one optax chain built in order; issue 21 splits it.
-def make_optimizer(
-    params: Any, cfg: Any, total_steps: int, *, step_offset: int = 0
-) -> tuple[optax.GradientTransformation, list[GroupRow]]:
-    """The optimizer for `params` under `cfg`'s rules, and one `GroupRow` per parameter group.
+@dataclasses.dataclass(frozen=True)
+class _RuleAssignment:
+    """Per-leaf outcome of the config's rules, so grouping code need not re-resolve them."""
 
-    `step_offset` shifts every schedule: a trainer that rebuilds the optimizer (fresh state,
-    count 0) at a gradual-unfreezing boundary passes the global step so the LR schedule carries
-    on instead of restarting (warmup included).
+    frozen: list[tuple[bool, str | None]]  # (is frozen, matching rule) per leaf
+    lr_of: list[tuple[Any, str | None]]  # (lr_mult, matching rule) per leaf
+    wd_of: list[tuple[Any, str | None]]  # (wd_mult, matching rule) per leaf
+    sched_of: list[tuple[Any, str | None]]  # (schedule override, matching rule) per leaf
+    ndim: dict[str, int]  # path -> ndim, for the default weight-decay rule
+
+
+def _resolve_rules(c: dict[str, Any], leaves: list[tuple[str, Any]]) -> _RuleAssignment:
+    """Validates the frozen / lr / wd / schedule rules and matches them to every leaf.
+
+    Kept apart from grouping so rule errors surface in one fixed order (frozen, lr_mults,
+    wd_mults, schedules) before anything is built.
     """
-    c = _cfg_dict(cfg)
-    leaves = rules_lib.leaves_with_paths(params)
     paths = [p for p, _ in leaves]
-
     frozen = rules_lib.frozen_flags(paths, c["frozen"])
     lr_rules = rules_lib.normalize_rules(c["lr_mults"], what="lr_mults")
     rules_lib.check_mults(lr_rules, what="lr_mults", allow_zero=False)
@@ -220,26 +224,45 @@ def make_optimizer(
         paths, wd_rules, what="wd_mults", default=lambda p: 1.0 if ndim[p] > 1 else 0.0
     )
     sched_of = rules_lib.assign(paths, sched_rules, what="schedules", default=None)
+    return _RuleAssignment(frozen=frozen, lr_of=lr_of, wd_of=wd_of, sched_of=sched_of, ndim=ndim)
 
+
+def _leaf_group_key(
+    c: dict[str, Any], i: int, path: str, r: _RuleAssignment
+) -> tuple[tuple, list[str], dict[str, Any] | None]:
+    """(group key, rules that explain it, schedule spec or None if frozen) for leaf `i`.
+
+    Leaves with equal keys share one optax transform; the key is everything that changes the
+    update (lr_mult, wd_mult, schedule), so equal settings from different rules merge.
+    """
+    is_frozen, frozen_rule = r.frozen[i]
+    if is_frozen:
+        return (FROZEN_LABEL,), [f"frozen: {frozen_rule}"], None
+    spec = _schedule_spec(c, r.sched_of[i][0])
+    (lr_mult, lr_rule), (wd_mult, wd_rule) = r.lr_of[i], r.wd_of[i]
+    key = (float(lr_mult), float(wd_mult), json.dumps(spec, sort_keys=True, default=str))
+    why = [
+        f"lr_mults: {lr_rule}" if lr_rule else "lr_mults: default 1",
+        f"wd_mults: {wd_rule}" if wd_rule else f"wd_mults: default ({_wd_default(r.ndim[path])})",
+    ]
+    if r.sched_of[i][1]:
+        why.append(f"schedules: {r.sched_of[i][1]}")
+    return key, why, spec
+
+
+def _group_leaves(
+    c: dict[str, Any], leaves: list[tuple[str, Any]], r: _RuleAssignment
+) -> tuple[dict[tuple, dict[str, Any]], list[str]]:
+    """Groups leaves by key: (key -> group info, in order of first appearance; label per leaf).
+
+    Trainable groups are labelled g0, g1, ... in order of first appearance, so labels (and the
+    group table) are stable for a given parameter tree and config.
+    """
     keys: dict[tuple, dict[str, Any]] = {}  # group key -> info, in order of first appearance
     labels: list[str] = []
     for i, (path, leaf) in enumerate(leaves):
-        is_frozen, frozen_rule = frozen[i]
-        if is_frozen:
-            key: tuple = (FROZEN_LABEL,)
-            why = [f"frozen: {frozen_rule}"]
-        else:
-            spec = _schedule_spec(c, sched_of[i][0])
-            (lr_mult, lr_rule), (wd_mult, wd_rule) = lr_of[i], wd_of[i]
-            key = (float(lr_mult), float(wd_mult), json.dumps(spec, sort_keys=True, default=str))
-            why = [
-                f"lr_mults: {lr_rule}" if lr_rule else "lr_mults: default 1",
-                f"wd_mults: {wd_rule}"
-                if wd_rule
-                else f"wd_mults: default ({_wd_default(ndim[path])})",
-            ]
-            if sched_of[i][1]:
-                why.append(f"schedules: {sched_of[i][1]}")
+        key, why, spec = _leaf_group_key(c, i, path, r)
+        is_frozen = key == (FROZEN_LABEL,)
         if key not in keys:
             n_train = sum(1 for k in keys if k != (FROZEN_LABEL,))
             keys[key] = {
@@ -247,14 +270,20 @@ def make_optimizer(
                 "rules": [],
                 "paths": [],
                 "size": 0,
-                "spec": None if is_frozen else spec,
+                "spec": spec,
             }
         info = keys[key]
-        info["rules"].extend(r for r in why if r not in info["rules"])
+        info["rules"].extend(rule for rule in why if rule not in info["rules"])
         info["paths"].append(path)
         info["size"] += int(getattr(leaf, "size", 1))
         labels.append(info["label"])
+    return keys, labels
 
+
+def _group_transforms(
+    c: dict[str, Any], keys: dict[tuple, dict[str, Any]], total_steps: int, step_offset: int
+) -> tuple[dict[str, optax.GradientTransformation], list[GroupRow]]:
+    """One optax transform per group (set_to_zero if frozen) and the matching `GroupRow`s."""
     transforms: dict[str, optax.GradientTransformation] = {}
     groups: list[GroupRow] = []
     wd = float(c["weight_decay"])
@@ -282,16 +311,43 @@ def make_optimizer(
                 paths=tuple(info["paths"]),
             )
         )
+    return transforms, groups
 
+
+def _assemble(
+    params: Any,
+    transforms: dict[str, optax.GradientTransformation],
+    labels: list[str],
+    frozen: list[tuple[bool, str | None]],
+    clip: float,
+) -> optax.GradientTransformation:
+    """The final partition over group labels, behind trainable-only clipping if clip > 0."""
     label_tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), labels)
     tx = optax.partition(transforms, label_tree)
-    clip = float(c["clip_norm"])
     if clip > 0:
         mask = jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(params), [not f for f, _ in frozen]
         )
         # Clip by the norm of the trainable gradients only (see the module docstring).
         tx = optax.chain(optax.masked(optax.clip_by_global_norm(clip), mask), tx)
+    return tx
+
+
+def make_optimizer(
+    params: Any, cfg: Any, total_steps: int, *, step_offset: int = 0
+) -> tuple[optax.GradientTransformation, list[GroupRow]]:
+    """The optimizer for `params` under `cfg`'s rules, and one `GroupRow` per parameter group.
+
+    `step_offset` shifts every schedule: a trainer that rebuilds the optimizer (fresh state,
+    count 0) at a gradual-unfreezing boundary passes the global step so the LR schedule carries
+    on instead of restarting (warmup included).
+    """
+    c = _cfg_dict(cfg)
+    leaves = rules_lib.leaves_with_paths(params)
+    resolved = _resolve_rules(c, leaves)
+    keys, labels = _group_leaves(c, leaves, resolved)
+    transforms, groups = _group_transforms(c, keys, total_steps, step_offset)
+    tx = _assemble(params, transforms, labels, resolved.frozen, float(c["clip_norm"]))
     return tx, groups
 
 
