@@ -146,6 +146,10 @@ def _strategy_fields(c: mlc.ConfigDict) -> None:
     a.freeze_batch_stats = False  # frozen blocks run in inference mode (running BN stats)
     a.unfreeze_every = 0  # gradual_unfreeze: steps per stage
     a.probe_kinds = ("logistic", "ridge")  # linear_probe / lp_ft; add "svm" for tiny data
+    # lp_ft / wise_ft: BatchNorm statistics the probe's features use. "target" re-estimates them
+    # on the target's training split first (AdaBN), so the head still fits when fine-tuning
+    # switches BN to batch statistics; "source" keeps the pretrained running statistics.
+    a.probe_batch_stats = "target"
     a.l2sp_alpha = 0.01  # l2sp: weight of ||w - w_pretrained||^2
     a.l2sp_beta = 0.01  # l2sp: weight of ||w_head||^2
     # wise_ft mixing coefficients: the whole curve (accuracy and ECE, ID and every eval_shift)

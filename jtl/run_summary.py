@@ -113,6 +113,7 @@ class RunSummary(TypedDict, total=False):
     lp_probe_fit_time_s: float
     lp_feature_dim: int
     lp_val_accuracy: float
+    lp_batch_stats: str  # "target": the probe saw AdaBN statistics
     # strategy details
     unfreeze_every: int
     wise_ft: list[dict[str, float]]

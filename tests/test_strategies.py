@@ -424,3 +424,42 @@ def test_feature_cache_identity_is_the_trunk_weights_content():
     stats = jax.tree.map(np.copy, v)
     stats["batch_stats"]["backbone"]["mean"][0] = 1.0
     assert features_identity(stats) != features_identity(v)
+
+
+def test_target_batch_stats_are_the_batch_statistics_whatever_the_start():
+    """AdaBN for LP-FT: on one repeated batch, the estimate is the fixed point of flax's
+    running-average updates (what train-mode BN normalises with), from any start."""
+    import ml_collections as mlc
+
+    from jtl.models import get_model
+
+    model = get_model("cnn_small", 10, norm="batch")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)), jnp.float32)
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    params = v["params"]
+
+    class OneBatch:  # a target whose training split is this one batch
+        train_idx = np.arange(8)
+
+        def train_batches(self, config, start):
+            while True:
+                yield {"image": x, "label": np.zeros(8, np.int32)}
+
+    def setup(stats):
+        cfg = mlc.ConfigDict({"batch_size": 8})
+        variables = {"params": params, "batch_stats": stats}
+        return strategies.Setup(cfg, model, variables, OneBatch(), mlc.ConfigDict(), {})
+
+    def step(stats, _):
+        _, new = model.apply(
+            {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        )
+        return new["batch_stats"], None
+
+    fixed, _ = jax.lax.scan(step, v["batch_stats"], None, length=3000)  # m^3000 ~ 0
+    shifted = jax.tree.map(lambda a: a + 5.0, v["batch_stats"])
+    for start in (v["batch_stats"], shifted):
+        est = strategies.target_batch_stats(setup(start))
+        for a, b in zip(jax.tree.leaves(est), jax.tree.leaves(fixed), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
+    assert not np.allclose(jax.tree.leaves(fixed)[0], jax.tree.leaves(v["batch_stats"])[0])
