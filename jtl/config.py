@@ -321,6 +321,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# What runs recorded before a field existed did, where that is not the field's default: such a
+# record is the same experiment only where the new config asks for this value.
+LEGACY_VALUES = {"strategy_args.probe_batch_stats": "source"}
+
+
 def recorded_diff(
     before: dict[str, Any],
     new: dict[str, Any],
@@ -331,7 +336,8 @@ def recorded_diff(
 
     A field jtl added after the record was written does not count while `new` holds its
     default (it cannot have changed what was recorded), so adding a field never orphans old
-    results. Keys whose first part is in `ignore` do not count either.
+    results; or, for a field whose default changed what runs do, its `LEGACY_VALUES` entry.
+    Keys whose first part is in `ignore` do not count either.
     """
     before, new, defaults = flatten(before), flatten(new), flatten(defaults)
     return [
@@ -339,7 +345,11 @@ def recorded_diff(
         for key in sorted(set(new) | set(before))
         if key.split(".")[0] not in ignore
         and before.get(key) != new.get(key)
-        and not (key not in before and key in defaults and new.get(key) == defaults[key])
+        and not (
+            key not in before
+            and key in defaults
+            and new.get(key) == LEGACY_VALUES.get(key, defaults[key])
+        )
     ]
 
 

@@ -77,3 +77,18 @@ def test_config_diff_ignores_fields_added_later_at_their_default():
     c.early_stopping_patience, c.optim.lr = 0, 0.1
     c.progress = False  # display only: never a different experiment
     assert config_diff(to_dict(base_config()), c) == []
+
+
+def test_a_record_from_before_a_behaviour_changing_field_is_its_legacy_value():
+    """LP-FT runs recorded before `probe_batch_stats` probed under the source's statistics:
+    the new default ("target") is another experiment, "source" is the same one."""
+    from jtl.config import LEGACY_VALUES, base_config, recorded_diff, to_dict
+
+    assert LEGACY_VALUES["strategy_args.probe_batch_stats"] == "source"
+    c = base_config()
+    old = to_dict(c)
+    del old["strategy_args"]["probe_batch_stats"]
+    defaults = to_dict(base_config())
+    assert recorded_diff(old, to_dict(c), defaults) == ["strategy_args.probe_batch_stats"]
+    c.strategy_args.probe_batch_stats = "source"
+    assert recorded_diff(old, to_dict(c), defaults) == []
