@@ -12,7 +12,7 @@ after training. Everything it sets is an ordinary config field, so each part sta
 | head_only | pretrained | the new head, through the frozen network (SGD) |
 | finetune_top | pretrained | the blocks above the first `freeze_blocks` + head |
 | finetune_full | pretrained | everything, backbone at `backbone_lr_mult` (0.1) x LR |
-| lp_ft | pretrained + probed head | everything (linear probe first, then fine-tune) |
+| lp_ft | pretrained + probed head (AdaBN stats) | everything (linear probe, then fine-tune) |
 | l2sp | pretrained | everything, + alpha ||w - w0||^2 (backbone) + beta ||w||^2 (head) |
 | wise_ft | as lp_ft | as lp_ft, then evaluates (1 - a) w0 + a w for each a in `wise_alphas` |
 | reinit_top | pretrained, top `reinit_blocks` re-initialized | everything |
