@@ -83,16 +83,26 @@ def test_lp_ft_starts_from_the_probed_head(source, tmp_path):
     from jtl.models import get_model
     from jtl.train import _init_variables
 
-    cfg = _target(source, "lp_ft")
-    data = TargetData(cfg)
     model = get_model("cnn_small", 10, norm="batch")
-    v = _init_variables(model, cfg)
-    plan = strategies.plan_strategy(cfg, model, v, data)
-    loaded, _ = strategies.load_pretrained(cfg, v)
-    head, _ = linear_probe.fit_probe_on_target(cfg, model, loaded, data)
-    np.testing.assert_allclose(plan.variables["params"]["head"]["kernel"], head.kernel, rtol=1e-6)
-    assert plan.info["lp_val_accuracy"] == head.val_accuracy
-    assert head.val_accuracy > 0.3
+    for stats in ("source", "target"):  # the probe's features: the source's BN statistics or
+        cfg = _target(source, "lp_ft", f"strategy_args.probe_batch_stats={stats}")  # AdaBN's
+        data = TargetData(cfg)
+        v = _init_variables(model, cfg)
+        plan = strategies.plan_strategy(cfg, model, v, data)
+        loaded, _ = strategies.load_pretrained(cfg, v)
+        if stats == "target":
+            assert plan.info["lp_batch_stats"] == "target"
+            moved = jax.tree.map(
+                lambda a, b: not np.allclose(a, b), plan.variables["batch_stats"],
+                loaded["batch_stats"],
+            )  # fmt: skip
+            assert any(jax.tree.leaves(moved))  # re-estimated on the target
+            loaded = {**loaded, "batch_stats": plan.variables["batch_stats"]}
+        head, _ = linear_probe.fit_probe_on_target(cfg, model, loaded, data)
+        kernel = plan.variables["params"]["head"]["kernel"]
+        np.testing.assert_allclose(kernel, head.kernel, rtol=1e-6)
+        assert plan.info["lp_val_accuracy"] == head.val_accuracy
+        assert head.val_accuracy > 0.3
 
 
 def test_l2sp_penalty_gradient():
