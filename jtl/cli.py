@@ -340,18 +340,27 @@ def cmd_advisor(argv: Sequence[str]) -> int:
     )
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fit", help="fit on --study dirs, validate (LOTO/LOSO CV), write --out")
-    f.add_argument("--study", action="append", required=True, help="a study workdir (repeat)")
+    f.add_argument("--study", action="append", default=[], help="a study workdir (repeat)")
+    f.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        help="an earlier fit's --report dir (its validation.json): measured rows whose runs are "
+        "gone; --study rows add to them (repeat)",
+    )
     f.add_argument("--out", required=True, help="the fitted advisor JSON to write")
     f.add_argument("--report", default=None, help="directory for validation.md/json and plots")
     args = p.parse_args(argv)
     setup_logging(verbose=False)
     from jtl.advisor import fitting
 
-    out = fitting.fit_and_validate(args.study, args.out, args.report)
+    if not args.study and not args.table:
+        raise ConfigError("jtl advisor fit: nothing to fit on", "give --study DIR or --table DIR")
+    out = fitting.fit_and_validate(args.study, args.out, args.report, args.table)
     if args.report:
         from jtl.report.benchmark import write_benchmark_report
 
-        paths = write_benchmark_report(out["table"], out["validation"], args.study, args.report)
+        paths = write_benchmark_report(out["table"], out["validation"], out["sources"], args.report)
         print(f"report: {paths['md']}")
     print(out["summary"])
     return 0

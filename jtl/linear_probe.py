@@ -28,9 +28,7 @@ def features_identity(variables: dict) -> str:
     """The weights that compute features, by content: sha256 of every variable but the head's.
     A retrained, moved or copied source is told apart (or recognised) by its weights, not by
     its path or file times; a random init is identified by its seed's weights alike."""
-    trunk = {
-        col: {k: v for k, v in tree.items() if k != "head"} for col, tree in variables.items()
-    }
+    trunk = {col: {k: v for k, v in tree.items() if k != "head"} for col, tree in variables.items()}
     return ckpt.state_digest(trunk)
 
 

@@ -95,6 +95,24 @@ def test_table_gains_intervals_and_significance():
     assert (lo, hi) == pytest.approx((ci.low, ci.high))
 
 
+def test_a_saved_table_stands_in_for_its_runs_and_new_rows_add_to_it():
+    rows, records = _bench()
+    table = table_lib.build(rows, records)
+    # Rebuilt from nothing but the saved table: the same entries.
+    saved = json.loads(json.dumps(table))
+    assert table_lib.build([], [], saved) == table
+    # A later phase measures one more arm on one triple, without scratch rows of its own.
+    e = table[0]
+    new = [_row(e["target"], e["size"], e["source"], "l2_sp", a, i) for i, a in enumerate([90, 92])]
+    merged = table_lib.build(new, [], saved)
+    (m,) = [x for x in merged if (x["source"], x["target"], x["size"]) == (
+        e["source"], e["target"], e["size"])]  # fmt: skip
+    assert m["arms"]["l2_sp"]["mean"] == pytest.approx(91)
+    assert m["gain"]["l2_sp"] == pytest.approx(91 - e["scratch"]["mean"])
+    assert {k: m["arms"][k] for k in e["arms"]} == e["arms"]
+    assert [x for x in merged if x is not m] == [x for x in table if x is not e]
+
+
 def test_weighted_tau_is_scipys_with_the_measured_ranking_first():
     rng = np.random.default_rng(1)
     for _ in range(20):

@@ -10,7 +10,8 @@ Sources (compact CNN, cnn_small width 0.5, batch 128, crop(2); `configs/mnist_pr
   mnist_bs7      MNIST with 7x7-pixel blocks shuffled (a 4x4 grid), Neyshabur et al. 2020
   mnist_bs4      ... 4x4-pixel blocks (a 7x7 grid)
   mnist_bs1      ... pixel-permuted (block size 1)
-  mnist_short    MNIST, under-trained: 15 steps
+  mnist_short    MNIST, 15 steps: its BatchNorm statistics unsettled, at chance (a 2nd control)
+  mnist_under    MNIST, under-trained: 60 steps (71.7 % test accuracy)
   fashion        Fashion-MNIST, 1500 steps
   random         the random-init control: one step at learning rate 0
 Targets (28x28 grey, the digits and lfw_subset upsampled):
@@ -64,6 +65,7 @@ SOURCES = {
     "mnist_bs4": "steps=1500,dataset=mnist|block_shuffle(4)",
     "mnist_bs1": "steps=1500,dataset=mnist|block_shuffle(1)",
     "mnist_short": "steps=15",
+    "mnist_under": "steps=60",
     "fashion": "steps=1500,dataset=fashion_mnist",
     "random": "steps=1,lr=0.0",
 }
@@ -82,15 +84,37 @@ TARGETS = {
 
 
 ARMS = ("linear_probe", "finetune_full", "lp_ft")
+SIZES = ("10", "100")  # per class; lfw_subset has 75 per class, so its "100" is "full"
+
+
+def _restrict(s: mlc.ConfigDict, sources: str, sizes: str) -> None:
+    """A phase of the benchmark: `sources` and `sizes` ('+'-separated subsets, or all)."""
+    if sources != "all":
+        names = sources.split("+")
+        if unknown := set(names) - set(s.sources):
+            raise ValueError(f"sources={sources!r}: {sorted(unknown)} not in {list(s.sources)}")
+        s.name += "_" + "_".join(names)
+        s.sources = mlc.ConfigDict({k: s.sources[k] for k in names})
+    if sizes != "all":
+        keep = sizes.split("+")
+        if set(keep) - set(SIZES):
+            raise ValueError(f"sizes={sizes!r}: '+'-separated from {SIZES}")
+        s.name += "_" + "_".join(keep)
+        s.sizes = tuple(k for k in SIZES if k in keep)
+        s.sizes_by_target = mlc.ConfigDict(
+            {"lfw": ("10",) * ("10" in keep) + ("full",) * ("100" in keep)}
+        )
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    a = parse_arg(arg, part="main", seeds=2, small=0, arms="all", source_dir="")
+    a = parse_arg(
+        arg, part="main", seeds=2, small=0, arms="all", source_dir="", sources="all", sizes="all"
+    )
     s = study_defaults()
     s.name = f"transfer_bench_{a.part}" + ("_small" if a.small else "")
     s.title = "Transferability benchmark: near to far sources x targets, converged and tuned"
     s.targets = mlc.ConfigDict({k: f"target={v}" for k, v in TARGETS.items()})
-    s.sizes = ("10", "100")
+    s.sizes = SIZES
     s.sizes_by_target = mlc.ConfigDict({"lfw": ("10", "full")})
     s.seeds = tuple(range(a.seeds))
     # Evaluation of 1,200 instead of 6,000 Fashion-MNIST / MNIST validation images per check.
@@ -126,6 +150,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.overrides = ("augment=", "log_every=50")
     else:
         raise ValueError(f"part={a.part!r}: use main or imagenet")
+    _restrict(s, a.sources, a.sizes)
     if a.small:
         s.sources = mlc.ConfigDict({k: s.sources[k] for k in list(s.sources)[:2]})
         s.targets = mlc.ConfigDict({k: s.targets[k] for k in ("digits", "lfw")})

@@ -29,16 +29,21 @@ def _fmt_ci(m: dict[str, Any], spec: str = "+.2f") -> str:
 
 
 def fit_and_validate(
-    studies: list[str], out: str | Path, report: str | Path | None = None
+    studies: list[str],
+    out: str | Path,
+    report: str | Path | None = None,
+    tables: list[str] = (),
 ) -> dict[str, Any]:
-    """Builds the table from `studies`, validates, fits on everything, writes `out` (and
-    `report/validation.json`, the rows `jtl.report.benchmark` renders)."""
+    """Builds the table from `studies` (on top of earlier fits' `tables`), validates, fits on
+    everything, writes `out` (and `report/validation.json`, the rows `jtl.report.benchmark`
+    renders, which a later fit can take as a table)."""
     rows, records = table_lib.read_studies(studies)
-    table = table_lib.build(rows, records)
+    table = table_lib.build(rows, records, table_lib.read_tables(tables))
+    sources = [*map(str, studies), *(f"{t} (table)" for t in tables)]
     if len(table) < MIN_ENTRIES:
         raise DataError(
             f"only {len(table)} (source, target, size) triples with scores, scratch and transfer "
-            f"rows in {studies}; the advisor needs at least {MIN_ENTRIES}",
+            f"rows in {sources}; the advisor needs at least {MIN_ENTRIES}",
             "run more of the benchmark (configs/studies/transfer_bench.py)",
         )
     result = validation.validate(table)
@@ -49,7 +54,7 @@ def fit_and_validate(
         "model": model,
         "modalities": ["image"],
         "provenance": {
-            "studies": [str(Path(s)) for s in studies],
+            "studies": sources,
             "entries": len(table),
             "sources": sorted({e["source"] for e in table}),
             "targets": sorted({e["target"] for e in table}),
@@ -72,7 +77,7 @@ def fit_and_validate(
     if report:
         rdir = Path(report)
         rdir.mkdir(parents=True, exist_ok=True)
-        payload = {"validation": result, "table": table, "studies": [str(s) for s in studies]}
+        payload = {"validation": result, "table": table, "studies": sources}
         (rdir / "validation.json").write_text(json.dumps(payload, indent=1) + "\n")
     r = loto["regret"]
     best = next(iter(r.values()))["best_fixed"]
@@ -83,4 +88,10 @@ def fit_and_validate(
         f"{_fmt_ci(loto['metrics']['pearson'])}; regret advisor {_fmt_ci(r['advisor'], spec='.2f')}"
         f" vs {best} {_fmt_ci(r[best], spec='.2f')} points"
     )
-    return {"summary": summary, "table": table, "validation": result, "fitted": fitted}
+    return {
+        "summary": summary,
+        "table": table,
+        "validation": result,
+        "fitted": fitted,
+        "sources": sources,
+    }

@@ -112,17 +112,57 @@ def gain_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]
     return d - h, d + h
 
 
-def build(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> list[dict]:
+# An entry's measured fields; the rest of it is the advise record it was built from.
+MEASURED = ("scratch", "arms", "gain", "gain_ci", "significant", "converged")
+
+
+def read_tables(paths: Iterable[str | Path]) -> list[dict]:
+    """The entries of earlier fits' tables (`validation.json` of `jtl advisor fit --report`)."""
+    out: list[dict] = []
+    for p in paths:
+        f = Path(p) / "validation.json" if Path(p).is_dir() else Path(p)
+        if not f.exists():
+            raise MissingFileError(
+                f"{f}: no validation.json", "give the --report directory of an earlier fit"
+            )
+        out += json.loads(f.read_text())["table"]
+    return out
+
+
+def _prior_arms(prior: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """`_arms`' mapping rebuilt from a saved table's summaries (its best scratch arm only)."""
+    arms: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for e in prior:
+        scratch = {k: v for k, v in e["scratch"].items() if k != "arm"}
+        arms[(e["target"], e["size"], "none")][e["scratch"]["arm"]] = scratch
+        arms[(e["target"], e["size"], e["source"])].update(e["arms"])
+    return arms
+
+
+def build(
+    rows: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    prior: Sequence[dict[str, Any]] = (),
+) -> list[dict]:
     """One entry per advise record whose target and size have scratch and transfer rows.
 
     Each entry: the record's identity and scores, `scratch` (the best scratch arm's summary),
     `arms` (transfer arm -> summary), `gain` (arm -> points over scratch), `gain_ci`,
     `significant` (arm -> one-sided Welch p < ALPHA) and `converged` (every run of the arm and
     of scratch converged).
+
+    `prior`: a saved table whose measured summaries and records stand in for runs no longer on
+    disk (a benchmark grows phase by phase); `rows` and `records` add to it and win on overlap.
     """
-    arms = _arms(rows)
+    arms = _prior_arms(prior)
+    for key, measured in _arms(rows).items():
+        arms[key] = {**arms.get(key, {}), **measured}
+    keyed = {
+        (r.get("source"), r.get("target"), r.get("size")): r
+        for r in [*({k: v for k, v in e.items() if k not in MEASURED} for e in prior), *records]
+    }
     out = []
-    for rec in records:
+    for rec in keyed.values():
         if "size" not in rec:
             continue  # a per-pair record from before per-size scoring
         target, size, source = rec["target"], rec["size"], rec["source"]
