@@ -3,7 +3,7 @@
     .venv/bin/python bench/cpu_conv_paths.py [--model efficientnet_lite0] [--size 64]
         [--batch 32] [--steps 3]
 
-Builds jtl's own sharded training step (`jtl.train.jit_train_step`, as the trainer runs it)
+Builds jtl's own sharded training step (`jtl.run.train.jit_train_step`, as the trainer runs it)
 twice in one process, once with jtl's CPU default (matmul weight gradients; depthwise convs as
 shift-sums, jtl/models/conv.py) and once with `JTL_CPU_CONV=xla`, and prints seconds per
 step, forward images/s and the ratio. Lite0 (depthwise-heavy) shows the depthwise path;
@@ -24,12 +24,12 @@ def measure(model_name: str, size: int, batch: int, steps: int) -> tuple[float, 
     """(seconds per jtl training step, seconds per forward pass) with the current conv path."""
     import ml_collections as mlc
 
-    from jtl import sharding
     from jtl.config import base_config
     from jtl.models import get_model
     from jtl.optim import make_optimizer, trainable_mask
-    from jtl.strategies import Plan
-    from jtl.train import init_state, jit_train_step
+    from jtl.run.train import init_state, jit_train_step
+    from jtl.runtime import sharding
+    from jtl.transfer.strategies import Plan
 
     model = get_model(model_name, 10)
     x = np.random.default_rng(0).normal(size=(batch, size, size, 3)).astype(np.float32)

@@ -15,12 +15,12 @@ import sys
 
 CHILD = r"""
 import sys, time, jax, jax.numpy as jnp, numpy as np, ml_collections as mlc
-from jtl import sharding
+from jtl.runtime import sharding
 from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
-from jtl.strategies import Plan
-from jtl.train import init_state, jit_train_step
+from jtl.transfer.strategies import Plan
+from jtl.run.train import init_state, jit_train_step
 name, batch, steps, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 kw = {"norm": "batch", **({"stem": "cifar"} if name in ("resnet18", "resnet50") else {})}
 model = get_model(name, 10, **kw)

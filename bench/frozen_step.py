@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 
-from jtl import sharding
 from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
-from jtl.strategies import Plan
-from jtl.train import compiled_flops, init_state, jit_train_step
+from jtl.run.train import compiled_flops, init_state, jit_train_step
+from jtl.runtime import sharding
+from jtl.transfer.strategies import Plan
 
 MODELS = {
     "resnet20 (32x32x3)": ("resnet20", 32, 3),

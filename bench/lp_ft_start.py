@@ -15,10 +15,10 @@ import sys
 import jax.numpy as jnp
 
 from jtl import config as config_lib
-from jtl import source_model
 from jtl.data.pipeline import model_inputs
-from jtl.strategies import plan_strategy
-from jtl.train import _init_variables, build_model, cross_entropy
+from jtl.run.train import _init_variables, build_model, cross_entropy
+from jtl.transfer.strategies import plan_strategy
+from jtl.weights import source_model
 
 
 def main(source: str) -> None:

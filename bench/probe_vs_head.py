@@ -18,12 +18,12 @@ import ml_collections as mlc
 import numpy as np
 import optax
 
-from jtl import sharding
 from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
-from jtl.strategies import Plan
-from jtl.train import init_state, jit_train_step
+from jtl.run.train import init_state, jit_train_step
+from jtl.runtime import sharding
+from jtl.transfer.strategies import Plan
 
 
 def main() -> None:

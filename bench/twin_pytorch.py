@@ -15,7 +15,7 @@ augmentation, minibatches drawn uniformly with replacement, SGD(momentum, weight
 coupled weight decay on every parameter, cosine decay with no warmup, head init default.
 Each `--torch-*` flag moves one of these to what jtl does, so a factor can be measured on its
 own (one factor at a time); `--jtl KEY=VALUE` overrides jtl's config the same way
-(`--config.KEY=VALUE` of `jtl train`). The jtl side is `jtl.train.train` on
+(`--config.KEY=VALUE` of `jtl train`). The jtl side is `jtl.run.train.train` on
 `configs/transfer.py` (the reference recipe), with `model=cnn_small` and the architecture above.
 
 Fine-tune arm: both sides pretrain the same architecture on MNIST (`--source-steps` steps, same
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jtl.cpu import configure_cpu_devices
+from jtl.runtime.cpu import configure_cpu_devices
 
 configure_cpu_devices([64])  # jtl's default CPU path (one XLA device per core); before jax
 
@@ -234,7 +234,7 @@ def _as_twin(config: Any, args: argparse.Namespace) -> Any:
 def jtl_source(args: argparse.Namespace, seed: int, workdir: Path) -> str:
 
     from jtl.config import apply_overrides, load_config
-    from jtl.train import train
+    from jtl.run.train import train
 
     config = load_config(
         f"{ROOT}/configs/mnist_pretrain.py:model=cnn_small,width=1.0,steps={args.source_steps},"
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     import torch
 
-    from jtl.train import train
+    from jtl.run.train import train
 
     torch.set_num_threads(args.torch_threads)
     sides = args.sides.split(",")

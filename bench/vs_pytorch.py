@@ -10,7 +10,7 @@ Workloads (the studies' own models plus the classic ResNet-18 comparison):
 Each PyTorch twin is built from the jtl module's own fields (widths, pools, stage sizes), so it
 is the same architecture even when the jtl definition changes. Both sides run SGD with
 momentum on one fixed batch, after warm-up, for at least `--seconds` and 3 steps. jtl runs its
-trainer's own jitted sharded step (`jtl.train.jit_train_step`, one XLA CPU device per core);
+trainer's own jitted sharded step (`jtl.run.train.jit_train_step`, one XLA CPU device per core);
 PyTorch uses all cores. Printed per workload: img/s on each side, the speed ratio (>= 1 means
 jtl is at least as fast), jtl's MFU against a matmul peak measured in the same run, and which
 CPU convolution path jtl ran (`JTL_CPU_CONV`, jtl/models/conv.py).
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jtl.cpu import configure_cpu_devices
+from jtl.runtime.cpu import configure_cpu_devices
 
 configure_cpu_devices([64, 128])  # jtl's default CPU path (one XLA device per core); before jax
 
@@ -70,13 +70,13 @@ def _timed(step: Callable[[], Any], sync: Callable[[Any], None], seconds: float)
 
 def jtl_step_time(workload: str, seconds: float) -> tuple[float, float]:
     """(seconds per step, FLOPs per step) of jtl's own jitted, sharded train step."""
-    from jtl import sharding
     from jtl.config import base_config
-    from jtl.dispatch import InFlight
     from jtl.models import get_model
     from jtl.optim import make_optimizer, trainable_mask
-    from jtl.strategies import Plan
-    from jtl.train import compiled_flops, init_state, jit_train_step
+    from jtl.run.train import compiled_flops, init_state, jit_train_step
+    from jtl.runtime import sharding
+    from jtl.runtime.dispatch import InFlight
+    from jtl.transfer.strategies import Plan
 
     name, kwargs, size, channels, batch = WORKLOADS[workload]
     model = get_model(name, 10, **kwargs)

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Any
 
-from jtl import checkpoint as ckpt
+from jtl.weights import checkpoint as ckpt
 
 
 def saved_weights(workdir: Path, step: int) -> dict:
@@ -39,7 +39,7 @@ def tiny_study_cells(root: Path, seeds: tuple[int, ...] = (0,)) -> list:
 
 
 def fake_summary(**fields: Any) -> dict[str, Any]:
-    """A summary.json that follows jtl.run_summary's schema, with `fields` overriding."""
+    """A summary.json that follows jtl.evaluation.run_summary's schema, with `fields` overriding."""
     base = {
         "dataset": "digits",
         "model": "cnn_small",
@@ -62,7 +62,7 @@ def interrupted_then_resumed(monkeypatch: Any, config: Any, workdir: Path, at_st
     right after the train metrics of `at_step` are written, resumes it; returns the summary."""
     import pytest
 
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     real_write = train_lib.MetricWriter.write
 

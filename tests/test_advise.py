@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from jtl import advise
 from jtl import config as config_lib
+from jtl.advisor import advise
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 
 
 def test_advise_prefers_trained_features(tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     train(config_lib.load_config(f"{TINY}:steps=60"), tmp_path / "src")
     out = advise.advise(tmp_path / "src", "digits", sample=400)

@@ -11,7 +11,7 @@ from jtl import advisor
 from jtl.advisor import model as model_lib
 from jtl.advisor import table as table_lib
 from jtl.advisor import validation
-from jtl.cli import main
+from jtl.commands.cli import main
 
 ARMS = ("linear_probe", "finetune_full", "lp_ft")
 

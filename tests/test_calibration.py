@@ -1,9 +1,10 @@
-"""Calibration metrics and temperature scaling (jtl.calibration), and their place in a run."""
+"""Calibration metrics and temperature scaling (jtl.evaluation.calibration), and their place
+in a run."""
 
 import numpy as np
 import pytest
 
-from jtl import calibration
+from jtl.evaluation import calibration
 
 
 def _calibrated(n=20000, classes=5, seed=0):
@@ -73,8 +74,8 @@ def test_a_run_reports_calibration_and_each_shift_with_its_temperature(tmp_path)
     import json
 
     from jtl import config as config_lib
-    from jtl.errors import DataError
-    from jtl.train import train
+    from jtl.run.train import train
+    from jtl.runtime.errors import DataError
     from tests.test_train import TINY
 
     cfg = config_lib.load_config(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jtl import checkpoint as ckpt
+from jtl.weights import checkpoint as ckpt
 
 
 def _vars(head_classes=10, extra=False):

@@ -2,7 +2,7 @@
 stderr with exit code 2 and no traceback, before anything is built; every valid config passes.
 
 The invalid values are generated from domains written here, independently of the rules in
-jtl.config_check, so a rule that goes missing is caught, not mirrored.
+jtl.run.config_check, so a rule that goes missing is caught, not mirrored.
 """
 
 import math
@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jtl import config_check
-from jtl.cli import main
+from jtl.commands.cli import main
 from jtl.config import load_config
+from jtl.run import config_check
 
 TINY = str(Path(__file__).resolve().parent.parent / "configs" / "tiny.py")
 COUNT_KEYS = ("batch_size", "eval_batch_size", "total_steps", "eval_every", "log_every",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jtl.config import load_config
-from jtl.early_stopping import EarlyStopping, resolve_budget
+from jtl.run.early_stopping import EarlyStopping, resolve_budget
 
 REPO = Path(__file__).resolve().parent.parent
 # 10 examples per class of digits at batch 32: 3.125 steps per epoch, validated every epoch.
@@ -39,7 +39,7 @@ def test_patience_never_stops_before_stop_min_steps(tmp_path):
     assert not es.update(10, 0.9, state)  # best
     assert not any(es.update(s, 0.5, state) for s in (20, 30))  # 2 stalls, but before step 40
     assert es.update(40, 0.5, state) and (es.stopped_step, es.best_step) == (40, 10)
-    from jtl.train import train  # the trainer passes it: patience 1 would stop at step 6
+    from jtl.run.train import train  # the trainer passes it: patience 1 would stop at step 6
 
     config = _config("max_epochs=8", "early_stopping_patience=1", "stop_min_steps=18",
                      "min_delta=0.99", "eval_every_epochs=0", "eval_every=3")  # fmt: skip
@@ -58,7 +58,7 @@ def test_resolve_budget_turns_epochs_into_steps():
 
 
 def test_cap_hit_while_improving_is_not_converged(tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     s = train(_config("max_epochs=3", "early_stopping_patience=50"), tmp_path)
     assert s["budget"] == "converged" and s["converged"] is False
@@ -68,7 +68,7 @@ def test_cap_hit_while_improving_is_not_converged(tmp_path):
 
 
 def test_equal_step_runs_are_labelled_and_never_converged(tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     s = train(load_config(f"{REPO}/configs/tiny.py", ["total_steps=4", "eval_every=2"]), tmp_path)
     assert s["budget"] == "equal_steps" and s["converged"] is False and s["best_step"] == 4
@@ -81,8 +81,8 @@ class _Killed(Exception):
 def test_stall_stops_and_a_resume_mid_run_ends_identical(tmp_path, monkeypatch):
     """Killed at a checkpoint after the best step and before the stall stop: the resumed run
     must restore the best weights from disk to report what the uninterrupted run reports."""
-    from jtl import checkpoint
-    from jtl.train import train
+    from jtl.run.train import train
+    from jtl.weights import checkpoint
 
     # lr 0.01 on 10/class digits: validation peaks and stalls well inside the 30-epoch cap
     # (measured: best at step 51, stopped at 60 of 94).

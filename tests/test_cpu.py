@@ -1,6 +1,6 @@
 """CPU device count: one per core, dividing the batch sizes, never overriding XLA_FLAGS."""
 
-from jtl import cpu
+from jtl.runtime import cpu
 
 
 def test_devices_for_divides_batches():

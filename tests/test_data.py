@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jtl.data import augment, pipeline, registry, sources, subsets
-from jtl.errors import DataError
+from jtl.runtime.errors import DataError
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from jtl.dispatch import InFlight
+from jtl.runtime.dispatch import InFlight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,13 +36,14 @@ DEEP = textwrap.dedent(
     """
     import sys
     import jax, numpy as np, ml_collections as mlc
-    from jtl import config as config_lib, sharding
+    from jtl import config as config_lib
+    from jtl.runtime import sharding
     from jtl.config import base_config
-    from jtl.dispatch import InFlight
+    from jtl.runtime.dispatch import InFlight
     from jtl.models import get_model
     from jtl.optim import make_optimizer, trainable_mask
-    from jtl.strategies import Plan
-    from jtl.train import init_state, jit_train_step, train
+    from jtl.transfer.strategies import Plan
+    from jtl.run.train import init_state, jit_train_step, train
 
     assert jax.device_count() == 2
     # 1) The fastest possible dispatcher: one fixed batch, nothing read back, 300 steps.

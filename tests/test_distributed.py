@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
 CODE = (
-    "import sys; from jtl import config as c, train as t; "
+    "import sys; from jtl import config as c; from jtl.run import train as t; "
     f"cfg=c.load_config('{TINY}:steps=8', ['log_every=1', 'optim.name=\"momentum\"', "
     "'optim.lr=0.05', 'eval_every=4', 'checkpoint_every=4']); t.train(cfg, sys.argv[1])"
 )

@@ -1,6 +1,6 @@
 """The error contract: every known user error is one line `jtl: error: WHAT (HINT)`, exit 2.
 
-Most cases call `jtl.cli.main` in-process (fast); one subprocess checks the real program's
+Most cases call `jtl.commands.cli.main` in-process (fast); one subprocess checks the real program's
 stderr and `--debug`. Data-set sanity errors (empty class folder, per_class, bad images) and
 the study's handling of diverged cells are here too.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jtl import cli
 from jtl import study as study_lib
+from jtl.commands import cli
 from jtl.data import registry
-from jtl.errors import DataError, DivergedError, UserError, format_error
+from jtl.runtime.errors import DataError, DivergedError, UserError, format_error
 from jtl.study import run as study_run
 from tests.helpers import fake_summary, tiny_study_cells
 
@@ -72,7 +72,7 @@ def test_bad_strategy_and_unknown_dataset_leave_the_workdir_usable(capsys, tmp_p
     )
     _assert_one_line(code, lines, "unknown data set 'no_such_xyz'")
     # A start that failed before training pins nothing: the right config is not a "conflict".
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     train_lib._check_workdir(train_lib.as_path(wd), train_lib.config_lib.load_config(TINY))
 
@@ -153,7 +153,16 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 def test_program_stderr_is_exactly_one_line(tmp_path):
     """The real program: nothing but the one line on stderr, exit 2; --debug: a traceback."""
-    args = [sys.executable, "-m", "jtl.cli", "train", "--config", TINY, "--workdir", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "jtl.commands.cli",
+        "train",
+        "--config",
+        TINY,
+        "--workdir",
+        str(tmp_path),
+    ]
     out = subprocess.run([*args, "--config.optim.lrr=1"], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.splitlines() == [out.stderr.strip()] and out.stderr.startswith("jtl: error:")
@@ -164,7 +173,7 @@ def test_program_stderr_is_exactly_one_line(tmp_path):
 def test_progress_lines_without_a_tty(tmp_path):
     """Under nohup or a log file: one line per log_every steps with loss, steps/s and ETA."""
     out = subprocess.run(
-        [sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps=20"]
+        [sys.executable, "-m", "jtl.commands.cli", "train", "--config", f"{TINY}:steps=20"]
         + ["--workdir", str(tmp_path / "run"), "--config.log_every=5"],
         capture_output=True,
         text=True,
@@ -263,7 +272,7 @@ def test_background_write_failures_are_not_logged_twice(monkeypatch):
 
     from absl import logging
 
-    from jtl.process import setup_logging
+    from jtl.runtime.process import setup_logging
 
     monkeypatch.delenv("JTL_DEBUG", raising=False)
     setup_logging()

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import train as train_lib
-from jtl.errors import CheckpointError, DivergedError, UserError, format_error
+from jtl.run import train as train_lib
+from jtl.runtime.errors import CheckpointError, DivergedError, UserError, format_error
+from jtl.weights import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -69,7 +69,7 @@ def _files(root: Path) -> set[str]:
 
 def _jtl(*args: str, timeout: float = 300, preexec=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "jtl.cli", *args],
+        [sys.executable, "-m", "jtl.commands.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -200,7 +200,7 @@ def test_write_failure_is_one_line_and_keeps_the_last_checkpoint(reference, tmp_
     ref_wd, ref_summary = reference
     wd = tmp_path / "run"
     with subprocess.Popen(
-        [sys.executable, "-m", "jtl.cli", *_train_args(wd)],
+        [sys.executable, "-m", "jtl.commands.cli", *_train_args(wd)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -279,7 +279,7 @@ def test_kill9_during_training_and_checkpoint_writes_resumes_identically(tmp_pat
             return bool(_intact_steps(ckdir)) and _intact_steps(ckdir)[-1] > last
 
         with subprocess.Popen(
-            [sys.executable, "-m", "jtl.cli", *args],
+            [sys.executable, "-m", "jtl.commands.cli", *args],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -462,7 +462,7 @@ def test_fuzzed_weight_files_give_clean_errors_and_create_nothing(tmp_path):
             assert _files(tmp_path) == before  # reading never creates files
             _count(f"fuzzed {base.suffix}", True)
     # A few through the whole `jtl import`: exit 2, one line, no output directory.
-    from jtl import cli
+    from jtl.commands import cli
 
     for i in range(3):
         path = work / f"cli{i}.pth"

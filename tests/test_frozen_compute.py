@@ -14,8 +14,8 @@ import pytest
 from jtl.config import base_config
 from jtl.models import get_model
 from jtl.optim import make_optimizer, trainable_mask
-from jtl.strategies import Plan
-from jtl.train import compiled_flops, init_state, make_train_step
+from jtl.run.train import compiled_flops, init_state, make_train_step
+from jtl.transfer.strategies import Plan
 
 
 def _step_flops(model, variables, frozen, batch, nonfinite="stop"):

@@ -210,7 +210,7 @@ def test_shape_mismatch_and_extra_key_listed(lite0):
 
 
 def test_import_checkpoint_roundtrip(lite0, weights_path, tmp_path):
-    from jtl.checkpoint import load_variables
+    from jtl.weights.checkpoint import load_variables
 
     _, expect, _, _ = lite0
     out = tmp_path / "lite0"

@@ -13,23 +13,13 @@ JTL = Path(__file__).parent.parent / "jtl"
 
 # Units (a module, or a package as a whole) by layer, lowest first.
 LAYERS = [
-    # 0: utilities that know nothing of data, models or training (may import each other)
-    (
-        "errors paths costs cpu dispatch early_stopping transferability sharding advisor "
-        "preemption calibration "
-        "run_summary guard metrics"
-    ),
-    "data models optim checkpoint report",  # the report reads result rows only
-    "interop peft probe config",  # config: base_config builds on the optimizer's defaults
-    "slim_checkpoint linear_probe",
-    "source_model strategies",
-    "config_check",  # names from the registries (models, optimizers, strategies, transforms)
-    "train predict export advise",
-    "soup",  # reads runs back through train's evaluation and export's metadata
-    "study",  # a package: grid, budget, sweep, run, results
-    "process",
-    "quickstart",
-    "cli",
+    "runtime evaluation",  # utilities that know nothing of data, models or training
+    "data models optim report",  # the report reads result rows only
+    "config weights",  # config: the schema builds on the optimizer's defaults
+    "interop transfer",  # interop writes orbax checkpoints; transfer holds the strategy registry
+    "advisor run",  # before training (scores, the fitted advisor) and the trainer
+    "study",  # grid, budget, sweep, run, results
+    "commands",  # entry points: the CLI and quickstart
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units.split()}
 
@@ -118,7 +108,7 @@ def test_summary_schema_refuses_what_it_does_not_declare():
     """summary.json's contract: required fields, declared types, no undeclared field."""
     import pytest
 
-    from jtl import run_summary
+    from jtl.evaluation import run_summary
     from tests.helpers import fake_summary
 
     assert run_summary.check(fake_summary()) == fake_summary()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from jtl import config as config_lib
-from jtl import run_summary
-from jtl.errors import DivergedError
-from jtl.train import train
+from jtl.evaluation import run_summary
+from jtl.run.train import train
+from jtl.runtime.errors import DivergedError
 from tests.helpers import fake_summary
 from tests.test_train import TINY
 

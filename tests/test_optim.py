@@ -63,7 +63,7 @@ def loss_fn(p):
 
 
 def make_step(tx, mask, norm_of_all=False):
-    """Mirrors jtl.train's step: grads of all params, optimizer, trainable grad-norm metric."""
+    """Mirrors jtl.run.train's step: grads of all params, optimizer, trainable grad-norm metric."""
 
     def step(p, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(p)

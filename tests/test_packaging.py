@@ -5,6 +5,7 @@ import shutil
 import site
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import zipfile
 from pathlib import Path
@@ -21,7 +22,7 @@ def test_relative_configs_resolve_from_the_install_data_dir(tmp_path, monkeypatc
     installed.mkdir(parents=True)
     (installed / "x.py").write_text("def get_config():\n    return None\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config_lib.sysconfig, "get_path", lambda _: str(tmp_path / "prefix"))
+    monkeypatch.setattr(sysconfig, "get_path", lambda _: str(tmp_path / "prefix"))
     assert config_lib.resolve_config_path("configs/studies/x.py") == installed / "x.py"
     # The checkout still wins over an install (editable development).
     assert config_lib.resolve_config_path("configs/tiny.py") == ROOT / "configs" / "tiny.py"
@@ -74,7 +75,7 @@ def test_wheel_install_runs_a_study_config_and_a_training_run_from_anywhere(tmp_
         study = load_study("configs/studies/mnist_source.py:quick")
         cells = expand(study, Path("runs/q"))
         assert cells and all(Path(c.spec.partition(":")[0]).is_file() for c in cells)
-        from jtl.cli import main
+        from jtl.commands.cli import main
         sys.exit(main(["train", "--config", "configs/tiny.py:steps=4", "--workdir", "run"]))
         """
     )

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import costs, peft, strategies
-from jtl.models import get_model
+from jtl.evaluation import costs
+from jtl.models import get_model, peft
 from jtl.optim import make_optimizer, trainable_mask
-from jtl.slim_checkpoint import SlimCheckpoint
+from jtl.transfer import strategies
+from jtl.weights import checkpoint as ckpt
+from jtl.weights.slim_checkpoint import SlimCheckpoint
 from tests.helpers import (
     assert_same_saved_weights,
     fake_summary,
@@ -244,7 +245,7 @@ def test_lora_r4_optimizer_state_is_under_5_percent_of_full_finetuning_on_resnet
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from jtl.train import train
+    from jtl.run.train import train
 
     wd = tmp_path_factory.mktemp("source")
     train(config_lib.load_config(f"{TINY}:steps=40"), wd)
@@ -262,7 +263,7 @@ def _target(source, strategy, *overrides, steps=20):
 def test_frozen_base_weights_are_bit_identical_after_training(
     source, tmp_path, strategy, monkeypatch
 ):
-    from jtl.train import train
+    from jtl.run.train import train
 
     seen = []  # the full train state each time the trainer checkpoints it (before stripping)
     real_strip = SlimCheckpoint.strip
@@ -294,7 +295,7 @@ def test_frozen_base_weights_are_bit_identical_after_training(
 
 @pytest.fixture(scope="module")
 def lora_run(source, tmp_path_factory):
-    from jtl.train import train
+    from jtl.run.train import train
 
     wd = tmp_path_factory.mktemp("lora")
     return wd, train(_target(source, "lora"), wd)
@@ -317,7 +318,7 @@ def test_cli_train_each_peft_strategy_end_to_end(source, tmp_path, strategy):
         [
             sys.executable,
             "-m",
-            "jtl.cli",
+            "jtl.commands.cli",
             "train",
             "--config",
             f"{TINY}:steps=20",
@@ -367,8 +368,8 @@ def test_report_cost_table_and_accuracy_vs_cost_plot(tmp_path):
 
 
 def test_export_merge_writes_a_plain_checkpoint_predict_and_init_load(lora_run, tmp_path):
-    from jtl import export, predict, source_model
-    from jtl.cli import main
+    from jtl.commands.cli import main
+    from jtl.weights import export, predict, source_model
 
     run, _ = lora_run
     out = tmp_path / "merged"
@@ -395,8 +396,8 @@ def test_export_merge_writes_a_plain_checkpoint_predict_and_init_load(lora_run, 
 
 
 def test_export_merge_refuses_an_adapter_run_in_one_line(source, tmp_path, capsys):
-    from jtl.cli import main
-    from jtl.train import train
+    from jtl.commands.cli import main
+    from jtl.run.train import train
 
     train(_target(source, "adapter", steps=2), tmp_path / "a")
     code = main(["export", "--merge", "--checkpoint", str(tmp_path / "a"), "--out", "o"])
@@ -409,9 +410,9 @@ def test_export_merge_refuses_an_adapter_run_in_one_line(source, tmp_path, capsy
 def test_a_peft_checkpoint_on_a_changed_base_is_refused_in_one_line(source, tmp_path, capsys):
     import shutil
 
-    from jtl.cli import main
-    from jtl.errors import CheckpointError
-    from jtl.train import train
+    from jtl.commands.cli import main
+    from jtl.run.train import train
+    from jtl.runtime.errors import CheckpointError
 
     base = tmp_path / "base"
     shutil.copytree(source, base)
@@ -444,8 +445,8 @@ def test_a_swept_peft_trial_is_test_evaluated_from_its_slim_checkpoint(source, t
     """A sweep trial never reads test; once chosen, the study evaluates it from its checkpoint.
     For a PEFT trial that is a slim checkpoint with lora / adapter subtrees: the number must be
     the one the same run reports when it evaluates test itself."""
+    from jtl.run.train import train
     from jtl.study.sweep import evaluate_test
-    from jtl.train import train
 
     itself = train(_target(source, strategy), tmp_path / "itself")
     trial = _target(source, strategy, "eval_test=False")
@@ -461,9 +462,9 @@ def test_a_peft_run_travels_with_its_base(source, tmp_path, monkeypatch):
     `jtl predict` reads the unmerged run as it reads the merged export."""
     import shutil
 
-    from jtl import predict
-    from jtl.cli import main
-    from jtl.train import train
+    from jtl.commands.cli import main
+    from jtl.run.train import train
+    from jtl.weights import predict
 
     work = tmp_path / "a"
     work.mkdir()

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jtl import source_model
-from jtl.source_model import IMAGENET_MEAN, IMAGENET_STD
+from jtl.weights import source_model
+from jtl.weights.source_model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _import_json(tmp_path, model, **extra):
@@ -53,9 +53,9 @@ def test_torchvision_scaling_is_imagenet_mean_std():
 
 
 def test_predict_uses_torchvision_normalization_for_imported_resnet(tmp_path):
-    from jtl.checkpoint import save_variables
     from jtl.models import get_model
-    from jtl.predict import predict
+    from jtl.weights.checkpoint import save_variables
+    from jtl.weights.predict import predict
 
     model = get_model("resnet18", 3)
     x0 = np.zeros((1, 32, 32, 3), np.float32)

@@ -1,5 +1,5 @@
 """SIGTERM mid-run: the step in flight finishes, is checkpointed, and the re-run resumes there
-bit-identically (jtl.preemption)."""
+bit-identically (jtl.runtime.preemption)."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from jtl.preemption import EXIT_CODE
+from jtl.runtime.preemption import EXIT_CODE
 from tests.helpers import assert_same_saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ STEPS = 600  # a wide window: SIGTERM lands at step >= 20, long before the end
 
 def _cmd(workdir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "jtl.cli", "train", "--config", f"{TINY}:steps={STEPS}",
+        sys.executable, "-m", "jtl.commands.cli", "train", "--config", f"{TINY}:steps={STEPS}",
         "--workdir", str(workdir), "--config.checkpoint_every=1000", "--config.log_every=5",
         "--config.eval_every=50",
     ]  # fmt: skip

@@ -13,8 +13,8 @@ from etils import epath
 from etils.epath import testing as epath_testing
 
 from jtl import config as config_lib
-from jtl.metrics import MetricWriter, read_metrics
-from jtl.paths import as_path, is_remote
+from jtl.evaluation.metrics import MetricWriter, read_metrics
+from jtl.runtime.paths import as_path, is_remote
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -62,7 +62,7 @@ def test_local_workdir_is_made_absolute(tmp_path, monkeypatch):
 
 
 def test_checkpoint_dirs_keep_gs_uris(monkeypatch):
-    from jtl import checkpoint as ckpt
+    from jtl.weights import checkpoint as ckpt
 
     seen = {}
 
@@ -117,7 +117,7 @@ def test_local_metrics_through_epath_append_and_truncate(tmp_path):
 
 def test_train_on_gs_workdir_writes_through_epath(fake_gcs, monkeypatch):
     """The trainer end to end on `gs://bucket/run` (checkpoints stubbed: orbax is its own I/O)."""
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     dirs = []
 

@@ -422,7 +422,7 @@ def test_summary_without_scratch_ranks_the_transfer_arms(tmp_path):
 
 
 def test_calibration_section_tables_and_pools_reliability(tmp_path):
-    from jtl import calibration
+    from jtl.evaluation import calibration
     from jtl.report.calibration import calibration_table, pooled_reliability
 
     rng = np.random.default_rng(0)

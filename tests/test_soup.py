@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jtl import config as config_lib
-from jtl import soup
-from jtl.errors import UserError
+from jtl.run import soup
+from jtl.runtime.errors import UserError
 from tests.helpers import saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ TINY = str(ROOT / "configs" / "tiny.py")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from jtl.train import train
+    from jtl.run.train import train
 
     root = tmp_path_factory.mktemp("soup")
     train(config_lib.load_config(f"{TINY}:steps=40"), root / "source")
@@ -69,7 +69,7 @@ def test_soup_of_identical_runs_is_the_run_and_its_barrier_is_zero(runs, tmp_pat
 
 
 def test_greedy_soup_keeps_the_best_run_and_writes_a_readable_model(runs, tmp_path):
-    from jtl import predict
+    from jtl.weights import predict
 
     s = soup.make_soup(runs, tmp_path / "soup", log=lambda _: None)
     solo = s["soup"]["val_accuracy"]
@@ -99,7 +99,7 @@ def test_uniform_soup_across_a_barrier_and_mismatched_runs_are_refused(runs, tmp
 
 
 def test_cli_soup_is_one_line_and_exit_2_on_bad_input(runs, tmp_path, capsys):
-    from jtl.cli import main
+    from jtl.commands.cli import main
 
     assert main(["soup", str(runs[0]), "--out", str(tmp_path / "s")]) == 2
     assert "at least two runs" in capsys.readouterr().err
@@ -110,7 +110,7 @@ def test_cli_soup_is_one_line_and_exit_2_on_bad_input(runs, tmp_path, capsys):
 def test_lora_soup_averages_only_the_trainable_subtrees(runs, tmp_path):
     """Two LoRA runs on one base: their merged weights are averaged; every frozen base
     weight that LoRA does not touch (biases, norms) is the base's, bit for bit."""
-    from jtl.train import train
+    from jtl.run.train import train
 
     source = runs[0].parent / "source"
     members = []

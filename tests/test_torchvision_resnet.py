@@ -139,11 +139,11 @@ def test_transfer_from_an_imported_torchvision_resnet_feeds_its_normalisation(tm
     import jax
 
     from jtl import config as config_lib
-    from jtl import source_model
     from jtl.data import augment
     from jtl.interop.importer import import_checkpoint
     from jtl.models import get_model
-    from jtl.train import train
+    from jtl.run.train import train
+    from jtl.weights import source_model
 
     torch.manual_seed(0)
     net = TorchvisionResNet(Basic, (2, 2, 2, 2), 10).eval()
@@ -200,8 +200,8 @@ def test_a_run_from_before_input_scales_is_not_resumed_with_another_scale(tmp_pa
     from pathlib import Path
 
     from jtl import config as config_lib
-    from jtl import source_model
     from jtl.interop.importer import import_checkpoint
+    from jtl.weights import source_model
 
     torch.manual_seed(0)
     torch.save(TorchvisionResNet(Basic, (2, 2, 2, 2), 10).state_dict(), tmp_path / "r18.pth")

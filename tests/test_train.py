@@ -26,7 +26,7 @@ def test_cli_train_writes_the_contract(tmp_path):
         [
             sys.executable,
             "-m",
-            "jtl.cli",
+            "jtl.commands.cli",
             "train",
             "--config",
             f"{TINY}:steps=40",
@@ -67,7 +67,7 @@ def test_cli_train_writes_the_contract(tmp_path):
 
 
 def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     cfg = ["checkpoint_every=10", "eval_every=10", "augment='crop(2)|flip'"]
     full = train_lib.train(_tiny(*cfg, "total_steps=30"), tmp_path / "full")
@@ -81,7 +81,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch):
 
 def test_same_loss_on_one_and_two_devices(tmp_path):
     code = (
-        "import json,sys; from jtl import config as c, train as t; "
+        "import json,sys; from jtl import config as c; from jtl.run import train as t; "
         f"cfg=c.load_config('{TINY}:steps=12', ['log_every=1','augment=\"crop(2)\"', "
         "'optim.name=\"momentum\"', 'optim.lr=0.05']); "
         "t.train(cfg, sys.argv[1])"
@@ -107,7 +107,7 @@ def test_same_loss_on_one_and_two_devices(tmp_path):
 
 
 def test_finished_run_is_not_retrained_and_other_config_is_refused(tmp_path):
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     wd = tmp_path / "run"
     first = train_lib.train(_tiny("total_steps=10"), wd)
@@ -132,14 +132,14 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(tmp_path):
     ],
 )
 def test_bad_config_values_give_clear_errors(tmp_path, override, error, match):
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     with pytest.raises(error, match=match):
         train_lib.train(_tiny(override), tmp_path / "run")
 
 
 def test_bfloat16_compute_tracks_float32(tmp_path):
-    from jtl import train as train_lib
+    from jtl.run import train as train_lib
 
     losses = {}
     for dtype in ("float32", "bfloat16"):

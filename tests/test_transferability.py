@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jtl import transferability as tr
+from jtl.advisor import transferability as tr
 
 
 def _separable(n=200, d=8, c=4, noise=0.1, seed=0):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jtl.data import registry, transforms
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 
 def _npz(path, n=48, classes=4, shape=(8, 8), seed=0):

@@ -20,7 +20,7 @@ from typing import Any
 from jtl.advisor import model as model_lib
 from jtl.advisor.table import SCRATCH
 from jtl.advisor.validation import choose
-from jtl.errors import MissingFileError
+from jtl.runtime.errors import MissingFileError
 
 FITTED = Path(__file__).with_name("fitted.json")
 CATCH_UP_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)

@@ -16,7 +16,7 @@ from typing import Any
 from jtl.advisor import model as model_lib
 from jtl.advisor import table as table_lib
 from jtl.advisor import validation
-from jtl.errors import DataError
+from jtl.runtime.errors import DataError
 
 MIN_ENTRIES = 6
 

@@ -35,7 +35,7 @@ def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and v is not None else math.nan
 
 
-# name -> how to compute it from a record (jtl.study.advise_scores / jtl.advise.advise).
+# name -> how to compute it from a record (jtl.study.advise_scores / jtl.advisor.advise.advise).
 FEATURES: dict[str, Callable[[Record], float]] = {
     "probe_gap": _gap("probe_accuracy"),
     "knn_gap": _gap("knn_accuracy"),

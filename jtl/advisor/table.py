@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from jtl.errors import MissingFileError
+from jtl.runtime.errors import MissingFileError
 
 SCRATCH = "scratch"
 ALPHA = 0.05  # one-sided Welch test: "transfer helps significantly"
@@ -44,7 +44,7 @@ def read_studies(paths: Iterable[str | Path]) -> tuple[list[dict], list[dict]]:
 
 def _source_facts(root: Path, source: str) -> dict[str, Any]:
     """A trained source's data set and accuracy from its run (for records scored before
-    jtl.advise recorded them); empty for imports and sources trained elsewhere."""
+    jtl.advisor.advise recorded them); empty for imports and sources trained elsewhere."""
     summary = root / "sources" / source / "summary.json"
     if not summary.exists():
         return {}

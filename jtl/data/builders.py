@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jtl.data import sources
-from jtl.errors import DataError
+from jtl.runtime.errors import DataError
 
 # 1.1.0: a user data set without a test split is prepared as train only.
 USER_DATA_VERSION = tfds.core.Version("1.1.0")

@@ -27,8 +27,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from jtl.data import builders, sources, transforms
-from jtl.errors import DataError
-from jtl.paths import unique_tmp
+from jtl.runtime.errors import DataError
+from jtl.runtime.paths import unique_tmp
 
 NETWORK_TIMEOUT_S = 5.0  # the reachability check before a catalog download
 # Splits up to this size are read into memory once (fast epochs); larger ones stream.

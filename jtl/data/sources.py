@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jtl.paths import cache_dir
+from jtl.runtime.paths import cache_dir
 
 MNIST_FILES = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jtl.errors import DataError
+from jtl.runtime.errors import DataError
 
 
 def _per_class_order(labels: np.ndarray, indices: np.ndarray, seed: int) -> dict[int, np.ndarray]:

@@ -19,7 +19,7 @@ from absl import logging
 
 from jtl.data import pipeline, registry, subsets
 from jtl.data import text as text_data
-from jtl.errors import DataError
+from jtl.runtime.errors import DataError
 
 SHIFT = "shift:"  # eval_batches split prefix for `eval_shifts` data sets
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from jtl.data.augment import resize_images
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 SEPARATOR = "|"
 _STEP = re.compile(r"^([a-z_]+)(?:\((.*)\))?$")

@@ -1,7 +1,7 @@
 """Import foreign weights as a jtl checkpoint: file -> checked flax variables -> orbax + meta.
 
 `convert_file` does the reading and checked conversion in memory; `import_checkpoint` then writes
-with `jtl.checkpoint.save_variables`, which writes to a temporary sibling and renames, so a
+with `jtl.weights.checkpoint.save_variables`, which writes to a temporary sibling and renames, so a
 failed import (wrong file, truncated file, existing output) leaves nothing partial behind.
 """
 
@@ -49,7 +49,8 @@ class ImportSpec:
     image_size: int
     class_names: Callable[[], tuple[str, ...]] | None = None
     preprocessing: str = ""
-    # Machine-readable input scaling for `jtl predict`/`jtl advise` (jtl.source_model.PREPROCESS).
+    # Machine-readable input scaling for `jtl predict`/`jtl advise`
+    # (jtl.weights.source_model.PREPROCESS).
     preprocess: str = "minus_one_one"
 
 
@@ -256,7 +257,7 @@ def import_checkpoint(
     Conversion happens fully in memory before anything is written, and `save_variables`
     refuses a non-empty `out_dir` and writes atomically: an error leaves nothing partial.
     """
-    from jtl.checkpoint import save_variables
+    from jtl.weights.checkpoint import save_variables
 
     variables, meta = convert_file(path, model_name, model_kwargs)
     save_variables(out_dir, variables, meta)

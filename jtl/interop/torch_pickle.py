@@ -33,7 +33,7 @@ from typing import IO, Any
 import ml_dtypes
 import numpy as np
 
-from jtl.errors import MissingFileError, UserError
+from jtl.runtime.errors import MissingFileError, UserError
 
 __all__ = [
     "UnsafePickleError",

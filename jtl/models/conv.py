@@ -135,7 +135,7 @@ def probe_matmul_wgrad(cache: Path | None = None) -> bool:
     key = _machine_key()
     if key in _probe_memo:
         return _probe_memo[key]
-    from jtl.paths import cache_dir
+    from jtl.runtime.paths import cache_dir
 
     path = cache or cache_dir() / _PROBE_FILE
     try:

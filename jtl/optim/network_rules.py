@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 HEAD_REGEX = "head/.*"
 

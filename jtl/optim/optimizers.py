@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jtl.errors import ConfigError
 from jtl.optim import rules as rules_lib
 from jtl.optim import schedules as schedules_lib
+from jtl.runtime.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lamb", "rmsprop")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 Rule = tuple[str, Any]
 

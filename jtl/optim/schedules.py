@@ -16,7 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 # name -> keyword arguments the schedule accepts (besides base_lr/total_steps/warmup_steps).
 SCHEDULES: dict[str, dict[str, Any]] = {

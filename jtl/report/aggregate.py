@@ -22,8 +22,8 @@ def is_scratch(row: dict[str, Any]) -> bool:
     return row.get("strategy") == SCRATCH or row.get("source") in (None, "none")
 
 
-# Per-run cost fields of a result row (jtl.costs.COST_FIELDS; not imported: the report reads
-# rows only) that aggregate and the cost table average.
+# Per-run cost fields of a result row (jtl.evaluation.costs.COST_FIELDS; not imported: the
+# report reads rows only) that aggregate and the cost table average.
 RUN_COST_FIELDS = (
     "trainable_params",
     "flops_per_step",

@@ -1,5 +1,6 @@
 """The calibration section: ECE and NLL per arm before and after temperature scaling, and
-reliability diagrams (rows carry each run's jtl.calibration fields; older rows have none).
+reliability diagrams (rows carry each run's jtl.evaluation.calibration fields; older rows have
+none).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def calibration_section(doc: _Doc, rows: Sequence[dict[str, Any]], plot_path: Pa
     doc.p(
         "Test ECE (15 equal-width confidence bins), NLL and Brier per arm, mean over seeds; "
         "'→' gives the value after temperature scaling with T fitted on validation by NLL "
-        "(jtl.calibration)."
+        "(jtl.evaluation.calibration)."
     )
     doc.table(
         ["target", "size", "arm", "n", "T", "ECE %", "NLL", "Brier"],

@@ -238,7 +238,8 @@ def _mib(v: float | None) -> str:
 
 
 def _run_cost_table(doc: _Doc, costs: Sequence[dict]) -> None:
-    """What one run of each arm holds and needs (summary.json's cost fields, jtl.costs)."""
+    """What one run of each arm holds and needs (summary.json's cost fields,
+    jtl.evaluation.costs)."""
     if not any(c.get("trainable_params") is not None for c in costs):
         return
     doc.p(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
-from jtl import strategies
+from jtl.transfer import strategies
 
 BUDGETS = ("equal_steps", "converged")
 

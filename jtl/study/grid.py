@@ -15,9 +15,9 @@ from pathlib import Path
 import ml_collections as mlc
 
 from jtl import config as config_lib
-from jtl import strategies
 from jtl.study import sweep as sweep_lib
 from jtl.study.budget import budget_overrides, convergence_defaults, validate_budget
+from jtl.transfer import strategies
 
 SOURCE_ARG_KINDS = ("train", "import", "checkpoint")
 
@@ -74,7 +74,7 @@ def study_defaults() -> mlc.ConfigDict:
     # target, arm and size). Every arm still gets the same grid; the sweep costs N/len(seeds).
     s.sweep_tune_seeds = 0
     # Strategies whose sweep trials (every value of the grid, same seed) also make a greedy soup
-    # (jtl.soup), reported as its own arm `soup_STRATEGY`: the soup costs no extra training.
+    # (jtl.run.soup), reported as its own arm `soup_STRATEGY`: the soup costs no extra training.
     s.soups = ()
     s.advise_sample = 500  # target examples scored per (source, target); 0 = no advisor
     return s

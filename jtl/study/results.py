@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections as mlc
 from absl import logging
 
-from jtl import costs, run_summary
+from jtl.evaluation import costs, run_summary
 from jtl.study import sweep as sweep_lib
 from jtl.study.grid import Cell, source_dir
 
@@ -22,12 +22,12 @@ def advise_scores(study: mlc.ConfigDict, root: Path, cells: Sequence[Cell]) -> l
     """Transferability scores per (source, target, size), cached in `advise/`.
 
     Each size is scored on at most as many labelled examples per class as its cells train on
-    (`jtl.advise.advise(per_class=...)`), capped at `advise_sample`: a score uses no label the
-    user would not have. The report and the advisor's benchmark table read these records.
+    (`jtl.advisor.advise.advise(per_class=...)`), capped at `advise_sample`: a score uses no
+    label the user would not have. The report and the advisor's benchmark table read these records.
     """
     if not study.advise_sample or not study.sources:
         return []
-    from jtl.advise import advise
+    from jtl.advisor.advise import advise
 
     out = []
     # Only (target, size) pairs with a finished cell: a partial (or resumed) study scores what
@@ -100,7 +100,7 @@ def diverged_cells(cells: Sequence[Cell], root: Path) -> list[str]:
 
 
 def _curve(workdir: Path) -> dict[str, list[list[float]]]:
-    from jtl.metrics import read_metrics
+    from jtl.evaluation.metrics import read_metrics
 
     curve: dict[str, list[list[float]]] = {"train": [], "val": []}
     for r in read_metrics(workdir):
@@ -147,7 +147,7 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "wall_time_s": float(s.get("wall_time_s", float("nan"))),
                 "images_seen": int(s.get("images_seen", 0)),
                 "train_flops": flops * steps_run if flops else None,
-                # Cost of the run (jtl.costs); older summaries lack some: None.
+                # Cost of the run (jtl.evaluation.costs); older summaries lack some: None.
                 **{k: s.get(k) for k in costs.COST_FIELDS},
                 "early_stopped_step": (s.get("early_stopping") or {}).get("stopped_step"),
                 # Runs from before converged budgets were equal-step runs.
@@ -157,7 +157,7 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 "epochs_run": s.get("epochs_run"),
                 "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,
                 **_probe_choice(s),
-                # calibration (jtl.calibration); None for runs from before it
+                # calibration (jtl.evaluation.calibration); None for runs from before it
                 **{k: s.get(k) for k in CALIBRATION_FIELDS},
                 **sweep,
                 "curve": _curve(cell.workdir(root)),

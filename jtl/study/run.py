@@ -40,9 +40,9 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
-from jtl import run_summary
-from jtl.preemption import EXIT_CODE as PREEMPTED_EXIT
-from jtl.preemption import Preempted, Preemption
+from jtl.evaluation import run_summary
+from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
+from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
 from jtl.study.grid import (
     Cell,
@@ -60,8 +60,8 @@ def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
     summary, cfg = workdir / "summary.json", workdir / "config.json"
     if not (summary.exists() and cfg.exists()):
         return False
-    from jtl.source_model import resolve_input_scale
-    from jtl.strategies import recorded_run_diff
+    from jtl.transfer.strategies import recorded_run_diff
+    from jtl.weights.source_model import resolve_input_scale
 
     recorded = json.loads(cfg.read_text())
     return not recorded_run_diff(recorded, config, resolve_input_scale(config))
@@ -71,7 +71,7 @@ def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Trains unless finished; returns the summary."""
     if is_finished(workdir, config):
         return dict(run_summary.read(workdir) or {})
-    from jtl.train import train
+    from jtl.run.train import train
 
     return train(config, workdir)
 
@@ -106,7 +106,7 @@ def prepare_sources(study: mlc.ConfigDict, root: Path) -> dict[str, Path]:
 
 
 def _run_in_process(cell: Cell, root: Path) -> None:
-    from jtl.errors import DivergedError
+    from jtl.runtime.errors import DivergedError
 
     config = cell.config()
     config.progress = False
@@ -121,7 +121,7 @@ def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
-    jtl = f"{shlex.quote(sys.executable)} -m jtl.cli"
+    jtl = f"{shlex.quote(sys.executable)} -m jtl.commands.cli"
     queue = list(cells)
     running: list[tuple[Cell, subprocess.Popen, Any]] = []
     failed: list[tuple[Cell, str]] = []

@@ -17,8 +17,8 @@ at the values with the best mean validation accuracy over those seeds' grids (`r
 before it runs). Every arm still gets the same grid; the report marks those rows `tuned_on`.
 
 Linear-probe arms are not swept: SGD hyperparameters mean nothing to them, and they already
-choose their L2 strength on validation from their own grid (jtl/probe.py); they count as one
-run whose internal validation grid is their tuning budget, and the report says so. LP-FT's
+choose their L2 strength on validation from their own grid (jtl/transfer/probe.py); they count
+as one run whose internal validation grid is their tuning budget, and the report says so. LP-FT's
 fine-tuning stage is swept like any other SGD arm, and so is WiSE-FT's: a trial picks alpha on
 validation only and keeps its w0 (`wise_start.npz`); the chosen trial's whole curve is evaluated
 on test and the shifts after selection, like its test accuracy.
@@ -40,7 +40,8 @@ import ml_collections as mlc
 from absl import logging
 
 from jtl import config as config_lib
-from jtl import run_summary, strategies
+from jtl.evaluation import run_summary
+from jtl.transfer import strategies
 
 # sweep axis -> the cell-config key it sets
 AXES = {"lr": "optim.lr", "weight_decay": "optim.weight_decay"}
@@ -232,8 +233,10 @@ def select(summaries: Sequence[dict[str, Any]]) -> int | None:
 
 def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Test loss and accuracy of a finished run's reported weights, from its last checkpoint."""
-    from jtl import calibration, slim_checkpoint, strategies
-    from jtl.train import WeightsEvaluator, evaluate_shifts, kept_arrays
+    from jtl.evaluation import calibration
+    from jtl.run.train import WeightsEvaluator, evaluate_shifts, kept_arrays
+    from jtl.transfer import strategies
+    from jtl.weights import slim_checkpoint
 
     t = time.time()
     evaluate_split = WeightsEvaluator(config)
@@ -340,7 +343,7 @@ def soup_dir(root: Path, gid: str, trials: Sequence[Any]) -> Path:
 
 def make_soups(cells: Sequence[Any], root: Path, strategies: Sequence[str]) -> list[Path]:
     """A greedy soup of every finished, selected sweep of `strategies` (once; resumable)."""
-    from jtl import soup
+    from jtl.run import soup
 
     out = []
     for gid, trials in groups(cells).items():

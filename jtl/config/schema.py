@@ -1,24 +1,13 @@
-"""Run configuration: the defaults every `configs/*.py` starts from, and loading by path.
+"""The run config's schema: every field the trainer reads, with its default and why.
 
-Configs are ml_collections `ConfigDict`s, locked so a typo'd override fails instead of being
-silently added. `configs/x.py:key=value,...` passes the string after `:` to `get_config(arg)`.
+Built by section, in the order the fields appear in config.json. Configs are ml_collections
+`ConfigDict`s, locked so a typo'd override fails instead of being silently added.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
-import json
-import site
-import sysconfig
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
 import ml_collections as mlc
 
-from jtl.errors import ConfigError, ConfigTypeError, MissingFileError
 from jtl.optim import optimizers
 
 
@@ -67,7 +56,7 @@ def _budget_fields(c: mlc.ConfigDict) -> None:
 
 def _early_stopping_fields(c: mlc.ConfigDict) -> None:
     """Converged budgets: epoch caps, patience and the step floors that keep them sane."""
-    # Converged budgets (jtl/early_stopping.py). > 0: stop when validation accuracy has not
+    # Converged budgets (jtl/run/early_stopping.py). > 0: stop when validation accuracy has not
     # improved by more than `min_delta` for this many evaluations and report the best evaluated
     # model; summary.json records `converged` (false = hit the cap while still improving).
     c.early_stopping_patience = 0
@@ -132,7 +121,8 @@ def _init_fields(c: mlc.ConfigDict) -> None:
 
 def _strategy_fields(c: mlc.ConfigDict) -> None:
     """`strategy` and `strategy_args`: every knob of every transfer strategy, in one place."""
-    # See jtl/strategies.py for what each strategy sets; every field below stays overridable.
+    # See jtl/transfer/strategies.py for what each strategy sets; every field below stays
+    # overridable.
     c.strategy = "scratch"
     a = c.strategy_args = mlc.ConfigDict()
     a.backbone_lr_mult = 0.1  # the folk rule: backbone at 10x lower LR than the new head
@@ -185,193 +175,3 @@ def base_config() -> mlc.ConfigDict:
     _strategy_fields(c)
     _runtime_fields(c)
     return c
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str]) -> mlc.ConfigDict:
-    """Applies `key.sub=value` strings; an unknown key fails with the list of valid ones."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        key = key.removeprefix("--").removeprefix("config.")
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node:
-                raise ConfigError(f"unknown config key {key!r}: {p!r} is not one of {sorted(node)}")
-            node = node[p]
-        if leaf not in node:
-            raise ConfigError(f"unknown config key {key!r}: valid keys here are {sorted(node)}")
-        value = _parse_value(raw)
-        current = node[leaf]
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if isinstance(current, tuple) and isinstance(value, str):  # one name: a 1-tuple
-            value = (value,)
-        if isinstance(current, str) and not isinstance(value, str):
-            value = raw
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        try:
-            node[leaf] = value
-        except (TypeError, ValueError):
-            kind = type(current).__name__
-            raise ConfigTypeError(
-                f"{key}={raw!r}: expected {kind} (like the default {current!r})"
-            ) from None
-    return config
-
-
-def config_search_roots() -> list[Path]:
-    """Where relative config paths are looked up, in order.
-
-    The working directory; the source checkout this jtl runs from (editable installs); and the
-    data directory a non-editable `pip install` put the shipped `configs/` in
-    (`<prefix>/share/jtl`, see pyproject.toml), so `configs/studies/X.py` works from anywhere.
-    """
-    roots = [Path.cwd(), Path(__file__).resolve().parent.parent]
-    for base in (sysconfig.get_path("data"), site.getuserbase()):
-        if base:
-            roots.append(Path(base) / "share" / "jtl")
-    return list(dict.fromkeys(roots))
-
-
-def resolve_config_path(path: str | Path) -> Path:
-    """An existing config file for `path` (absolute, or relative to a search root)."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        candidates = [p]
-    else:
-        candidates = [root / p for root in config_search_roots()]
-    for c in candidates:
-        if c.is_file():
-            return c.absolute()
-    where = ", ".join(str(c.parent) for c in candidates)
-    raise MissingFileError(
-        f"config file {str(path)!r} not found", f"looked in {where}; expected configs/NAME.py"
-    )
-
-
-def load_module(path: str | Path) -> Any:
-    """Imports a config file by path (configs are files, not an installed package)."""
-    file = resolve_config_path(path)
-    module_spec = importlib.util.spec_from_file_location(f"jtl_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    assert module_spec.loader is not None
-    try:
-        module_spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise ConfigError(
-            f"config file {file} has a syntax error at line {e.lineno}: {e.msg}",
-            "fix the file (python -m py_compile FILE shows it)",
-        ) from None
-    return module
-
-
-def load_config(spec: str, overrides: Sequence[str] = ()) -> mlc.ConfigDict:
-    """`path/to/config.py[:arg]` -> locked ConfigDict with `overrides` applied."""
-    path, _, arg = spec.partition(":")
-    module = load_module(path)
-    config = module.get_config(arg) if arg else module.get_config()
-    config.lock()
-    return apply_overrides(config, overrides)
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
-    """big_vision's `key=value,key2=value2` config argument, typed by the defaults."""
-    out = mlc.ConfigDict(defaults)
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            key, raw = item, "True"
-        if key not in out:
-            raise ConfigError(f"unknown config argument {key!r}; valid: {sorted(out)}")
-        value = _parse_value(raw)
-        out[key] = raw if isinstance(out[key], str) and not isinstance(value, str) else value
-    return out
-
-
-def to_dict(config: mlc.ConfigDict) -> dict[str, Any]:
-    return json.loads(config.to_json())
-
-
-def fingerprint(config: mlc.ConfigDict, ignore: Sequence[str] = ("progress", "cpu_devices")) -> str:
-    """Hash of everything that changes results: a workdir only resumes the same experiment."""
-    d = to_dict(config)
-    for k in ignore:
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b.c": leaf}; empty dicts are leaves."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-# What runs recorded before a field existed did, where that is not the field's default: such a
-# record is the same experiment only where the new config asks for this value.
-LEGACY_VALUES = {"strategy_args.probe_batch_stats": "source"}
-
-
-def recorded_diff(
-    before: dict[str, Any],
-    new: dict[str, Any],
-    defaults: dict[str, Any],
-    ignore: Sequence[str] = (),
-) -> list[str]:
-    """Dotted keys where a recorded config (`before`) and `new` differ, both as nested dicts.
-
-    A field jtl added after the record was written does not count while `new` holds its
-    default (it cannot have changed what was recorded), so adding a field never orphans old
-    results; or, for a field whose default changed what runs do, its `LEGACY_VALUES` entry.
-    Keys whose first part is in `ignore` do not count either.
-    """
-    before, new, defaults = flatten(before), flatten(new), flatten(defaults)
-    return [
-        key
-        for key in sorted(set(new) | set(before))
-        if key.split(".")[0] not in ignore
-        and before.get(key) != new.get(key)
-        and not (
-            key not in before
-            and key in defaults
-            and new.get(key) == LEGACY_VALUES.get(key, defaults[key])
-        )
-    ]
-
-
-def config_diff(
-    old: dict[str, Any],
-    config: mlc.ConfigDict,
-    ignore: Sequence[str] = ("progress", "cpu_devices"),
-    unread: Sequence[str] = (),
-    input_scale: str = "minus_one_one",
-) -> list[str]:
-    """Dotted keys where a saved `config.json` and `config` describe different experiments.
-
-    `unread`: dotted keys the run never reads (another strategy's `strategy_args`), ignored.
-    `input_scale`: what `config.input_scale` resolves to (`source_model.resolve_input_scale`:
-    the config knows no checkpoint), for a saved config from before input scales existed.
-    """
-    before = {k: v for k, v in old.items() if not k.startswith("_")}
-    diff = recorded_diff(before, to_dict(config), to_dict(base_config()), ignore)
-    diff = [k for k in diff if not any(k == u or k.startswith(u + ".") for u in unread)]
-    if "input_scale" not in before:
-        # Before input scales, every run fed [-1, 1]: the same experiment only where
-        # `input_scale` still resolves to that (not for a torchvision or Lite0 source).
-        same = input_scale == "minus_one_one"
-        diff = sorted([k for k in diff if k != "input_scale"] + ([] if same else ["input_scale"]))
-    return diff

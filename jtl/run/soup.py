@@ -30,10 +30,12 @@ from typing import Any
 import ml_collections as mlc
 import numpy as np
 
-from jtl import calibration, peft, run_summary, slim_checkpoint, source_model
-from jtl import checkpoint as ckpt
-from jtl.errors import MissingFileError, UserError
-from jtl.train import WeightsEvaluator, evaluate_shifts, kept_arrays
+from jtl.evaluation import calibration, run_summary
+from jtl.models import peft
+from jtl.run.train import WeightsEvaluator, evaluate_shifts, kept_arrays
+from jtl.runtime.errors import MissingFileError, UserError
+from jtl.weights import checkpoint as ckpt
+from jtl.weights import slim_checkpoint, source_model
 
 BARRIER_POINTS = 11  # alpha = 0, 0.1, ..., 1 on the line between two members
 MAX_ERROR_BARRIER = 0.02  # accuracy points (as a fraction) above the chord: Frankle et al. 2020
@@ -271,7 +273,7 @@ def _summary(
 
 def _write(out: Path, first: Member, variables: dict, summary: dict[str, Any]) -> None:
     """The soup's weights as a `jtl import`-style directory, then its summary.json."""
-    from jtl.export import import_meta
+    from jtl.weights.export import import_meta
 
     meta = import_meta(
         source_model.describe(first.path),

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from jtl.paths import as_path, is_remote
+from jtl.runtime.paths import as_path, is_remote
 
 
 def _clean(value: Any) -> Any:

@@ -16,12 +16,14 @@ import numpy as np
 from absl import logging
 from scipy.special import log_softmax
 
-from jtl import calibration, costs, probe, sharding
-from jtl import checkpoint as ckpt
 from jtl.data import pipeline
 from jtl.data import text as text_data
 from jtl.data.target import SHIFT
-from jtl.paths import cache_dir
+from jtl.evaluation import calibration, costs
+from jtl.runtime import sharding
+from jtl.runtime.paths import cache_dir
+from jtl.transfer import probe
+from jtl.weights import checkpoint as ckpt
 
 
 def features_identity(variables: dict) -> str:

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jtl.errors import ConfigError, UserError, format_error
-from jtl.preemption import EXIT_CODE as PREEMPTED_EXIT
-from jtl.preemption import Preempted
-from jtl.process import setup_logging, setup_process
+from jtl.runtime.errors import ConfigError, UserError, format_error
+from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
+from jtl.runtime.preemption import Preempted
+from jtl.runtime.process import setup_logging, setup_process
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,8 +64,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(rest)
-    from jtl import config_check
     from jtl.config import load_config
+    from jtl.run import config_check
 
     config = load_config(args.config, overrides)
     config_check.check(config)  # before anything is built: one line per mistake
@@ -74,7 +74,7 @@ def cmd_train(argv: Sequence[str]) -> int:
             f"--workdir {args.workdir} is an existing file", "give a directory (new or a run's)"
         )
     setup_process([config.batch_size, config.eval_batch_size], config.cpu_devices, not args.quiet)
-    from jtl.train import train
+    from jtl.run.train import train
 
     summary = train(config, args.workdir)
     print(json.dumps({k: summary[k] for k in ("test_accuracy", "test_loss", "wall_time_s")}))
@@ -86,7 +86,7 @@ def _train_epilog() -> str:
     from jtl.data import sources, transforms
     from jtl.models import list_models
     from jtl.optim.optimizers import OPTIMIZERS
-    from jtl.strategies import REGISTRY
+    from jtl.transfer.strategies import REGISTRY
 
     lines = [
         "config:",
@@ -206,7 +206,7 @@ def cmd_predict(argv: Sequence[str]) -> int:
     )
     args = p.parse_args(argv)
     setup_logging(verbose=False)
-    from jtl.predict import load_image, predict, temperature
+    from jtl.weights.predict import load_image, predict, temperature
 
     t = temperature(args.checkpoint) if args.calibrated else 1.0
     image = load_image(args.image)
@@ -234,7 +234,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     )
     args = p.parse_args(argv)
     setup_logging(verbose=False)
-    from jtl.export import export_merged
+    from jtl.weights.export import export_merged
 
     meta = export_merged(args.checkpoint, args.out, args.base)
     print(f"exported {meta['strategy']} run {args.checkpoint} (step {meta['step']}) -> {args.out}")
@@ -242,7 +242,7 @@ def cmd_export(argv: Sequence[str]) -> int:
 
 
 def cmd_soup(argv: Sequence[str]) -> int:
-    from jtl import soup
+    from jtl.run import soup
 
     p = _Parser(
         prog="jtl soup",
@@ -292,7 +292,7 @@ def cmd_advise(argv: Sequence[str]) -> int:
     if args.per_class is not None and args.per_class < 1:
         raise ConfigError(f"--per_class {args.per_class}: give at least 1 example per class")
     setup_logging(verbose=False)
-    from jtl.advise import advise
+    from jtl.advisor.advise import advise
 
     result = advise(
         args.checkpoint, args.dataset, args.sample, args.image_size, per_class=args.per_class,
@@ -421,7 +421,7 @@ def cmd_study(argv: Sequence[str]) -> int:
 
 
 def cmd_quickstart(argv: Sequence[str]) -> int:
-    from jtl import quickstart
+    from jtl.commands import quickstart
 
     return quickstart.main(argv)
 
@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     if debug:
         os.environ["JTL_DEBUG"] = (
-            "1"  # also shows library error logs (see jtl.process.setup_logging)
+            "1"  # also shows library error logs (see jtl.runtime.process.setup_logging)
         )
     elif as_program:
         _filter_loop_closed()

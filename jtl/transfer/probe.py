@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from jtl.paths import unique_tmp
+from jtl.runtime.paths import unique_tmp
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -17,8 +17,11 @@ import jax
 import numpy as np
 
 from jtl import advisor as advisor_lib
-from jtl import probe, run_summary, source_model, transferability
+from jtl.advisor import transferability
 from jtl.data import pipeline, registry, subsets
+from jtl.evaluation import run_summary
+from jtl.transfer import probe
+from jtl.weights import source_model
 
 # What the fitted advisor reads besides the scores (jtl.advisor.model.FEATURES).
 RECORD_KEYS = ("per_class", "num_classes", "source_accuracy")

@@ -30,14 +30,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from jtl.errors import (
+from jtl.runtime.errors import (
     CheckpointError,
     CheckpointWriteError,
     MissingFileError,
     UserError,
     one_line,
 )
-from jtl.paths import as_path
+from jtl.runtime.paths import as_path
 
 WEIGHT_COLLECTIONS = ("params", "batch_stats")
 
@@ -372,7 +372,7 @@ def load_variables(
 ) -> tuple[dict[str, Any], LoadReport]:
     """Restores `params`/`batch_stats` from a checkpoint (see `_load_variables`); `arrays`
     (flat, host) replaces what the checkpoint stores (a PEFT run's weights with its base filled
-    in, `jtl.slim_checkpoint.load_variables`), matched by the same rules.
+    in, `jtl.weights.slim_checkpoint.load_variables`), matched by the same rules.
 
     A checkpoint that cannot be read at all (truncated, corrupt, not orbax) is one
     `CheckpointError` naming the path, never a library traceback.

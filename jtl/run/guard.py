@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 POLICIES = ("stop", "skip")
 

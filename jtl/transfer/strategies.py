@@ -29,7 +29,7 @@ Any fine-tuning strategy also takes `layer_decay` (layer-wise LR decay per depth
 Adding a strategy is one `@register`ed function below (it gets a `Setup`, returns a `Plan`,
 or a `ProbePlan` when it takes no SGD steps), one row in README.md's strategy table and one
 test; tests/test_strategies.py::test_registry_matches_readme_and_tests checks all three. The
-trainer never tests a strategy name. PEFT mechanics live in `jtl.peft`.
+trainer never tests a strategy name. PEFT mechanics live in `jtl.models.peft`.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
-from jtl import peft, slim_checkpoint
-from jtl.errors import ConfigError
-from jtl.models import TEXT_MODELS
+from jtl.models import TEXT_MODELS, peft
 from jtl.optim import network_rules, trainable_mask
-from jtl.slim_checkpoint import SlimCheckpoint, absolute
+from jtl.runtime.errors import ConfigError
+from jtl.weights import checkpoint as ckpt
+from jtl.weights import slim_checkpoint
+from jtl.weights.slim_checkpoint import SlimCheckpoint, absolute
 
 
 def _zero_penalty(params: Any) -> jax.Array:
@@ -86,9 +86,9 @@ class Plan:
     )
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     # The model the trainer applies (train and eval) when the params tree carries extra
-    # subtrees (PEFT: `jtl.peft.PeftModel`); None: the model the trainer built.
+    # subtrees (PEFT: `jtl.models.peft.PeftModel`); None: the model the trainer built.
     model: Any = None
-    # Checkpoints without the frozen base (PEFT: `jtl.slim_checkpoint`); None: full state.
+    # Checkpoints without the frozen base (PEFT: `jtl.weights.slim_checkpoint`); None: full state.
     checkpoint: Any = None
 
 
@@ -169,7 +169,7 @@ def _wise_finish(
 ) -> Callable[..., dict[str, Any]]:
     """The WiSE-FT curve: accuracy and ECE at every alpha, on validation, test and each shift
     (`eval_shifts`); alpha is chosen on validation accuracy only, the whole curve is kept."""
-    from jtl import calibration
+    from jtl.evaluation import calibration
 
     def measured(v: dict, split: str, evaluate: Callable[..., dict]) -> dict[str, float]:
         keep: list = []
@@ -214,7 +214,7 @@ def _wise_finish(
             "wise_best_alpha": best["alpha"],
             # w0, kept with the run: a sweep evaluates the chosen trial's curve on test later.
             "finish_weights": {WISE_START: start},
-            # The trainer reports calibration and shifts of these weights (jtl.train).
+            # The trainer reports calibration and shifts of these weights (jtl.run.train).
             "reported_variables": chosen,
             # The ensemble picked on validation is the strategy's answer.
             "test_accuracy": best["test_accuracy"],
@@ -476,7 +476,7 @@ def scratch(s: Setup) -> Plan:
 @register("linear_probe", own_args=("probe_kinds",), sgd=False)
 def linear_probe(s: Setup) -> ProbePlan:
     """Cached bottleneck features, then logistic / ridge / SVM chosen on validation."""
-    from jtl.linear_probe import probe_summary
+    from jtl.transfer.linear_probe import probe_summary
 
     return ProbePlan(lambda: {**probe_summary(s.config, s.model, s.variables, s.data), **s.info})
 
@@ -543,7 +543,7 @@ def target_batch_stats(s: Setup, passes: int = 2) -> dict[str, Any]:
 def _probed_head(s: Setup) -> dict[str, Any]:
     """LP-FT's start: the pretrained backbone with a linear probe fitted on the target (on
     features under the target's BN statistics unless `probe_batch_stats="source"`)."""
-    from jtl.linear_probe import fit_probe_on_target
+    from jtl.transfer.linear_probe import fit_probe_on_target
 
     where = s.args.probe_batch_stats
     if where not in ("target", "source"):
@@ -639,7 +639,7 @@ def _peft_rng(config: mlc.ConfigDict) -> jax.Array:
 
 @register("lora", peft=True, own_args=("lora_rank", "lora_alpha", "lora_targets"))
 def lora(s: Setup) -> Plan:
-    """LoRA: frozen base, trainable head + `lora/...` factors (see jtl.peft for the transform).
+    """LoRA: frozen base, trainable head + `lora/...` factors (jtl.models.peft: the transform).
 
     Default targets: BERT's attention query and value kernels (the LoRA paper's choice);
     every backbone conv / Dense kernel for image models.

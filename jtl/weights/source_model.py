@@ -269,7 +269,7 @@ def load(
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example, train=False))
     target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    from jtl.slim_checkpoint import load_variables  # a PEFT run loads with its base, merged
+    from jtl.weights.slim_checkpoint import load_variables  # a PEFT run loads with its base, merged
 
     variables, _ = load_variables(directory, target, exclude=(), base=base)
     if not variables["batch_stats"]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from jtl.errors import ConfigError
+from jtl.runtime.errors import ConfigError
 
 
 def _int(lo: int) -> tuple[Callable[[Any], bool], str]:
@@ -86,7 +86,7 @@ def _names(config: mlc.ConfigDict) -> list[str]:
     from jtl.data.augment import INPUT_SCALES
     from jtl.models import list_models
     from jtl.optim.optimizers import OPTIMIZERS
-    from jtl.strategies import REGISTRY
+    from jtl.transfer.strategies import REGISTRY
 
     problems = []
     checks = (

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypedDict
 
-from jtl.errors import UserError
+from jtl.runtime.errors import UserError
 
 Number = int | float
 
@@ -39,14 +39,14 @@ class RunSummary(TypedDict, total=False):
     processes: int
     skipped_images: int  # unreadable images skipped (`skip_bad_images`)
     input_scale: str  # uint8 -> input scale fed (jtl.data.augment.INPUT_SCALES)
-    init: str  # what the pretrained load took and left (jtl.checkpoint.LoadReport)
+    init: str  # what the pretrained load took and left (jtl.weights.checkpoint.LoadReport)
     # results (None: not evaluated, or the run diverged)
     test_accuracy: float | None
     test_loss: float | None
     val_accuracy: float | None
     val_loss: float | None
-    # calibration (jtl.calibration): NLL, Brier, ECE (15 equal-width bins), raw and at the
-    # temperature fitted on validation (`_ts`); reliability bins per split
+    # calibration (jtl.evaluation.calibration): NLL, Brier, ECE (15 equal-width bins), raw and
+    # at the temperature fitted on validation (`_ts`); reliability bins per split
     temperature: float
     val_nll: float
     val_brier: float
@@ -68,7 +68,7 @@ class RunSummary(TypedDict, total=False):
     soup: dict[str, Any]
     trained_test_accuracy: float | None
     trained_val_accuracy: float | None
-    # budget and convergence (jtl.early_stopping)
+    # budget and convergence (jtl.run.early_stopping)
     steps: int  # the configured budget (`total_steps`, the cap under a converged budget)
     steps_run: int
     images_seen: int
@@ -81,7 +81,7 @@ class RunSummary(TypedDict, total=False):
     min_delta: float
     patience: int
     early_stopping: dict[str, Any]
-    # cost (jtl.costs)
+    # cost (jtl.evaluation.costs)
     trainable_params: int
     frozen_params: int
     flops_per_step: float | None
@@ -90,7 +90,7 @@ class RunSummary(TypedDict, total=False):
     peak_host_memory_bytes: int | None
     train_time_s: Number
     wall_time_s: Number
-    # faults (jtl.guard)
+    # faults (jtl.run.guard)
     resumed_from_step: int
     diverged: bool
     diverged_step: int
@@ -169,7 +169,9 @@ def check(summary: dict[str, Any]) -> RunSummary:
     problems = [f"missing {k}" for k in REQUIRED if k not in summary]
     for key, value in summary.items():
         if key not in FIELDS:
-            problems.append(f"undeclared field {key} (declare it in jtl.run_summary.RunSummary)")
+            problems.append(
+                f"undeclared field {key} (declare it in jtl.evaluation.run_summary.RunSummary)"
+            )
         elif not _matches(value, FIELDS[key]):
             problems.append(f"{key}={value!r} is not {FIELDS[key]}")
     if problems:

@@ -1,7 +1,7 @@
 """User errors: what went wrong and how to fix it, printed by `jtl` as one line.
 
 Every error a user can cause (a config typo, a missing file, a full disk, a diverged run)
-is, or is mapped to, a `UserError`. `jtl.cli.main` prints it as
+is, or is mapped to, a `UserError`. `jtl.commands.cli.main` prints it as
 
     jtl: error: WHAT (HINT)
 

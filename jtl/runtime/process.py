@@ -44,7 +44,7 @@ def enable_compilation_cache(directory: str | Path | None = None) -> None:
     """Persistent XLA cache: repeated runs (study cells, tests) skip recompiling the same step."""
     import jax
 
-    from jtl.paths import cache_dir
+    from jtl.runtime.paths import cache_dir
 
     directory = Path(directory) if directory else cache_dir() / "xla_cache"
     jax.config.update("jax_compilation_cache_dir", str(directory))
@@ -58,7 +58,7 @@ def setup_process(
 
     Call it before anything imports jax's backend: the device count is fixed at start-up.
     """
-    from jtl.cpu import configure_cpu_devices
+    from jtl.runtime.cpu import configure_cpu_devices
 
     setup_logging(verbose)
     if cpu_devices is not None:

@@ -1,7 +1,7 @@
 """`jtl export --merge`: a PEFT run -> a plain checkpoint any jtl command loads.
 
 A LoRA run's params hold `lora/<kernel path>/{a, b}` next to the frozen base; merging writes
-W + (alpha / r) a@b into each kernel (the same `jtl.peft.merge_lora` the trainer applies), so
+W + (alpha / r) a@b into each kernel (the same `jtl.models.peft.merge_lora` the trainer applies), so
 the exported model computes what the run evaluated, with the base model's own parameter tree.
 BitFit and norm-only runs are already plain and are copied as is. Adapters add layers the base
 architecture does not have, so they cannot be merged into it: that is refused.
@@ -17,9 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jtl import checkpoint as ckpt
-from jtl import peft, slim_checkpoint, source_model
-from jtl.errors import MissingFileError
+from jtl.models import peft
+from jtl.runtime.errors import MissingFileError
+from jtl.weights import checkpoint as ckpt
+from jtl.weights import slim_checkpoint, source_model
 
 
 def _run_state(run: Path, base: str | None = None) -> tuple[dict[str, Any], int]:

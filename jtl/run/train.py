@@ -24,31 +24,24 @@ import optax
 from absl import logging
 from etils import epath
 
-from jtl import (
-    calibration,
-    config_check,
-    costs,
-    guard,
-    peft,
-    preemption,
-    run_summary,
-    sharding,
-    source_model,
-)
-from jtl import checkpoint as ckpt
 from jtl import config as config_lib
 from jtl.data import transforms
 from jtl.data.pipeline import model_inputs
 from jtl.data.target import SHIFT, TargetData
-from jtl.dispatch import InFlight
-from jtl.early_stopping import EarlyStopping, resolve_budget
-from jtl.errors import DivergedError
-from jtl.metrics import MetricWriter
-from jtl.models import get_model
+from jtl.evaluation import calibration, costs, run_summary
+from jtl.evaluation.metrics import MetricWriter
+from jtl.models import get_model, peft
 from jtl.optim import format_group_table, groups_to_json, make_optimizer, trainable_mask
-from jtl.paths import as_path
-from jtl.slim_checkpoint import absolute
-from jtl.strategies import Plan, ProbePlan, plan_strategy, recorded_run_diff
+from jtl.run import config_check, guard
+from jtl.run.early_stopping import EarlyStopping, resolve_budget
+from jtl.runtime import preemption, sharding
+from jtl.runtime.dispatch import InFlight
+from jtl.runtime.errors import DivergedError
+from jtl.runtime.paths import as_path
+from jtl.transfer.strategies import Plan, ProbePlan, plan_strategy, recorded_run_diff
+from jtl.weights import checkpoint as ckpt
+from jtl.weights import source_model
+from jtl.weights.slim_checkpoint import absolute
 
 State = dict[str, Any]
 
@@ -74,7 +67,7 @@ def make_train_step(
     """One SGD step. Gradient norms read the trainable partition only (frozen grads stay dead).
 
     `metrics["finite"]` flags a finite loss and gradient norm; with `nonfinite="skip"` a
-    non-finite step keeps the previous state (see jtl.guard).
+    non-finite step keeps the previous state (see jtl.run.guard).
     """
 
     def step(state: State, batch: dict) -> tuple[State, dict]:
@@ -865,7 +858,7 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
         return summary
     run, state = _setup(config, workdir, t_start, mesh, data, model, plan, base)
     t_train = time.time()
-    # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.preemption).
+    # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.runtime.preemption).
     with preemption.Preemption() as preempt:
         state, step = _loop(run, state, preempt)
     if run.bar is not None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jtl import run_summary, source_model
+from jtl.evaluation import run_summary
+from jtl.weights import source_model
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -32,10 +33,10 @@ def predict(
     base: str | None = None,
 ) -> list[tuple[str, float]]:
     """Top-`top` (class name, probability) pairs for one uint8 HWC image; with `calibrated`,
-    the probabilities are the run's temperature-scaled ones (jtl.calibration)."""
+    the probabilities are the run's temperature-scaled ones (jtl.evaluation.calibration)."""
     info = source_model.describe(checkpoint)
     # The source's own input scaling (ImageNet mean/std for torchvision ResNets, (x-127)/128
-    # for Lite0, [-1, 1] for jtl runs): recorded in import.json, see jtl.source_model.
+    # for Lite0, [-1, 1] for jtl runs): recorded in import.json, see jtl.weights.source_model.
     x = source_model.prepare_image(info, image)[None]
     _, model, variables = source_model.load(checkpoint, x, base)
     logits = np.asarray(model.apply(variables, x, train=False), np.float64)[0]

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"[quickstart] report: {workdir / 'report.md'}", flush=True)
     print(f"[quickstart] html:   {workdir / 'report.html'} (self-contained)", flush=True)
 
-    from jtl.process import setup_process
+    from jtl.runtime.process import setup_process
     from jtl.study import batch_sizes, expand, load_study
 
     cells = expand(load_study(args.study), workdir)

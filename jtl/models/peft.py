@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jtl.errors import ConfigError, UserError
 from jtl.models import norm as norm_lib
+from jtl.runtime.errors import ConfigError, UserError
 
 LORA = "lora"
 ADAPTER = "adapter"

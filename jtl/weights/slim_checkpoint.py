@@ -4,9 +4,9 @@ A LoRA, adapter, BitFit or norm-only run changes a few percent of its parameters
 the base checkpoint's weights, bit for bit. Its checkpoints therefore store the train state
 *without* the frozen parameters, plus a reference to the base: `{"path", "sha256"}` in the
 checkpoint metadata, the sha256 taken over the frozen parameters themselves (path-sorted
-dtype, shape and bytes, `jtl.checkpoint.state_digest`). Resuming or exporting re-reads the base
-from `path` and refuses, in one line, a base whose frozen weights no longer hash to `sha256`:
-an adapter trained on other weights is meaningless on these.
+dtype, shape and bytes, `jtl.weights.checkpoint.state_digest`). Resuming or exporting re-reads
+the base from `path` and refuses, in one line, a base whose frozen weights no longer hash to
+`sha256`: an adapter trained on other weights is meaningless on these.
 
 Batch statistics, the optimizer state (which holds nothing for frozen parameters) and the step
 stay in the checkpoint; so do early stopping's best weights (`best_weights/`, full).
@@ -20,8 +20,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jtl import checkpoint as ckpt
-from jtl.errors import CheckpointError
+from jtl.runtime.errors import CheckpointError
+from jtl.weights import checkpoint as ckpt
 
 BASE_KEY = "base"
 
@@ -137,11 +137,11 @@ def read_run_variables(
 def plain_run_variables(path: str | Any, base: str | None = None) -> dict[str, Any]:
     """A PEFT run's latest weights as its base architecture's variables: the frozen base read
     back (sha256-checked; `base` or the recorded path, see `find_base`) and LoRA merged.
-    Adapter runs add layers the base lacks and are refused (`jtl.peft.merged_variables`)."""
+    Adapter runs add layers the base lacks and are refused (`jtl.models.peft.merged_variables`)."""
     import json
     from pathlib import Path
 
-    from jtl.peft import merged_variables
+    from jtl.models.peft import merged_variables
 
     variables, _, _ = read_run_variables(path, base)
     config = json.loads((Path(path) / "config.json").read_text())
@@ -155,8 +155,8 @@ def load_variables(
     strict: bool = True,
     base: str | None = None,
 ) -> tuple[dict[str, Any], ckpt.LoadReport]:
-    """`jtl.checkpoint.load_variables`, reading a PEFT run as its base architecture (base filled
-    in by sha256, from `base` when given; LoRA merged): what `jtl predict` and
+    """`jtl.weights.checkpoint.load_variables`, reading a PEFT run as its base architecture (base
+    filled in by sha256, from `base` when given; LoRA merged): what `jtl predict` and
     `--config.init.checkpoint` load."""
     if ckpt.checkpoint_meta(path).get(BASE_KEY):
         arrays = ckpt.flatten(plain_run_variables(path, base))

@@ -1,0 +1,1 @@
+"""Entry points: the `jtl` command line (`cli.main`, the console script) and quickstart."""
