@@ -92,3 +92,46 @@ def test_a_record_from_before_a_behaviour_changing_field_is_its_legacy_value():
     assert recorded_diff(old, to_dict(c), defaults) == ["strategy_args.probe_batch_stats"]
     c.strategy_args.probe_batch_stats = "source"
     assert recorded_diff(old, to_dict(c), defaults) == []
+
+
+TRANSFER = str(Path(__file__).resolve().parent.parent / "configs" / "transfer.py")
+
+
+@pytest.mark.parametrize("steps", [7, 30, 200, 1000])
+def test_cadence_fractions_follow_a_total_steps_override_like_the_steps_argument(steps):
+    # configs/transfer.py states its cadences as fractions: overriding total_steps (what a study
+    # cell does) must give what the config argument steps=N gave when they were steps.
+    by_override = config_lib.load_config(TRANSFER, [f"total_steps={steps}"])
+    resolved = config_lib.resolve_cadences(by_override)
+    assert resolved.eval_every == max(steps // 4, 1)
+    assert resolved.checkpoint_every == steps
+    assert resolved.optim.warmup_steps == min(20, steps // 10)
+    assert (resolved.eval_every_fraction, resolved.warmup_fraction) == (0.0, 0.0)
+    by_arg = config_lib.resolve_cadences(config_lib.load_config(f"{TRANSFER}:steps={steps}"))
+    assert config_lib.to_dict(by_arg) == config_lib.to_dict(resolved)
+    # A workdir records steps: a record written in steps is the same experiment.
+    record = config_lib.to_dict(resolved)
+    for key in ("eval_every_fraction", "checkpoint_every_fraction", "warmup_fraction"):
+        del record[key]
+    assert config_lib.config_diff(record, by_override) == []
+    assert config_lib.config_diff(record, by_override.copy_and_resolve_references()) == []
+    assert "eval_every" in config_lib.config_diff(
+        record, config_lib.load_config(TRANSFER, [f"total_steps={steps + 8}"])
+    )
+
+
+def test_explicit_cadence_steps_win_over_fractions_and_bad_fractions_fail():
+    overrides = ["total_steps=400", "eval_every=7", "optim.warmup_steps=5"]
+    c = config_lib.load_config(TRANSFER, overrides)
+    r = config_lib.resolve_cadences(c)
+    assert (r.eval_every, r.checkpoint_every, r.optim.warmup_steps) == (7, 400, 5)
+    plain = config_lib.load_config(TINY)
+    assert config_lib.resolve_cadences(plain) is plain  # no fractions: untouched
+    from jtl.run import config_check
+    from jtl.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_every_fraction=1.5"):
+        config_lib.resolve_cadences(config_lib.load_config(TRANSFER, ["eval_every_fraction=1.5"]))
+    no_cadence = config_lib.load_config(TRANSFER, ["eval_every_fraction=0.0"])
+    assert any("eval_every=0" in p for p in config_check.problems(no_cadence))
+    assert not config_check.problems(config_lib.load_config(TRANSFER))

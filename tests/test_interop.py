@@ -30,7 +30,8 @@ from jtl.interop.torch_pickle import (
     load_state_dict,
     read_torch_pickle,
 )
-from jtl.models.efficientnet_lite import preprocess_imagenet, tf_same_pads
+from jtl.models.efficientnet_lite import tf_same_pads
+from jtl.weights.image_recipes import preprocess_lite0
 
 LITE0 = "efficientnet_lite0"
 
@@ -300,7 +301,7 @@ def test_parity_with_torch_reference(lite0, apply_fn):
     from skimage import data
 
     _, variables, _, sd = lite0
-    x = preprocess_imagenet(data.chelsea())[None]
+    x = preprocess_lite0(data.chelsea())[None]
     ours = np.asarray(apply_fn(variables, jnp.asarray(x)))
     ref = _torch_reference_logits(torch, sd, x)
     err = float(np.max(np.abs(ours - ref)))
@@ -325,7 +326,7 @@ def test_real_weights_predictions(lite0, apply_fn, image, expected):
     from skimage import data
 
     _, variables, _, _ = lite0
-    x = preprocess_imagenet(getattr(data, image)())[None]
+    x = preprocess_lite0(getattr(data, image)())[None]
     logits = np.asarray(apply_fn(variables, jnp.asarray(x)))[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
@@ -338,11 +339,11 @@ def test_real_weights_predictions(lite0, apply_fn, image, expected):
 def test_preprocess_imagenet_scaling():
     img = np.full((300, 400, 3), 255, np.uint8)
     img[..., 1] = 127
-    x = preprocess_imagenet(img)
+    x = preprocess_lite0(img)
     assert x.shape == (224, 224, 3) and x.dtype == np.float32
     np.testing.assert_allclose(x[..., 0], 1.0)
     np.testing.assert_allclose(x[..., 1], 0.0)
-    gray = preprocess_imagenet(np.zeros((50, 60), np.uint8))
+    gray = preprocess_lite0(np.zeros((50, 60), np.uint8))
     assert gray.shape == (224, 224, 3) and np.allclose(gray, -127 / 128)
 
 

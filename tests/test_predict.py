@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jtl.weights import source_model
-from jtl.weights.source_model import IMAGENET_MEAN, IMAGENET_STD
+from jtl.weights.image_recipes import IMAGENET_MEAN, IMAGENET_STD, preprocess_torchvision
 
 
 def _import_json(tmp_path, model, **extra):
@@ -40,7 +40,7 @@ def test_importer_records_preprocess():
 
 def test_torchvision_scaling_is_imagenet_mean_std():
     img = np.full((40, 60, 3), 200, np.uint8)
-    x = source_model.preprocess_torchvision(img, 32)
+    x = preprocess_torchvision(img, 32)
     assert x.shape == (32, 32, 3)
     np.testing.assert_allclose(x[5, 5], (200 / 255 - IMAGENET_MEAN) / IMAGENET_STD, rtol=1e-5)
     # Lite0 and jtl-run scalings differ from it: the point of recording which one applies.
@@ -76,12 +76,12 @@ def test_predict_uses_torchvision_normalization_for_imported_resnet(tmp_path):
         p = np.exp(logits - logits.max())
         return dict(zip("abc", p / p.sum(), strict=True))
 
-    want = probs(source_model.preprocess_torchvision(img, 32))
+    want = probs(preprocess_torchvision(img, 32))
     for k in "abc":
         assert got[k] == pytest.approx(want[k], rel=1e-4)
-    from jtl.models.efficientnet_lite import preprocess_imagenet
+    from jtl.weights.image_recipes import preprocess_lite0
 
-    wrong = probs(preprocess_imagenet(img, 32))
+    wrong = probs(preprocess_lite0(img, 32))
     assert max(abs(got[k] - wrong[k]) for k in "abc") > 1e-3
     # A run's temperature (summary.json) scales the logits; --no-temperature keeps them raw.
     import json
@@ -91,7 +91,7 @@ def test_predict_uses_torchvision_normalization_for_imported_resnet(tmp_path):
     (tmp_path / "rn" / "summary.json").write_text(json.dumps(fake_summary(temperature=2.5)))
     scaled = dict(predict(tmp_path / "rn", img, top=3))
     raw = dict(predict(tmp_path / "rn", img, top=3, calibrated=False))
-    x = source_model.preprocess_torchvision(img, 32)
+    x = preprocess_torchvision(img, 32)
     logits = np.asarray(model.apply(v, x[None], train=False), np.float64)[0] / 2.5
     p = np.exp(logits - logits.max())
     for k, want_k in zip("abc", p / p.sum(), strict=True):

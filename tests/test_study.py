@@ -63,6 +63,30 @@ def test_expand_crosses_arms_sizes_seeds_with_kfold_only_for_small_sizes(tmp_pat
     assert "--config.num_folds=3" in cmd
 
 
+def test_a_cell_is_its_base_config_plus_config_field_overrides(tmp_path):
+    s = _study(scratch_models=mlc.ConfigDict({"": "", "wide": "width=0.5"}), sizes=("5", "25%"))
+    args_allowed = {"target", "model", "width", "batch"}  # the target's and model's arguments
+    for cell in study_lib.expand(s, tmp_path):
+        path, _, args = cell.spec.partition(":")
+        assert Path(path).name == "transfer.py"
+        assert {a.partition("=")[0] for a in args.split(",")} <= args_allowed, cell.spec
+        base = load_config(cell.spec)
+        for override in cell.overrides:  # every override names a field of the base config
+            key = override.partition("=")[0]
+            node = base
+            for part in key.split("."):
+                assert part in node, (key, cell.id)
+                node = node[part]
+        config = cell.config()
+        assert config.strategy == cell.strategy and config.seed == cell.seed
+        assert f"strategy={cell.strategy}" in cell.overrides
+        assert ("init.checkpoint" in " ".join(cell.overrides)) == (cell.source != "none")
+        if cell.size == "5/class":
+            assert (config.train_per_class, config.train_fraction) == (5, 1.0)
+        else:
+            assert (config.train_per_class, config.train_fraction) == (0, 0.25)
+
+
 def test_sizes_by_target_and_steps_by_size(tmp_path):
     s = _study(
         targets=mlc.ConfigDict({"digits": "target=digits", "lfw": "target=lfw_subset"}),

@@ -394,17 +394,14 @@ def cmd_study(argv: Sequence[str]) -> int:
                 "jtl study --cell env: no cell index", "set $JTL_CELL or run as a SLURM array job"
             )
     cell_index = int(cell) if cell is not None else None
-    study = study_lib.load_study(args.config)
-    cells = study_lib.expand(study, args.workdir)
+    plan = study_lib.plan_study(args.config, args.workdir)
     # --parallel: the cells' own processes set their devices.
-    setup_process(study_lib.batch_sizes(cells), 0 if args.parallel <= 1 else None, verbose=False)
+    setup_process(plan.batch_sizes(), 0 if args.parallel <= 1 else None, verbose=False)
     # The command that (re)runs the whole study, not this invocation's `--only`/`--cell`.
     command = f"jtl study --config {shlex.quote(args.config)} --workdir {shlex.quote(args.workdir)}"
     if args.parallel > 1:
         command += f" --parallel {args.parallel}"
-    out = study_lib.run_study(
-        args.config, args.workdir, args.parallel, cell_index, args.only, command
-    )
+    out = study_lib.run_study(plan, args.workdir, args.parallel, cell_index, args.only, command)
     if "md" in out:
         print(f"[study] report: {out['md']}")
         print(f"[study] html:   {out.get('html', '')}")

@@ -29,10 +29,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"[quickstart] html:   {workdir / 'report.html'} (self-contained)", flush=True)
 
     from jtl.runtime.process import setup_process
-    from jtl.study import batch_sizes, expand, load_study
+    from jtl.study import plan_study
 
-    cells = expand(load_study(args.study), workdir)
-    setup_process(batch_sizes(cells), verbose=False)  # before jax starts: a CPU device per core
+    plan = plan_study(args.study, workdir)
+    setup_process(plan.batch_sizes(), verbose=False)  # before jax starts: a CPU device per core
     from jtl.data import sources
     from jtl.study import run_study
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] = ()) -> int:
             sources.fetch(name)
     t0 = time.time()
     out = run_study(
-        args.study,
+        plan,
         workdir,
         command=f"jtl quickstart --workdir {args.workdir} --study {args.study}",
     )

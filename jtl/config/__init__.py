@@ -1,6 +1,7 @@
 """Run configuration: the schema every `configs/*.py` starts from, loading by path, and a
 config as a record (fingerprint, diff). One import for all three: `from jtl import config`."""
 
+from jtl.config.cadence import resolve_cadences
 from jtl.config.files import (
     apply_overrides,
     config_search_roots,
@@ -31,6 +32,7 @@ __all__ = [
     "load_module",
     "parse_arg",
     "recorded_diff",
+    "resolve_cadences",
     "resolve_config_path",
     "to_dict",
 ]

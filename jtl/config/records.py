@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections as mlc
 
+from jtl.config.cadence import resolve_cadences
 from jtl.config.schema import base_config
 
 
@@ -85,6 +86,8 @@ def config_diff(
     the config knows no checkpoint), for a saved config from before input scales existed.
     """
     before = {k: v for k, v in old.items() if not k.startswith("_")}
+    # A workdir records steps: compare what this config's fractions resolve to.
+    config = resolve_cadences(config)
     diff = recorded_diff(before, to_dict(config), to_dict(base_config()), ignore)
     diff = [k for k in diff if not any(k == u or k.startswith(u + ".") for u in unread)]
     if "input_scale" not in before:

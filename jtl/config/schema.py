@@ -47,9 +47,16 @@ def _budget_fields(c: mlc.ConfigDict) -> None:
     c.batch_size = 128  # global
     c.eval_batch_size = 500
     c.total_steps = 1000
-    c.eval_every = 250
+    c.eval_every = 250  # steps; 0: eval_every_fraction of total_steps (jtl/config/cadence.py)
     c.log_every = 50
-    c.checkpoint_every = 500
+    c.checkpoint_every = 500  # steps; 0: checkpoint_every_fraction of total_steps
+    # Cadences as fractions of total_steps, for base configs whose budget a study overrides
+    # (resolved to steps before the run is recorded; 0 = unused): eval_every_fraction and
+    # checkpoint_every_fraction apply where their steps field is 0; warmup_fraction > 0 sets
+    # optim.warmup_steps to that fraction of the run, capped at its value when > 0.
+    c.eval_every_fraction = 0.0
+    c.checkpoint_every_fraction = 0.0
+    c.warmup_fraction = 0.0
     c.keep_checkpoints = 2
     c.progress = True
 

@@ -85,7 +85,7 @@ IMPORTERS: dict[str, ImportSpec] = {
         class_names=imagenet_class_names,
         preprocessing=(
             "uint8 RGB, center crop 224/256 of the shorter side, bicubic resize to 224, "
-            "(x - 127) / 128 (jtl.models.efficientnet_lite.preprocess_imagenet)"
+            "(x - 127) / 128 (jtl.weights.image_recipes.preprocess_lite0)"
         ),
         preprocess="lite0",
     ),

@@ -17,7 +17,8 @@ drop-connect are training-only regularizers of the original and are not part of 
 
 Input: float32 NHWC, already scaled. The pretrained Lite0 weights expect `(x_uint8 - 127) / 128`
 (TF's MEAN_RGB=127, STDDEV_RGB=128), *not* jtl's data-pipeline convention `(x - 127.5) / 127.5`;
-the difference is small (< 0.5%) but `preprocess_imagenet` gives the exact original input.
+the difference is small (< 0.5%) but `jtl.weights.image_recipes.preprocess_lite0` gives the
+exact original input.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jtl.models.conv import conv_general_dilated
 
@@ -37,7 +37,6 @@ he_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 IMAGE_SIZE = 224
-CROP_PADDING = 32
 MEAN_RGB = 127.0
 STDDEV_RGB = 128.0
 
@@ -197,28 +196,3 @@ def efficientnet_lite0(
 ) -> EfficientNetLite:
     """EfficientNet-Lite0 backbone (4.69M params with a 1000-class head); see module docstring."""
     return EfficientNetLite(dtype=dtype, bn_momentum=float(bn_momentum))
-
-
-def preprocess_imagenet(image: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
-    """uint8 HWC image -> float32 [image_size, image_size, 3] exactly as Lite0 was evaluated.
-
-    The original TF eval pipeline: center crop `image_size / (image_size + 32)` of the shorter
-    side (224/256, i.e. "resize 256 + center crop 224"), bicubic resize to `image_size`, then
-    `(x - 127) / 128`. Grayscale is repeated to RGB, an alpha channel is dropped.
-    """
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"preprocess_imagenet expects a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    image = image[..., :3]
-    h, w = image.shape[:2]
-    crop = int(image_size / (image_size + CROP_PADDING) * min(h, w))
-    top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
-    image = image[top : top + crop, left : left + crop]
-    resized = Image.fromarray(image).resize((image_size, image_size), Image.Resampling.BICUBIC)
-    return (np.asarray(resized, dtype=np.float32) - MEAN_RGB) / STDDEV_RGB

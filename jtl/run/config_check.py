@@ -43,9 +43,12 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": _int(1),
     "eval_batch_size": _int(1),
     "total_steps": _int(1),
-    "eval_every": _int(1),
+    "eval_every": _int(0),  # 0: eval_every_fraction (checked below)
     "log_every": _int(1),
-    "checkpoint_every": _int(1),
+    "checkpoint_every": _int(0),  # 0: checkpoint_every_fraction
+    "eval_every_fraction": _float(0.0, 1.0),
+    "checkpoint_every_fraction": _float(0.0, 1.0),
+    "warmup_fraction": _float(0.0, 1.0),
     "keep_checkpoints": _int(1),
     "train_per_class": _int(0),
     "num_folds": _int(0),
@@ -129,6 +132,9 @@ def problems(config: mlc.ConfigDict) -> list[str]:
             out.append(f"{key}={value!r}: must be a name (a string)")
     if out:
         return out
+    for key in ("eval_every", "checkpoint_every"):
+        if config.get(key) == 0 and not config.get(f"{key}_fraction"):
+            out.append(f"{key}=0: must be >= 1 step, or 0 with {key}_fraction in (0, 1]")
     present, folds = _get(config, "num_folds")
     if present and folds == 1:
         out.append("num_folds=1: use 0 (off) or at least 2 folds")

@@ -637,6 +637,7 @@ def _prepare_workdir(
 ) -> tuple[mlc.ConfigDict, epath.Path]:
     """Checks the config and records it in the workdir, refusing one of another experiment."""
     config_check.check(config)  # also for train() called from Python (studies, tests)
+    config = config_lib.resolve_cadences(config)  # fractions of total_steps -> steps
     if config.init.checkpoint:  # recorded absolute: the run resumes and exports from anywhere
         config = config.copy_and_resolve_references()
         config.init.checkpoint = absolute(config.init.checkpoint)

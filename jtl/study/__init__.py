@@ -2,22 +2,24 @@
 
 | module | what |
 |---|---|
-| `grid` | the study config (`study_defaults`, `load_study`, `validate`) and its cells (`expand`) |
+| `grid` | the study config (`load_study`, `validate`), its cells (`expand`), `plan_study` |
 | `budget` | equal-step or converged budgets per cell (`budget_overrides`) |
 | `sweep` | the equal tuning grid per arm, chosen on validation only |
 | `run` | running cells (in process, `--parallel`, `--cell`), sources, `run_study` |
 | `results` | rows of finished cells for the report, diverged cells, advisor scores |
 
-Study configs start from `study_defaults()`; `jtl study` calls `run_study`.
+Study configs start from `study_defaults()`; `jtl study` calls `run_study(plan_study(...))`.
 """
 
 from jtl.study.grid import (
     SOURCE_ARG_KINDS,
     Cell,
     StudyError,
+    StudyPlan,
     batch_sizes,
     expand,
     load_study,
+    plan_study,
     size_label,
     source_dir,
     study_defaults,
@@ -41,6 +43,7 @@ __all__ = [
     "Cell",
     "StudyClock",
     "StudyError",
+    "StudyPlan",
     "advise_scores",
     "batch_sizes",
     "collect",
@@ -49,6 +52,7 @@ __all__ = [
     "is_finished",
     "load_study",
     "machine_description",
+    "plan_study",
     "prepare_sources",
     "record_study",
     "run_cells",

@@ -1,7 +1,9 @@
 """The study grid: a study config (`configs/studies/NAME.py`) and the cells it expands into.
 
-Each cell is one `jtl train` run: a cell config plus arguments and overrides, with its own
-sub-directory, its config loaded once (`Cell.config`).
+Each cell is one `jtl train` run in its own sub-directory: a base config (the study's
+`cell_config` with the target's and the scratch model's arguments) plus config-field overrides:
+the cell's strategy, size, budget, seed and source, then the study's, target's, strategy's,
+variant's and budget's overrides, in that order. Its config is loaded once (`Cell.config`).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def validate(study: mlc.ConfigDict) -> None:
             f"only {strategies.baseline()!r}"
         )
     for size in study.sizes:
-        _size_args(size)
+        _size_overrides(size)
     for field in ("sizes_by_target", "target_overrides"):
         unknown = set(study[field]) - set(study.targets)
         if unknown:
@@ -149,18 +151,18 @@ def validate(study: mlc.ConfigDict) -> None:
 # ----------------------------------------------------------------------------- grid
 
 
-def _size_args(size: str) -> tuple[str, int | None]:
-    """Size label -> (cell-config arguments, examples per class or None)."""
+def _size_overrides(size: str) -> tuple[list[str], int | None]:
+    """Size label -> (config overrides, examples per class or None)."""
     size = str(size)
     if size == "full":
-        return "fraction=1.0", None
+        return ["train_per_class=0", "train_fraction=1.0"], None
     if size.endswith("%"):
         frac = float(size[:-1]) / 100
         if not 0 < frac <= 1:
             raise StudyError(f"size {size!r}: a percentage must be in (0, 100]")
-        return f"fraction={frac}", None
+        return ["train_per_class=0", f"train_fraction={frac}"], None
     if size.isdigit() and int(size) > 0:
-        return f"per_class={int(size)}", int(size)
+        return [f"train_per_class={int(size)}", "train_fraction=1.0"], int(size)
     raise StudyError(f"size {size!r}: use examples per class ('10'), a percentage ('25%'), 'full'")
 
 
@@ -249,7 +251,7 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
     by_target = [s for sizes in study.sizes_by_target.values() for s in sizes]
     all_sizes = list(dict.fromkeys(str(s) for s in [*study.sizes, *by_target]))
     for size in all_sizes:
-        size_args, per_class = _size_args(size)
+        size_overrides, per_class = _size_overrides(size)
         kfold = folds >= 2 and per_class is not None and per_class <= study.kfold.max_per_class
         base_steps = int(study.steps_by_size.get(str(size), study.steps))
         for target, target_args in study.targets.items():
@@ -266,14 +268,16 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                     steps = max(1, round(base_steps * study.scratch_schedule_mult))
                 tune_seeds = int(study.sweep_tune_seeds) if sweep_lib.grid(study, strategy) else 0
                 tuner_ids: list[str] = []
+                # The base config: the cell config with the target's and the model's arguments.
+                base_args = ",".join(a for a in (target_args, model_args) if a)
+                spec = f"{cell_config}:{base_args}" if base_args else str(cell_config)
                 for r, seed in enumerate(study.seeds):
                     fold = r % folds if kfold else -1
-                    args = [target_args, f"strategy={strategy}", size_args, f"steps={steps}"]
-                    args.append(f"seed={seed}")
+                    overrides = [f"strategy={strategy}", *size_overrides, f"total_steps={steps}"]
+                    overrides.append(f"seed={seed}")
                     if source != "none":
-                        args.append(f"init={source_dir(root, source, study)}")
-                    args.append(model_args)
-                    overrides = list(study.overrides)
+                        overrides.append(f"init.checkpoint={source_dir(root, source, study)}")
+                    overrides += list(study.overrides)
                     overrides += list(study.target_overrides.get(target, ()))
                     overrides += list(study.strategy_overrides.get(strategy, ()))
                     overrides += list(variant_overrides)
@@ -292,7 +296,7 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                         size=size_label(size),
                         seed=int(seed),
                         fold=fold,
-                        spec=f"{cell_config}:" + ",".join(a for a in args if a),
+                        spec=spec,
                         overrides=tuple(overrides),
                     )
                     if tune_seeds and r >= tune_seeds:
@@ -309,3 +313,22 @@ def batch_sizes(cells: Sequence[Cell]) -> set[int]:
     """Every train and eval batch size of the cells (the CPU device count must divide them)."""
     configs = [c.config() for c in cells]
     return {b for c in configs for b in (c.batch_size, c.eval_batch_size)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyPlan:
+    """A study config and its cells, expanded once: the CLI sizes the CPU devices from the
+    cells' batch sizes before jax starts, then `run_study` runs the same cells."""
+
+    spec: str
+    study: mlc.ConfigDict
+    cells: tuple[Cell, ...]
+
+    def batch_sizes(self) -> set[int]:
+        return batch_sizes(self.cells)
+
+
+def plan_study(spec: str, workdir: str | Path) -> StudyPlan:
+    """`configs/studies/NAME.py[:arg]` and the study's workdir -> its plan."""
+    study = load_study(spec)
+    return StudyPlan(spec, study, tuple(expand(study, workdir)))

@@ -18,9 +18,11 @@ budget: replicate r trains with seed `seeds[r]` on all folds but `r % k` and val
 one, so the spread covers data splits and seeds, and the test set never takes part in model
 selection.
 
-The cell-config contract: every `cell_config` accepts the arguments `target, strategy,
-per_class, fraction, init, steps, seed` (see configs/transfer.py); anything else goes through
-`overrides` (config keys) or a target's / scratch model's argument string.
+A cell is a base config plus config-field overrides (jtl/study/grid.py): the base is the
+study's `cell_config` with a target's and a scratch model's argument strings; the cell sets
+`strategy`, `train_per_class` / `train_fraction`, `total_steps`, `seed` and `init.checkpoint`.
+So a cell config states its evaluation, checkpoint and warm-up cadences as fractions of
+`total_steps` (jtl/config/cadence.py; configs/transfer.py).
 """
 
 from __future__ import annotations
@@ -44,14 +46,7 @@ from jtl.evaluation import run_summary
 from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
 from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
-from jtl.study.grid import (
-    Cell,
-    StudyError,
-    expand,
-    load_study,
-    source_dir,
-    study_defaults,
-)
+from jtl.study.grid import Cell, StudyError, StudyPlan, source_dir, study_defaults
 from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
 
 
@@ -319,7 +314,7 @@ def machine_description() -> str:
 
 
 def run_study(
-    spec: str,
+    plan: StudyPlan,
     workdir: str | Path,
     parallel: int = 1,
     cell_index: int | None = None,
@@ -328,18 +323,21 @@ def run_study(
 ) -> dict[str, Any]:
     """Runs (or resumes) a study and writes its report; returns the report's paths and status.
 
+    `plan`: `plan_study(spec, workdir)`, the study expanded once (the caller sizes the CPU
+    devices from its batch sizes first).
+
     `only`: "all", "sources", "cells" (sources must exist), "report" (from finished cells).
     `cell_index`: run just that cell (a cluster array job), then stop without a report.
     """
     root = Path(workdir).absolute()
-    study = load_study(spec)
+    spec, study = plan.spec, plan.study
     if only == "report" and not (root / "study.json").exists():
         raise StudyError(
             f"--only report: {root} holds no study to report on (no study.json); run the "
             "study first: the same command without --only report"
         )
     record_study(root, spec, study)
-    cells = sweep_lib.resolve_all(expand(study, root), root)
+    cells = sweep_lib.resolve_all(list(plan.cells), root)
     write_cells_file(cells, root, spec)
     if cell_index is not None:
         if not 0 <= cell_index < len(cells):

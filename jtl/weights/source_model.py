@@ -32,12 +32,11 @@ import numpy as np
 from etils import epath
 
 from jtl.data.target import TargetData
+from jtl.weights import image_recipes
 
 # Resize/crop recipes: imports crop like their original evaluation; runs ("fit", and
 # "minus_one_one" from before model.json) resize the whole image as the data pipeline does.
 PREPROCESS = ("lite0", "torchvision", "fit", "minus_one_one", "wordpiece")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 @dataclasses.dataclass
@@ -158,33 +157,6 @@ def model_json(
     }
 
 
-def preprocess_torchvision(image: np.ndarray, image_size: int = 224) -> np.ndarray:
-    """uint8 HWC -> float32 [S, S, 3] as torchvision's ImageNet weights were evaluated.
-
-    Resize the shorter side to `image_size * 256 / 224` (bilinear), center crop `image_size`,
-    scale to [0, 1], subtract the ImageNet mean and divide by its std per channel.
-    """
-    from PIL import Image
-
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"preprocess_torchvision expects a uint8 image, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    image = image[..., :3]
-    h, w = image.shape[:2]
-    short = int(round(image_size * 256 / 224))
-    nh, nw = (
-        (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
-    )
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
-    top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    crop = resized[top : top + image_size, left : left + image_size].astype(np.float32) / 255.0
-    return (crop - IMAGENET_MEAN) / IMAGENET_STD
-
-
 def prepare_image(info: SourceModel, image: np.ndarray) -> np.ndarray:
     """One uint8 HWC image -> the float32 model input [S, S, C] this source expects."""
     if info.is_text:
@@ -192,11 +164,9 @@ def prepare_image(info: SourceModel, image: np.ndarray) -> np.ndarray:
             f"{info.model} is a text model (preprocess 'wordpiece'); it takes token ids, not images"
         )
     if info.preprocess == "lite0":
-        from jtl.models.efficientnet_lite import preprocess_imagenet
-
-        return preprocess_imagenet(image, info.image_size)
+        return image_recipes.preprocess_lite0(image, info.image_size)
     if info.preprocess == "torchvision":
-        return preprocess_torchvision(image, info.image_size)
+        return image_recipes.preprocess_torchvision(image, info.image_size)
     from jtl.data.augment import fit_image, normalize
 
     return normalize(fit_image(image, info.image_size, info.channels), info.input_scale)
