@@ -419,3 +419,34 @@ def test_a_class_missing_from_the_test_split_is_warned_about(data_dir, caplog):
     with caplog.at_level(logging.WARNING):
         TargetData(cfg)
     assert "1 class(es) have training examples but none in the test split" in caplog.text
+
+
+def test_a_process_that_loses_the_prepare_race_reads_the_winners_copy(data_dir, monkeypatch):
+    """Two cells preparing one data set: tfds' final rename fails in the later one."""
+    _npz(data_dir / "toy.npz")
+    name = f"npz:{data_dir / 'toy.npz'}"
+    winner = registry.load(name)  # prepared by "another process"
+    real_builder_for = registry._builder_for
+    calls = []
+
+    def losing_builder(*args, **kwargs):
+        builder = real_builder_for(*args, **kwargs)
+        calls.append(builder)
+        if len(calls) == 1:  # built before the winner finished: its rename then fails
+
+            def rename_fails():
+                raise FileExistsError(f"Cannot rename incomplete.X: {builder.data_dir} exists")
+
+            builder.download_and_prepare = rename_fails
+        return builder
+
+    monkeypatch.setattr(registry, "_builder_for", losing_builder)
+    loser = registry.load(name)
+    assert len(calls) == 2  # the loser re-opened the prepared copy
+    np.testing.assert_array_equal(loser.labels("train"), winner.labels("train"))
+
+    # A FileExistsError with nothing prepared is a real error, not a lost race.
+    calls.clear()
+    shutil.rmtree(data_dir / "cache")
+    with pytest.raises(FileExistsError):
+        registry.load(name)

@@ -307,14 +307,34 @@ def _network_checked(name: str, data_dir: Any) -> Any:
             setattr(manager, m, method)
 
 
+def _prepare(
+    name: str, builder: tfds.core.DatasetBuilder, data_dir: Path, skip_bad_images: bool
+) -> tfds.core.DatasetBuilder:
+    """Prepares once, and lets processes race to prepare the same data set.
+
+    Why: studies run cells side by side (--parallel) and several studies share one cache; tfds
+    writes into `incomplete.*` and renames it into place at the end, so the second process to
+    finish fails with FileExistsError although the data it wanted is there. It then reads the
+    winner's copy (a fresh builder), which is the same data: the builders are deterministic.
+    """
+    try:
+        with _network_checked(name, builder.data_dir):
+            builder.download_and_prepare()
+    except FileExistsError:
+        if not (Path(builder.data_dir) / "dataset_info.json").exists():
+            raise
+        logging.info("%s: prepared by another process meanwhile; reading its copy", name)
+        return _builder_for(name, data_dir, skip_bad_images)
+    return builder
+
+
 def _load_base(name: str, data_dir: str | Path | None, skip_bad_images: bool) -> Dataset:
     if not data_dir and is_catalog(name) and os.environ.get("TFDS_DATA_DIR"):
         data_dir = os.environ["TFDS_DATA_DIR"]
     data_dir = Path(data_dir) if data_dir else sources.cache_dir() / "tfds"
     builder = _builder_for(name, data_dir, skip_bad_images)
     try:
-        with _network_checked(name, builder.data_dir):
-            builder.download_and_prepare()
+        builder = _prepare(name, builder, data_dir, skip_bad_images)
     except ImportError as e:
         if "tensorflow" not in str(e):
             raise
