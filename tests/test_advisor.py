@@ -266,3 +266,26 @@ def test_advisor_fit_cli_writes_model_and_validation(tmp_path, capsys):
     empty.mkdir()
     (empty / "results.json").write_text(json.dumps({"rows": [], "study": {}}))
     assert main(["advisor", "fit", "--study", str(empty), "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_reproducibility_ranks_seed_0_against_seed_1_whatever_the_row_order():
+    rows, records = _bench(noise=0.0)  # both seeds measure the same gains
+    table = table_lib.build(rows[::-1], records)  # seeds align by their ids, not row order
+    r = validation.reproducibility(table)
+    assert r["entries"] == len(table)
+    assert r["kendall_tau_sources"]["value"] == pytest.approx(1.0)
+    assert r["implied_ceiling_kendall_tau_sources"] == pytest.approx(1.0)
+    # Seed 1's gains the negative of seed 0's: every ranking flips.
+    for e in table:
+        sc = e["scratch"]["values"][0]
+        for s in e["arms"].values():
+            s["values"] = sorted(s["values"])  # equal values: any order
+            k1 = s["seeds"].index(1)
+            s["values"][k1] = 2 * sc - s["values"][1 - k1]
+    r = validation.reproducibility(table)
+    assert r["kendall_tau_sources"]["value"] == pytest.approx(-1.0)
+    assert r["weighted_tau_sources"]["value"] == pytest.approx(-1.0)
+    assert math.isnan(r["implied_ceiling_kendall_tau_sources"])
+    # A triple with one seed has no seed-vs-seed agreement to give.
+    one = [{**e, "scratch": {**e["scratch"], "n": 1}} for e in table]
+    assert validation.reproducibility(one) == {"entries": 0}

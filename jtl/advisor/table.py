@@ -56,15 +56,20 @@ def _is_scratch(row: dict[str, Any]) -> bool:
     return row.get("source") in (None, "none") or row.get("strategy") == SCRATCH
 
 
-def _summary(values: Sequence[float], converged: Sequence[bool]) -> dict[str, Any]:
+def _summary(
+    values: Sequence[float], converged: Sequence[bool], seeds: Sequence[Any] = ()
+) -> dict[str, Any]:
     v = np.asarray(values, float)
-    return {
+    out = {
         "mean": float(v.mean()),
         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
         "n": len(v),
         "values": [float(x) for x in v],
         "converged": bool(all(converged)),
     }
+    if seeds and None not in seeds:  # which seed each value is (seed-vs-seed agreement)
+        out["seeds"] = [int(s) for s in seeds]
+    return out
 
 
 def _arms(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
@@ -80,6 +85,7 @@ def _arms(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any
             arm: _summary(
                 [100.0 * float(r["test_accuracy"]) for r in runs],
                 [bool(r.get("converged", True)) for r in runs],
+                [r.get("seed") for r in runs],
             )
             for arm, runs in arms.items()
         }

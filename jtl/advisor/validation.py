@@ -11,6 +11,9 @@ unit the advice generalises over):
 - sign accuracy: predicted "helps" (interval above 0) against measured "helps significantly";
 - top-1 regret: points lost by following the advice instead of the best measured arm, against
   the fixed policies (always one arm), each single score alone, and the static ranker.
+Beside them, the measurement's own reproducibility: the same rankings of seed 0's gains against
+seed 1's. No predictor can rank the measured gains much better than the measurement ranks
+itself, so this is the yardstick for the tau goal.
 """
 
 from __future__ import annotations
@@ -176,6 +179,50 @@ def metrics(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
     return out
 
 
+def _value(summary: dict[str, Any], k: int) -> float:
+    """The k-th seed's value of an arm (entries saved before `seeds` was recorded list their
+    values in seed order: the study orders a group's runs by seed)."""
+    seeds = summary.get("seeds")
+    return summary["values"][sorted(range(len(seeds)), key=seeds.__getitem__)[k] if seeds else k]
+
+
+def _per_seed(e: Entry, k: int) -> Entry:
+    """`e` with its gains taken from one seed's runs (the k-th seed of each arm and scratch)."""
+    base = _value(e["scratch"], k)
+    return {**e, "gain": {a: _value(s, k) - base for a, s in e["arms"].items()}}
+
+
+def reproducibility(table: Sequence[Entry]) -> dict[str, Any]:
+    """Seed 0's gains as the "prediction" of seed 1's, ranked as the advisor's are.
+
+    Why: with 2 seeds the measured ranking of sources is itself noisy; how well one seed ranks
+    the other bounds what any predictor can reach. `implied_ceiling_kendall_tau_sources`
+    converts the seed-vs-seed Kendall tau to the tau a perfect predictor of the true gain would
+    reach against the 2-seed mean, under a normal model (Greiner's tau = 2/pi asin(rho), and
+    Spearman-Brown for the mean of 2 seeds); an estimate, not a measurement.
+    """
+    two = [e for e in table
+           if e["scratch"]["n"] == 2 and all(s["n"] == 2 for s in e["arms"].values())]  # fmt: skip
+    if not two:
+        return {"entries": 0}
+    seed1 = [_per_seed(e, 1) for e in two]
+    pred0 = [{"pred": _per_seed(e, 0)["gain"]} for e in two]
+    out: dict[str, Any] = {"entries": len(two)}
+    for by in ("sources", "arms"):
+        groups = ranking_groups(seed1, pred0, by)
+        tg = [g["target"] for g in groups]
+        for weighted in (False, True):
+            key = f"{'weighted_tau' if weighted else 'kendall_tau'}_{by}"
+            out[key] = _with_ci([_tau(g["pred"], g["true"], weighted) for g in groups], tg)
+    tau = out["kendall_tau_sources"]["value"]
+    rho = math.sin(math.pi * tau / 2) if math.isfinite(tau) else math.nan
+    rho2 = 2 * rho / (1 + rho) if rho > 0 else math.nan
+    out["implied_ceiling_kendall_tau_sources"] = (
+        2 / math.pi * math.asin(math.sqrt(rho2)) if math.isfinite(rho2) else math.nan
+    )
+    return out
+
+
 def regret_table(
     table: Sequence[Entry], choices: dict[str, Sequence[str]]
 ) -> dict[str, dict[str, Any]]:
@@ -228,6 +275,7 @@ def validate(table: Sequence[Entry]) -> dict[str, Any]:
         "entries": len(table),
         "arms": arms,
         "regret_entries": len(complete),
+        "reproducibility": reproducibility(table),
         "schemes": {},
     }
     for scheme, group_of in SCHEMES.items():

@@ -195,6 +195,7 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
     ):
         if name in files:
             lines += ["", f"![{label}]({files[name]})"]
+    lines += _reproducibility_lines(validation.get("reproducibility") or {})
     for scheme, s in validation["schemes"].items():
         m = s["metrics"]
         lines += ["", f"## {scheme}", "", "| metric | value [95 % CI] |", "|---|---|"]
@@ -208,6 +209,25 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
         two = s.get("regret_probe_or_scratch") or {}
         lines += _regret_lines(two, f"Linear probe or scratch (all {n_two} triples)")
     return "\n".join(lines) + "\n"
+
+
+def _reproducibility_lines(r: dict[str, Any]) -> list[str]:
+    """Seed 0's gains ranked against seed 1's: the yardstick for the advisor's taus."""
+    if not r.get("entries"):
+        return []
+    lines = ["", "## The measurement against itself: seed 0 against seed 1", "",
+             f"Over the {r['entries']} triples with 2 seeds of every arm: each seed's gain over "
+             "the same seed's scratch run, seed 0 ranked against seed 1 as the advisor is "
+             "ranked against the mean. No predictor can be expected to rank the measured "
+             "gains much better than the measurement ranks itself.", "",
+             "| metric | seed 0 vs seed 1 [95 % CI] |", "|---|---|"]  # fmt: skip
+    lines += [f"| {label} | {_ci(r[key])} |" for key, label in _METRICS[:4] if key in r]
+    ceiling = r.get("implied_ceiling_kendall_tau_sources", math.nan)
+    if math.isfinite(ceiling):
+        lines += ["", f"Implied ceiling (an estimate under a normal model, not a measurement): a "
+                  f"perfect predictor of the true gain would reach a Kendall tau of about "
+                  f"{ceiling:.2f} ranking sources against the 2-seed mean."]  # fmt: skip
+    return lines
 
 
 def _regret_lines(regret: dict[str, Any], title: str) -> list[str]:
