@@ -129,3 +129,38 @@ def test_lora_soup_averages_only_the_trainable_subtrees(runs, tmp_path):
     for k in frozen:
         np.testing.assert_array_equal(souped[k], base[k], err_msg=k)
     assert not any("lora" in k for k in souped)  # merged into the base architecture
+
+
+def test_a_soup_of_peft_runs_whose_base_moved_reads_it_with_base(runs, tmp_path, capsys):
+    """LoRA members trained on a base that was then moved: one line naming --base without it,
+    the same soup as before the move with it (the base is found by sha256)."""
+    from jtl.commands.cli import main
+    from jtl.run.train import train
+
+    base = tmp_path / "base"
+    shutil.copytree(runs[0].parent / "source", base)
+    members = []
+    for lr in (0.01, 0.03):
+        cfg = config_lib.load_config(
+            f"{TINY}:steps=10", ["strategy=lora", f"init.checkpoint={base}", f"optim.lr={lr}"]
+        )
+        train(cfg, tmp_path / f"lora{lr}")
+        members.append(str(tmp_path / f"lora{lr}"))
+    before = soup.make_soup(members, tmp_path / "before", kind="uniform", log=lambda _: None)
+    moved = tmp_path / "elsewhere" / "moved_base"
+    moved.parent.mkdir()
+    base.rename(moved)
+    capsys.readouterr()
+    assert main(["soup", *members, "--kind", "uniform", "--out", str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--base" in err
+    assert not (tmp_path / "s1").exists()
+    out = tmp_path / "after"
+    argv = ["soup", *members, "--kind", "uniform", "--out", str(out), "--base", str(moved)]
+    assert main(argv) == 0
+    after = json.loads((out / "summary.json").read_text())
+    assert after["val_accuracy"] == before["val_accuracy"]
+    a, b = saved_weights(tmp_path / "before", 0), saved_weights(out, 0)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -8,7 +8,7 @@ jtl study --config configs/studies/NAME.py[:quick] --workdir DIR [--parallel N] 
 jtl import --from FILE --model NAME --out DIR
 jtl predict --checkpoint DIR --image FILE [--top 5]
 jtl export --merge --checkpoint RUN --out DIR
-jtl soup RUN RUN [RUN ...] --out DIR [--kind greedy|uniform] [--max_barrier POINTS]
+jtl soup RUN RUN [RUN ...] --out DIR [--kind greedy|uniform] [--max_barrier POINTS] [--base DIR]
 jtl advise --checkpoint DIR --dataset NAME
 """
 
@@ -190,14 +190,22 @@ def cmd_import(argv: Sequence[str]) -> int:
     return 0
 
 
+def _add_base_argument(p: argparse.ArgumentParser) -> None:
+    """--base: where a PEFT run's base moved to (predict, export and soup read it alike)."""
+    p.add_argument(
+        "--base",
+        default=None,
+        help="a PEFT run's base, where it moved to (checked by sha256; default: the recorded "
+        "path, then a directory of the same name next to the run)",
+    )
+
+
 def cmd_predict(argv: Sequence[str]) -> int:
     p = _Parser(prog="jtl predict", description="Top-k classes of one image.")
     p.add_argument("--checkpoint", required=True, help="`jtl import` output or a run workdir")
     p.add_argument("--image", required=True)
     p.add_argument("--top", type=int, default=5)
-    p.add_argument(
-        "--base", default=None, help="a PEFT run's base, where it moved to (checked by sha256)"
-    )
+    _add_base_argument(p)
     p.add_argument(
         "--no-temperature",
         dest="calibrated",
@@ -226,12 +234,7 @@ def cmd_export(argv: Sequence[str]) -> int:
     p.add_argument("--merge", action="store_true", required=True, help="merge LoRA factors")
     p.add_argument("--checkpoint", required=True, help="a run workdir (e.g. a lora run)")
     p.add_argument("--out", required=True, help="new directory (never overwritten)")
-    p.add_argument(
-        "--base",
-        default=None,
-        help="a PEFT run's base, where it moved to (checked by sha256; default: the recorded "
-        "path, then a directory of the same name next to the run)",
-    )
+    _add_base_argument(p)
     args = p.parse_args(argv)
     setup_logging(verbose=False)
     from jtl.weights.export import export_merged
@@ -260,9 +263,10 @@ def cmd_soup(argv: Sequence[str]) -> int:
         default=100 * soup.MAX_ERROR_BARRIER,
         help="uniform soups: refuse above this error barrier, in accuracy points (default 2)",
     )
+    _add_base_argument(p)
     args = p.parse_args(argv)
     setup_logging(verbose=False)
-    s = soup.make_soup(args.runs, args.out, args.kind, args.max_barrier / 100.0)
+    s = soup.make_soup(args.runs, args.out, args.kind, args.max_barrier / 100.0, base=args.base)
     kept = s["soup"]["kept"]
     test = "" if s["test_accuracy"] is None else f", test accuracy {s['test_accuracy']:.4f}"
     print(f"{args.kind} soup of {len(kept)} of {len(args.runs)} runs -> {args.out}: "

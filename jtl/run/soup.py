@@ -60,14 +60,15 @@ class Member:
     base: dict[str, Any] | None  # a PEFT run's {"path", "sha256"}
 
 
-def load_member(path: str | Path) -> Member:
+def load_member(path: str | Path, base: str | None = None) -> Member:
+    """A finished run's weights; `base`: where a PEFT run's base moved to (sha256-checked)."""
     run = Path(path).absolute()
     if not (run / "config.json").exists() or not (run / "summary.json").exists():
         raise MissingFileError(
             f"{run} is not a finished run workdir (no config.json / summary.json)",
             "pass the --workdir of finished `jtl train` runs",
         )
-    variables, _, meta = slim_checkpoint.read_run_variables(run)
+    variables, _, meta = slim_checkpoint.read_run_variables(run, base)
     base = meta.get(slim_checkpoint.BASE_KEY)
     config = json.loads((run / "config.json").read_text())
     if peft.ADAPTER not in variables["params"]:  # adapter runs are refused by check_compatible
@@ -189,17 +190,19 @@ def make_soup(
     max_error_barrier: float = MAX_ERROR_BARRIER,
     log: Callable[[str], None] = print,
     eval_test: bool | None = None,
+    base: str | None = None,
 ) -> dict[str, Any]:
     """Builds a `kind` ("greedy" or "uniform") soup of `runs` into the new directory `out`;
     returns its summary. `eval_test`: evaluate the soup on test (default: as the runs did; a
-    study's sweep trials did not, the study evaluates the soup once it is built)."""
+    study's sweep trials did not, the study evaluates the soup once it is built). `base`: the
+    PEFT members' base where it moved to (checked by sha256, as `jtl predict --base`)."""
     if kind not in ("greedy", "uniform"):
         raise UserError(f"soup kind {kind!r} is unknown", "use greedy or uniform")
     out = Path(out).absolute()
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; nothing was written", "choose a new --out")
     t0 = time.time()
-    members = [load_member(r) for r in runs]
+    members = [load_member(r, base) for r in runs]
     check_compatible(members)
     evaluate = _evaluator(members[0], eval_test)
     solo = [evaluate(m.variables)["accuracy"] for m in members]
