@@ -155,8 +155,8 @@ def _pearson(p: np.ndarray, t: np.ndarray, targets: Sequence[str]) -> dict[str, 
     return {"value": r(np.arange(len(p))), "ci": _bootstrap(targets, r), "n": len(p)}
 
 
-def metrics(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
-    """Every validation number of one set of out-of-fold predictions."""
+def ranking_taus(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
+    """Kendall and weighted tau, ranking sources per (target, size, arm) and arms per triple."""
     out: dict[str, Any] = {}
     for by in ("sources", "arms"):
         groups = ranking_groups(table, oof, by)
@@ -164,6 +164,12 @@ def metrics(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
         for weighted in (False, True):
             key = f"{'weighted_tau' if weighted else 'kendall_tau'}_{by}"
             out[key] = _with_ci([_tau(g["pred"], g["true"], weighted) for g in groups], tg)
+    return out
+
+
+def metrics(table: Sequence[Entry], oof: Sequence[dict]) -> dict[str, Any]:
+    """Every validation number of one set of out-of-fold predictions."""
+    out: dict[str, Any] = ranking_taus(table, oof)
     pairs = [(p, e["gain"][a], e, a, o) for e, o in zip(table, oof, strict=True)
              for a, p in o["pred"].items()]  # fmt: skip
     tp = [e["target"] for *_, e, _, _ in pairs]
@@ -207,13 +213,7 @@ def reproducibility(table: Sequence[Entry]) -> dict[str, Any]:
         return {"entries": 0}
     seed1 = [_per_seed(e, 1) for e in two]
     pred0 = [{"pred": _per_seed(e, 0)["gain"]} for e in two]
-    out: dict[str, Any] = {"entries": len(two)}
-    for by in ("sources", "arms"):
-        groups = ranking_groups(seed1, pred0, by)
-        tg = [g["target"] for g in groups]
-        for weighted in (False, True):
-            key = f"{'weighted_tau' if weighted else 'kendall_tau'}_{by}"
-            out[key] = _with_ci([_tau(g["pred"], g["true"], weighted) for g in groups], tg)
+    out: dict[str, Any] = {"entries": len(two), **ranking_taus(seed1, pred0)}
     tau = out["kendall_tau_sources"]["value"]
     rho = math.sin(math.pi * tau / 2) if math.isfinite(tau) else math.nan
     rho2 = 2 * rho / (1 + rho) if rho > 0 else math.nan
