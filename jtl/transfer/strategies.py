@@ -168,7 +168,8 @@ def _wise_finish(
     start: dict, alphas: tuple[float, ...], shifts: tuple[str, ...] = ()
 ) -> Callable[..., dict[str, Any]]:
     """The WiSE-FT curve: accuracy and ECE at every alpha, on validation, test and each shift
-    (`eval_shifts`); alpha is chosen on validation accuracy only, the whole curve is kept."""
+    (`eval_shifts`); alpha is chosen on validation accuracy only (ties: the smallest alpha),
+    the whole curve is kept."""
     from jtl.evaluation import calibration
 
     def measured(v: dict, split: str, evaluate: Callable[..., dict]) -> dict[str, float]:
@@ -205,6 +206,8 @@ def _wise_finish(
                 row[f"shift_accuracy:{name}"], row[f"shift_ece:{name}"] = m["accuracy"], m["ece"]
             rows.append(row)
             logging.info("WiSE-FT alpha=%.2f val %.4f", a, val["accuracy"])
+        # Ties on validation accuracy (common with a few hundred validation images) go to the
+        # smallest alpha, the most weight on w0: WiSE-FT's premise is that w0 is the robust end.
         best = max(rows, key=lambda r: r["val_accuracy"])
         chosen = interpolate(start, final, best["alpha"])
         if not chosen["batch_stats"]:
