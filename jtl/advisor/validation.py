@@ -189,7 +189,7 @@ def _value(summary: dict[str, Any], k: int) -> float:
     """The k-th seed's value of an arm (entries saved before `seeds` was recorded list their
     values in seed order: the study orders a group's runs by seed)."""
     seeds = summary.get("seeds")
-    return summary["values"][sorted(range(len(seeds)), key=seeds.__getitem__)[k] if seeds else k]
+    return summary["values"][seeds.index(sorted(seeds)[k]) if seeds else k]
 
 
 def _per_seed(e: Entry, k: int) -> Entry:

@@ -152,6 +152,11 @@ class Dataset:
         return self._labels[split]
 
 
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """A file check: `builder.is_prepared()` logs a misleading warning when it is not."""
+    return (Path(builder.data_dir) / "dataset_info.json").exists()
+
+
 def _builder_for(
     name: str, data_dir: Path, skip_bad_images: bool = False
 ) -> tfds.core.DatasetBuilder:
@@ -165,9 +170,7 @@ def _builder_for(
             data_dir=str(data_dir), file_format="array_record"
         )
         # Raw files are only needed to prepare; a prepared data set loads without them.
-        # (A file check: `builder.is_prepared()` logs a misleading warning when it is not.)
-        prepared = (Path(builder.data_dir) / "dataset_info.json").exists()
-        if not prepared and not sources.is_fetched(name):
+        if not _is_prepared(builder) and not sources.is_fetched(name):
             raise sources.MissingSourceError(name)
         return builder
     catalog_name = name.removeprefix("tfds:")
@@ -321,7 +324,7 @@ def _prepare(
         with _network_checked(name, builder.data_dir):
             builder.download_and_prepare()
     except FileExistsError:
-        if not (Path(builder.data_dir) / "dataset_info.json").exists():
+        if not _is_prepared(builder):
             raise
         logging.info("%s: prepared by another process meanwhile; reading its copy", name)
         return _builder_for(name, data_dir, skip_bad_images)

@@ -69,11 +69,10 @@ def load_member(path: str | Path, base: str | None = None) -> Member:
             "pass the --workdir of finished `jtl train` runs",
         )
     variables, _, meta = slim_checkpoint.read_run_variables(run, base)
-    base = meta.get(slim_checkpoint.BASE_KEY)
     config = json.loads((run / "config.json").read_text())
     if peft.ADAPTER not in variables["params"]:  # adapter runs are refused by check_compatible
         variables = merged(config, variables)
-    return Member(run, config, variables, base)
+    return Member(run, config, variables, meta.get(slim_checkpoint.BASE_KEY))
 
 
 def check_compatible(members: Sequence[Member]) -> None:
