@@ -379,7 +379,7 @@ def cmd_study(argv: Sequence[str]) -> int:
     )
     p.add_argument("--config", required=True, help="configs/studies/NAME.py[:arg]")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--parallel", type=int, default=1, help="cells run as N local processes")
+    p.add_argument("--parallel", type=int, default=1, help="cells run on N local worker processes")
     p.add_argument(
         "--cell",
         default=None,

@@ -1,10 +1,11 @@
 """What a run cost: the fields every strategy's summary.json carries next to its accuracy.
 
 Measured, not estimated: optimizer-state bytes from the state's arrays, checkpoint bytes from
-the files on disk, peak host memory from the kernel (`ru_maxrss`, the process's peak resident
-set: in a process that runs several trainings, e.g. a test session or `--parallel 1` study, it
-is the peak so far, an upper bound for this run). FLOPs per step and wall time are recorded by
-the trainer from XLA's cost analysis and the clock.
+the files on disk, peak host memory from the kernel (the process's peak resident set, VmHWM on
+Linux: a study worker resets it before each cell, so a cell reports its own peak, the worker's
+libraries included; in other processes that run several trainings, e.g. a test session or a
+`--parallel 1` study, it is the peak so far, an upper bound for this run). FLOPs per step and
+wall time are recorded by the trainer from XLA's cost analysis and the clock.
 """
 
 from __future__ import annotations
@@ -52,7 +53,14 @@ def _walk_bytes(p: epath.Path) -> int:
 
 
 def peak_host_memory_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process: Linux's VmHWM, which a study worker resets
+    before each cell (jtl.study.workers), else `ru_maxrss` (Linux KiB, macOS bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -30,9 +30,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +43,7 @@ from jtl.evaluation import run_summary
 from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
 from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
+from jtl.study import workers as workers_lib
 from jtl.study.grid import Cell, StudyError, StudyPlan, source_dir, study_defaults
 from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
 
@@ -112,60 +110,36 @@ def _run_in_process(cell: Cell, root: Path) -> None:
 
 
 def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple[Cell, str]]:
-    """Runs cells as `jtl train` subprocesses, `workers` at a time, one XLA device each."""
+    """Runs cells' `jtl train` commands on `workers` persistent worker processes, one XLA
+    device each (jtl.study.workers); on SIGTERM, forwards it, waits, raises Preempted."""
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
-    jtl = f"{shlex.quote(sys.executable)} -m jtl.commands.cli"
-    queue = list(cells)
-    running: list[tuple[Cell, subprocess.Popen, Any]] = []
     failed: list[tuple[Cell, str]] = []
-    with Preemption() as preempt:
-        _parallel_loop(queue, running, failed, root, workers, jtl, env, preempt)
-    return failed
 
+    def done(cell: Cell, rc: int) -> bool:
+        if rc == PREEMPTED_EXIT:  # checkpointed; stop launching, a re-run resumes
+            failed.append((cell, f"preempted (exit {PREEMPTED_EXIT}); re-run to resume"))
+            return False
+        if rc and diverged_step(cell.workdir(root)) is None:
+            why = "its worker died" if rc == workers_lib.DIED else f"exit {rc}"
+            failed.append((cell, f"{why}, see {cell.workdir(root)}/train.log"))
+        else:
+            logging.info("cell done: %s", cell.id)
+        return True
 
-def _parallel_loop(
-    queue: list[Cell],
-    running: list[tuple[Cell, subprocess.Popen, Any]],
-    failed: list[tuple[Cell, str]],
-    root: Path,
-    workers: int,
-    jtl: str,
-    env: dict[str, str],
-    preempt: Preemption,
-) -> None:
-    """Launches and reaps cell processes; on SIGTERM, forwards it, waits, raises Preempted."""
-    while queue or running:
+    jobs = []
+    for cell in cells:
+        workdir = cell.workdir(root)
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [*cell.command(root, jtl=""), "--config.progress=False"]  # `jtl train ...`
+        jobs.append((cell, argv, workdir / "train.log"))
+    with Preemption() as preempt, workers_lib.WorkerPool(workers, env, root / "workers") as pool:
+        pool.run(jobs, done, lambda: preempt.requested)
         if preempt.requested:
-            for _, proc, _ in running:
-                proc.send_signal(signal.SIGTERM)  # each cell checkpoints the step it is on
-            for _, proc, log in running:
-                proc.wait()
-                log.close()
-            what = f"{len(running)} running cell(s) checkpointed"
+            what = "the running cells checkpointed"
             raise Preempted(None, preempt.signal_name or "SIGTERM", what)
-        while queue and len(running) < workers:
-            cell = queue.pop(0)
-            workdir = cell.workdir(root)
-            workdir.mkdir(parents=True, exist_ok=True)
-            log = (workdir / "train.log").open("a")
-            cmd = [*cell.command(root, jtl), "--config.progress=False"]
-            running.append((cell, subprocess.Popen(cmd, stdout=log, stderr=log, env=env), log))
-        time.sleep(0.5)
-        for item in list(running):
-            cell, proc, log = item
-            if proc.poll() is None:
-                continue
-            log.close()
-            running.remove(item)
-            if proc.returncode == PREEMPTED_EXIT:  # checkpointed; stop launching, re-run resumes
-                queue.clear()
-                failed.append((cell, f"preempted (exit {PREEMPTED_EXIT}); re-run to resume"))
-            elif proc.returncode and diverged_step(cell.workdir(root)) is None:
-                failed.append((cell, f"exit {proc.returncode}, see {cell.workdir(root)}/train.log"))
-            else:
-                logging.info("cell done: %s", cell.id)
+    return failed
 
 
 class StudyClock:
