@@ -109,6 +109,18 @@ def _curve(workdir: Path) -> dict[str, list[list[float]]]:
     return curve
 
 
+def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
+    """A finished run of exactly this config lives in `workdir` (then it is not re-run)."""
+    summary, cfg = workdir / "summary.json", workdir / "config.json"
+    if not (summary.exists() and cfg.exists()):
+        return False
+    from jtl.transfer.strategies import recorded_run_diff
+    from jtl.weights.source_model import resolve_input_scale
+
+    recorded = json.loads(cfg.read_text())
+    return not recorded_run_diff(recorded, config, resolve_input_scale(config))
+
+
 def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     """One row per finished cell: its identity, summary numbers, cost, convergence and curves.
 
@@ -117,6 +129,8 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     """
     rows = []
     for cell in cells:
+        if not is_finished(cell.workdir(root), cell.config()):
+            continue  # unfinished, or a run of another config (e.g. copied in): not this cell's
         result = sweep_lib.cell_result(cell, root)
         if result is None:
             continue

@@ -45,19 +45,13 @@ from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
 from jtl.study import workers as workers_lib
 from jtl.study.grid import Cell, StudyError, StudyPlan, source_dir, study_defaults
-from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
-
-
-def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
-    """A finished run of exactly this config lives in `workdir` (then it is not re-run)."""
-    summary, cfg = workdir / "summary.json", workdir / "config.json"
-    if not (summary.exists() and cfg.exists()):
-        return False
-    from jtl.transfer.strategies import recorded_run_diff
-    from jtl.weights.source_model import resolve_input_scale
-
-    recorded = json.loads(cfg.read_text())
-    return not recorded_run_diff(recorded, config, resolve_input_scale(config))
+from jtl.study.results import (
+    advise_scores,
+    collect,
+    diverged_cells,
+    diverged_step,
+    is_finished,
+)
 
 
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
