@@ -24,10 +24,11 @@ Run (resumable; from a separate git worktree):
     S=source_dir=runs/bench_ftlp100/sources
     jtl study --config configs/studies/shift_source.py:pair=far,$S --workdir runs/shift_far
 
-Expected (pair=near, measured 2026-12-03, docs/results.md "Shift and calibration"): 82.8 min
-on 2 CPU cores. Test accuracy 10/class: scratch 77.3, probe 68.3, finetune_full 75.0, lp_ft
-79.0 %; 100/class rerun at a 40-epoch cap (`sizes=100`, 51.9 min, all converged): 95.4, 84.4,
-97.3, 97.0 %. WiSE-FT's validation picks alpha = 1 at 10/class; the greedy soup keeps one run.
+Expected (pair=near, measured 2026-12-04 on 2 CPU cores, docs/results.md "Shift and
+calibration"): 34.3 min for the whole study at the former 60-epoch 10/class cap, plus 12.4 min
+for 10/class at 120 epochs (46.7 min summed); every arm converged. Test accuracy 10/class:
+scratch 76.1, probe 68.3, finetune_full 79.7, lp_ft 67.7 %; 100/class: 95.4, 84.4, 97.3, 97.0 %.
+WiSE-FT's validation picks alpha = 1 at 10/class; the greedy soup keeps one run.
 pair=far (measured 2026-12-03, 19.4 + 9.2 min, 100/class rerun at 60 epochs): scratch 86.7 /
 97.9 %, probe 83.3 / 95.1 % (negative transfer at both sizes), finetune_full 83.3 / 96.1 %,
 lp_ft 82.1 / 97.4 %; temperature scaling lowers ID ECE in every cell and raises OOD ECE in
