@@ -221,7 +221,7 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
     assert [p[0] for p in r["curve"]["val"]] == [6, 12]  # no duplicated records after resume
 
 
-def test_a_run_of_another_config_in_a_cells_directory_is_not_its_result(tmp_path):
+def test_a_run_of_another_config_in_a_cells_directory_is_not_its_result(tmp_path, caplog):
     """A run copied into a cell's directory (or left there by another config) is refused by
     training and left out of the rows the report reads: no report mixes configs."""
     one = dict(strategies=("scratch",), sizes=("full",), seeds=(0,))
@@ -232,6 +232,9 @@ def test_a_run_of_another_config_in_a_cells_directory_is_not_its_result(tmp_path
     (other,) = study_lib.expand(_study(**one, steps=8), root)
     assert other.workdir(root) == cell.workdir(root)
     assert study_lib.collect([other], root) == []
+    assert f"1 cell(s) hold a run of another config, left out of the report: {cell.id}" in (
+        caplog.text
+    )
     ran, failed = study_lib.run_cells([other], root)
     assert ran == 1 and "different config" in failed[0][1]
     assert [r["cell"] for r in study_lib.collect([cell], root)] == [cell.id]  # kept as it was

@@ -127,10 +127,12 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     A swept cell gives one row, from the trial chosen on validation (jtl.study.sweep), once
     its whole grid has finished and been selected.
     """
-    rows = []
+    rows, other = [], []
     for cell in cells:
         if not is_finished(cell.workdir(root), cell.config()):
-            continue  # unfinished, or a run of another config (e.g. copied in): not this cell's
+            if (cell.workdir(root) / "summary.json").exists():
+                other.append(cell.id)  # a run of another config (e.g. copied in): not this cell's
+            continue
         result = sweep_lib.cell_result(cell, root)
         if result is None:
             continue
@@ -179,6 +181,11 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
         )
         if cell.trial:
             rows.extend(_soup_row(rows[-1], cell, cells, root))
+    if other:
+        logging.warning(
+            "%d cell(s) hold a run of another config, left out of the report: %s%s",
+            len(other), ", ".join(other[:3]), " ..." if len(other) > 3 else "",
+        )  # fmt: skip
     return rows
 
 
