@@ -129,8 +129,9 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     """
     rows, other = [], []
     for cell in cells:
-        if not is_finished(cell.workdir(root), cell.config()):
-            if (cell.workdir(root) / "summary.json").exists():
+        workdir = cell.workdir(root)
+        if (workdir / "config.json").exists() and not is_finished(workdir, cell.config()):
+            if (workdir / "summary.json").exists():
                 other.append(cell.id)  # a run of another config (e.g. copied in): not this cell's
             continue
         result = sweep_lib.cell_result(cell, root)
