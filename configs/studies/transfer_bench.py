@@ -45,15 +45,16 @@ targets, linear probe only: its fine-tuning costs ~90 s a cell on this CPU. Its 
 against the main part's scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
-Expected (2026-12-02/03, 2-core CPU, phases run partly side by side; docs/results.md
+Expected (2026-12-02/04, 2-core CPU, phases run partly side by side; docs/results.md
 "Transferability benchmark"): 200 triples with scratch and the linear probe (9 sources plus
-ImageNet; the probe phase 133 min, the ImageNet phase 47 min), finetune_full and lp_ft on 130:
-the 90 at 10/class (lp_ft phase 63 min) and 36 at 100/class on 4 sources (78.9 min). Scratch at
-10/class: digits 89.4 %, fashion_mnist 61.8 %, lfw 89.0 %. Leave-one-target-out, deciding
-"probe or scratch?" by the fitted advisor loses 1.16 points against 1.74 for always-scratch
-(difference -0.58 [-1.09, -0.12]); with every arm it loses 2.08 against always-lp_ft's 2.52
-(-0.45 [-1.78, +0.75]); the weighted tau of its source ranking is 0.51 (seed 0 against seed 1:
-0.59).
+ImageNet; the probe phase 133 min, the ImageNet phase 47 min), finetune_full and lp_ft on 180:
+every trained source at 10/class (lp_ft phase 63 min) and at 100/class (on the study workers,
+8.6 min a source on the idle machine). Scratch at 10/class: digits 89.4 %, fashion_mnist
+61.8 %, lfw 89.0 %. Leave-one-target-out, deciding "probe or scratch?" by the fitted advisor
+loses 1.16 points against 1.74 for always-scratch (difference -0.58 [-1.09, -0.12]); with every
+arm it loses 1.62 against always-lp_ft's 1.98 (-0.36 [-1.33, +0.52]; leave-one-source-out
+-0.79 [-1.75, -0.01]); the weighted tau of its source ranking is 0.42 (seed 0 against seed 1:
+0.60).
 """
 
 import ml_collections as mlc
