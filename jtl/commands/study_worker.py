@@ -13,9 +13,12 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+from jtl.commands import cli
 
 
 def _reset_peak_memory() -> None:
@@ -28,8 +31,6 @@ def _reset_peak_memory() -> None:
 
 def run_logged(argv: Sequence[str], log: Path) -> int:
     """Runs `jtl ARGV` in this process with stdout and stderr (fds 1, 2) appended to `log`."""
-    from jtl.commands import cli
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -42,6 +43,9 @@ def run_logged(argv: Sequence[str], log: Path) -> int:
         return cli.main(list(argv))
     except SystemExit as e:  # argparse's usage errors
         return e.code if isinstance(e.code, int) else 2
+    except Exception:  # noqa: BLE001 - re-raised by cli.main under --debug / JTL_DEBUG
+        traceback.print_exc()  # into the cell's log, as a `jtl train` process would
+        return 1
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -65,11 +69,10 @@ def serve(jobs: IO[str], results: IO[str]) -> None:
 
 def main() -> None:
     """Serves jobs from stdin; results go to the stdout the process started with."""
-    from jtl.commands import cli  # noqa: F401 - imported once, before the first cell
-    from jtl.run import train  # noqa: F401
-
     results = os.fdopen(os.dup(1), "w")
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints between cells go nowhere
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stray prints (imports too) go nowhere
+    from jtl.run import train  # noqa: F401 - imported once, before the first cell
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study, which stops us
     serve(sys.stdin, results)
 

@@ -92,6 +92,9 @@ class WorkerPool:
         self.workers.clear()
 
     def _idle(self) -> Worker:
+        for w in list(self.workers):
+            if w.job is None and w.proc.poll() is not None:  # died while idle (killed, OOM)
+                self._retire(w)
         for w in self.workers:
             if w.job is None:
                 return w
@@ -111,28 +114,25 @@ class WorkerPool:
         stop: Callable[[], bool],
     ) -> None:
         """Runs `(job, argv, log)` items; `done(job, rc)` after each returns False to stop
-        launching more. `stop()` (checked every half second) SIGTERMs the running cells, waits
-        for them to checkpoint and report, and returns."""
+        launching more. `stop()` (checked every half second, before any launch) SIGTERMs the
+        running cells once, waits for them to checkpoint and report, and returns."""
         queue = list(jobs)
-        launching = True
+        signalled = False
         with selectors.DefaultSelector() as sel:
             while True:
-                while (
-                    launching
-                    and queue
-                    and sum(w.job is not None for w in self.workers) < (self.size)
-                ):
+                if not signalled and stop():  # before launching: nothing starts after it
+                    signalled = True
+                    queue.clear()
+                    for w in self.workers:
+                        if w.job is not None:
+                            w.proc.send_signal(signal.SIGTERM)  # each cell checkpoints its step
+                while queue and sum(w.job is not None for w in self.workers) < self.size:
                     job, argv, log = queue.pop(0)
                     w = self._idle()
                     w.start(job, argv, log)
                     sel.register(w.proc.stdout, selectors.EVENT_READ, w)
-                busy = [w for w in self.workers if w.job is not None]
-                if not busy:
+                if not any(w.job is not None for w in self.workers):
                     return
-                if launching and stop():
-                    launching = False
-                    for w in busy:
-                        w.proc.send_signal(signal.SIGTERM)  # each cell checkpoints its step
                 for key, _ in sel.select(timeout=0.5):
                     w = key.data
                     sel.unregister(key.fileobj)
@@ -141,4 +141,4 @@ class WorkerPool:
                     if rc != 0:  # the worker exits (or has died): a fresh one takes the next
                         self._retire(w)
                     if not done(job, rc):
-                        launching = False
+                        queue.clear()
