@@ -47,6 +47,23 @@ def test_patience_never_stops_before_stop_min_steps(tmp_path):
     assert s["early_stopping"]["stopped_step"] == 18 and s["steps_run"] == 18
 
 
+def test_patience_never_stops_before_stop_min_fraction_of_the_cap(tmp_path):
+    r = resolve_budget(_config("max_epochs=8", "stop_min_fraction=0.75", "stop_min_steps=5"), 100)
+    assert (r.total_steps, r.stop_min_steps, r.stop_min_fraction) == (25, 19, 0.0)  # ceil 18.75
+    higher = resolve_budget(
+        _config("max_epochs=8", "stop_min_fraction=0.5", "stop_min_steps=20"), 100
+    )
+    assert higher.stop_min_steps == 20  # the larger floor wins
+    from jtl.run.train import train
+
+    config = _config("max_epochs=8", "early_stopping_patience=1", "stop_min_fraction=0.75",
+                     "min_delta=0.99", "eval_every_epochs=0", "eval_every=3")  # fmt: skip
+    s = train(config, tmp_path)  # patience 1 would stop at step 6; 0.75 of 25 steps is 19
+    assert s["early_stopping"]["stopped_step"] == 21 and s["steps_run"] == 21
+    with pytest.raises(Exception, match="stop_min_fraction"):
+        train(_config("stop_min_fraction=1.5"), tmp_path / "bad")
+
+
 def test_resolve_budget_turns_epochs_into_steps():
     c = _config("max_epochs=8")
     r = resolve_budget(c, 100)  # 100 examples / batch 32 = 3.125 steps per epoch
@@ -166,3 +183,7 @@ def test_study_floors_reach_every_cell_and_scratch_gets_its_longer_floor():
     study.convergence.stop_min_steps = 200
     assert "stop_min_steps=400" in budget_overrides(study, "scratch", "full")
     assert "stop_min_steps=200" in budget_overrides(study, "lp_ft", "10")
+    assert not any(o.startswith("stop_min_fraction") for o in scratch)  # off unless asked for
+    study.convergence.stop_min_fraction = 0.75  # a fraction of each cell's own cap
+    assert "stop_min_fraction=0.75" in budget_overrides(study, "scratch", "full")
+    assert "stop_min_fraction=0.75" in budget_overrides(study, "lp_ft", "10")

@@ -115,7 +115,15 @@ def _restrict(s: mlc.ConfigDict, sources: str, sizes: str) -> None:
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     a = parse_arg(
-        arg, part="main", seeds=2, small=0, arms="all", source_dir="", sources="all", sizes="all"
+        arg,
+        part="main",
+        seeds=2,
+        small=0,
+        arms="all",
+        source_dir="",
+        sources="all",
+        sizes="all",
+        stop_frac=0.0,
     )
     s = study_defaults()
     s.name = f"transfer_bench_{a.part}" + ("_small" if a.small else "")
@@ -165,5 +173,5 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.target_overrides = mlc.ConfigDict()
     # mnist_source's converged protocol (no 1000/class size here).
     protocol = {**SMALL_IMAGE_PROTOCOL, "max_epochs_by_size": {"10": 150.0, "100": 30.0}}
-    converged(s, **protocol, stop_min_steps=100)
+    converged(s, **protocol, stop_min_steps=100, stop_min_fraction=a.stop_frac)
     return s

@@ -64,6 +64,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "min_steps": _int(0),
     "min_eval_every": _int(0),
     "stop_min_steps": _int(0),
+    "stop_min_fraction": _float(0.0, 1.0),
     "optim.lr": NON_NEGATIVE,  # 0: no update (e.g. a random-init control source)
     "optim.weight_decay": NON_NEGATIVE,
     "optim.warmup_steps": _int(0),

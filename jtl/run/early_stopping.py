@@ -3,10 +3,11 @@
 A run trained "to convergence" evaluates on validation every `eval_every` steps (or every
 `eval_every_epochs` epochs of its training subset) and stops once `early_stopping_patience`
 evaluations in a row brought no improvement of more than `min_delta`, but not before
-`stop_min_steps`; `max_epochs` (epochs of the training subset) caps it. It reports the best
-evaluated weights. A run that hits the cap while still improving is recorded as
-`converged: false`: its numbers are a lower bound, and the study report states no verdict from
-them.
+`stop_min_steps` nor before `stop_min_fraction` of the cap (the LR schedule must have decayed:
+high-LR validation noise is not a plateau); `max_epochs` (epochs of the training subset) caps
+it. It reports the best evaluated weights. A run that hits the cap while still improving is
+recorded as `converged: false`: its numbers are a lower bound, and the study report states no
+verdict from them.
 
 Resume stays exact: the stop state (best step and accuracy, evaluations without improvement)
 lives in checkpoint metadata and the best weights in `best_weights/STEP.npz`, written with every
@@ -39,10 +40,12 @@ def resolve_budget(config: mlc.ConfigDict, train_examples: int) -> mlc.ConfigDic
 
     `max_epochs > 0` sets `total_steps` (the cap, and the length of the LR schedule) to
     ceil(max_epochs x steps per epoch), at least `min_steps`; `eval_every_epochs > 0` sets
-    `eval_every`, at least `min_eval_every` steps. Returns
-    `config` itself when neither is set, so equal-step runs are untouched.
+    `eval_every`, at least `min_eval_every` steps; `stop_min_fraction > 0` raises
+    `stop_min_steps` to that fraction of the cap (and is then 0, so a resolved config records
+    steps only). Returns `config` itself when none is set, so equal-step runs are untouched.
     """
-    if not (config.max_epochs > 0 or config.eval_every_epochs > 0):
+    fraction = float(config.get("stop_min_fraction", 0.0))
+    if not (config.max_epochs > 0 or config.eval_every_epochs > 0 or fraction > 0):
         return config
     spe = steps_per_epoch(train_examples, config.batch_size)
     out = mlc.ConfigDict(config.to_dict())
@@ -55,6 +58,10 @@ def resolve_budget(config: mlc.ConfigDict, train_examples: int) -> mlc.ConfigDic
     if config.eval_every_epochs > 0:
         out.eval_every = max(1, int(config.get("min_eval_every", 0)))
         out.eval_every = max(out.eval_every, round(config.eval_every_epochs * spe))
+    if fraction > 0:
+        floor = math.ceil(fraction * out.total_steps - 1e-9)
+        out.stop_min_steps = max(int(config.get("stop_min_steps", 0)), floor)
+        out.stop_min_fraction = 0.0
     logging.info(
         "Budget: %d steps (%.3g epochs of %d examples), validation every %d steps",
         out.total_steps,

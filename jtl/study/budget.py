@@ -41,6 +41,9 @@ def convergence_defaults() -> mlc.ConfigDict:
             # Patience cannot stop a cell before this step (0 = any; scratch x its schedule
             # multiplier): early, high-LR validation noise is not a plateau.
             "stop_min_steps": 0,
+            # ... nor before this fraction of the cell's cap (0 = off): the cosine LR must have
+            # decayed, else a high-LR cell stops on validation noise (jtl/config/schema.py).
+            "stop_min_fraction": 0.0,
             "checkpoint_every": 500,  # steps; a killed cell resumes from here
         }
     )
@@ -70,6 +73,7 @@ def converged(
     min_steps: int = 0,
     min_eval_every_steps: int = 0,
     stop_min_steps: int = 0,
+    stop_min_fraction: float = 0.0,
 ) -> None:
     """Puts a study on the reference converged, tuned protocol (the study configs' one recipe).
 
@@ -88,6 +92,7 @@ def converged(
     c.eval_every_epochs_by_size = mlc.ConfigDict(eval_every_epochs_by_size)
     c.min_steps, c.min_eval_every_steps = min_steps, min_eval_every_steps
     c.stop_min_steps = stop_min_steps
+    c.stop_min_fraction = stop_min_fraction
     c.checkpoint_every = 500
     study.sweep.lr = lr_grid
     study.sweep_tune_seeds = 1 if len(study.seeds) > 1 else 0
@@ -132,6 +137,8 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
             out.append(f"min_steps={int(int(c.min_steps) * mult)}")
     if int(c.stop_min_steps) > 0:
         out.append(f"stop_min_steps={int(int(c.stop_min_steps) * mult)}")
+    if float(c.get("stop_min_fraction", 0.0)) > 0:  # of the cell's own cap: scratch's is x mult
+        out.append(f"stop_min_fraction={float(c.stop_min_fraction)}")
     if int(c.min_eval_every_steps) > 0:
         out.append(f"min_eval_every={int(c.min_eval_every_steps)}")
     if int(c.eval_every_steps) > 0:
