@@ -240,6 +240,29 @@ def test_a_run_of_another_config_in_a_cells_directory_is_not_its_result(tmp_path
     assert [r["cell"] for r in study_lib.collect([cell], root)] == [cell.id]  # kept as it was
 
 
+def test_a_sweep_chooses_only_among_runs_of_its_trials_configs(tmp_path):
+    """A trial holding another config's run (copied in, or replaced after the choice) is no
+    trial to choose from: the cell gets no selection and no row rather than a mixed one."""
+    from jtl.study import sweep
+
+    s = _study(strategies=("scratch",), sizes=("full",), seeds=(0,), steps=4)
+    s.sweep.lr = (0.01, 0.03)
+    root = tmp_path / "study"
+    trials = study_lib.expand(s, root)
+    assert len(trials) == 2 and study_lib.run_cells(trials, root) == (2, [])
+    assert [r["cell"] for r in study_lib.collect(trials, root)] == [sweep.group_id(trials[0])]
+    selected = root / "cells" / sweep.group_id(trials[0]) / sweep.SELECTED
+    chosen = json.loads(selected.read_text())["chosen"]
+    other = next(t for t in trials if t.trial != chosen)
+    cfg = other.workdir(root) / "config.json"  # its run replaced by one of another config
+    record = json.loads(cfg.read_text())
+    record["total_steps"], record["_fingerprint"] = 8, "another"
+    cfg.write_text(json.dumps(record))
+    assert study_lib.collect(trials, root) == []  # the old choice saw another run: stale
+    selected.unlink()
+    assert sweep.finalize(trials, root) == [] and not selected.exists()  # nothing to choose
+
+
 def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     from jtl.run.train import train
 

@@ -100,6 +100,41 @@ def test_a_failed_cell_gets_its_one_line_and_the_next_cell_a_fresh_worker(tmp_pa
     ]
 
 
+def test_workers_are_retired_after_their_cell_quota_and_when_found_dead_while_idle(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(workers_lib, "CELLS_PER_WORKER", 2)
+    results: list[tuple[str, int]] = []
+    jobs = [(n, _train(tmp_path / n), tmp_path / f"{n}.log") for n in ("a", "b", "c")]
+    with workers_lib.WorkerPool(1, ENV, tmp_path / "workers") as pool:
+        pool.run(jobs, lambda job, rc: results.append((job, rc)) or True, lambda: False)
+        assert len(pool.workers) == 1 and pool.started == 2  # a, b on one; c on a fresh one
+        pool.workers[0].proc.send_signal(signal.SIGKILL)  # dies while idle
+        pool.workers[0].proc.wait()
+        more = [("d", _train(tmp_path / "d"), tmp_path / "d.log")]
+        pool.run(more, lambda job, rc: results.append((job, rc)) or True, lambda: False)
+        assert pool.started == 3  # the dead one was retired, not handed the cell
+    assert results == [("a", 0), ("b", 0), ("c", 0), ("d", 0)]
+
+
+def test_closing_busy_workers_checkpoints_their_cells_under_one_deadline(tmp_path):
+    """The study ending under running cells (an exception, a second Ctrl-C): every busy worker
+    gets SIGTERM at once, so each cell checkpoints, and no worker waits for another."""
+    ws = [workers_lib.Worker(ENV, tmp_path / f"worker{i}.log") for i in range(2)]
+    runs = [tmp_path / f"run{i}" for i in range(2)]
+    for w, run in zip(ws, runs, strict=True):
+        w.start(run.name, _train(run, "--config.total_steps=100000"), tmp_path / f"{run.name}.log")
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(_step(r) >= 5 for r in runs):
+        time.sleep(0.1)
+    t = time.monotonic()
+    workers_lib.close_all(ws, timeout=100)
+    assert time.monotonic() - t < 60
+    for w, run in zip(ws, runs, strict=True):
+        assert w.proc.returncode == 0  # it reported the preempted cell, then exited
+        assert any(p.name.isdigit() for p in (run / "checkpoints").iterdir())
+
+
 def test_a_worker_that_dies_mid_cell_is_that_cells_failure(tmp_path):
     w = workers_lib.Worker(ENV, tmp_path / "worker.log")
     try:
@@ -131,7 +166,7 @@ def test_sigterm_to_a_parallel_study_checkpoints_its_cells_and_the_rerun_resumes
         "    s.targets = mlc.ConfigDict({'digits': 'steps=2000'})\n"
         "    s.strategies = ('scratch',)\n"
         "    s.sizes = ('full',)\n"
-        "    s.seeds = (0, 1)\n"
+        "    s.seeds = (0, 1, 2)\n"
         "    s.steps = 2000\n"
         "    s.overrides = ('eval_every=1000', 'log_every=5', 'checkpoint_every=5000')\n"
         "    s.advise_sample = 0\n"
@@ -144,18 +179,22 @@ def test_sigterm_to_a_parallel_study_checkpoints_its_cells_and_the_rerun_resumes
     runs = lambda: sorted((tmp_path / "s" / "cells").glob("digits/scratch/full/*"))  # noqa: E731
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if len(runs()) == 2 and all(_step(r) >= 10 for r in runs()):
+        if sum(_step(r) >= 10 for r in runs()) == 2:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == EXIT_CODE, err[-2000:]
     assert "preempted" in err.strip().splitlines()[-1]
-    for r in runs():  # both cells stopped at a step of their own, checkpointed there
+    started = [r for r in runs() if _step(r) > 0]
+    assert len(started) == 2  # 3 cells on 2 workers: the third never trained after SIGTERM
+    for r in started:  # both cells stopped at a step of their own, checkpointed there
         steps = [int(p.name) for p in (r / "checkpoints").iterdir() if p.name.isdigit()]
         assert steps and 10 <= max(steps) < 2000 and not (r / "summary.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert len(runs()) == 3
     for r in runs():
         s = json.loads((r / "summary.json").read_text())
-        assert s["resumed_from_step"] >= 10 and s["steps_run"] == 2000
+        assert s["steps_run"] == 2000
+        assert ((s.get("resumed_from_step") or 0) >= 10) == (r in started)

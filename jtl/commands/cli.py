@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "1"  # also shows library error logs (see jtl.runtime.process.setup_logging)
         )
     elif as_program:
-        _filter_loop_closed()
+        filter_loop_closed()
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("commands:", ", ".join(COMMANDS), "(add --debug for tracebacks)")
@@ -487,7 +487,7 @@ def _loop_closed(value: BaseException | None) -> bool:
     return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
 
-def _filter_loop_closed() -> None:
+def filter_loop_closed() -> None:
     """A failed async checkpoint write makes tensorstore's threads call back into a closed
     asyncio loop, each reporting 'Event loop is closed' as an unraisable exception (a bare
     traceback): dropped, since the write error itself reaches `main` as one line."""

@@ -74,6 +74,8 @@ def main() -> None:
     from jtl.run import train  # noqa: F401 - imported once, before the first cell
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the study, which stops us
+    if os.environ.get("JTL_DEBUG", "") in ("", "0"):
+        cli.filter_loop_closed()  # once, as `jtl` does for a process (cli.main)
     serve(sys.stdin, results)
 
 

@@ -3,9 +3,11 @@
 Measured, not estimated: optimizer-state bytes from the state's arrays, checkpoint bytes from
 the files on disk, peak host memory from the kernel (the process's peak resident set, VmHWM on
 Linux: a study worker resets it before each cell, so a cell reports its own peak, the worker's
-libraries included; in other processes that run several trainings, e.g. a test session or a
-`--parallel 1` study, it is the peak so far, an upper bound for this run). FLOPs per step and
-wall time are recorded by the trainer from XLA's cost analysis and the clock.
+libraries included and what it keeps from its earlier cells, at most
+`jtl.study.workers.CELLS_PER_WORKER` of them; in other processes that run several trainings,
+e.g. a test session or a `--parallel 1` study, it is the peak so far, an upper bound for this
+run). FLOPs per step and wall time are recorded by the trainer from XLA's cost analysis and the
+clock.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from absl import logging
 
 from jtl.evaluation import costs, run_summary
 from jtl.study import sweep as sweep_lib
+from jtl.study.finished import is_foreign
 from jtl.study.grid import Cell, source_dir
 
 
@@ -109,18 +110,6 @@ def _curve(workdir: Path) -> dict[str, list[list[float]]]:
     return curve
 
 
-def is_finished(workdir: Path, config: mlc.ConfigDict) -> bool:
-    """A finished run of exactly this config lives in `workdir` (then it is not re-run)."""
-    summary, cfg = workdir / "summary.json", workdir / "config.json"
-    if not (summary.exists() and cfg.exists()):
-        return False
-    from jtl.transfer.strategies import recorded_run_diff
-    from jtl.weights.source_model import resolve_input_scale
-
-    recorded = json.loads(cfg.read_text())
-    return not recorded_run_diff(recorded, config, resolve_input_scale(config))
-
-
 def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     """One row per finished cell: its identity, summary numbers, cost, convergence and curves.
 
@@ -130,7 +119,7 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     rows, other = [], []
     for cell in cells:
         workdir = cell.workdir(root)
-        if (workdir / "config.json").exists() and not is_finished(workdir, cell.config()):
+        if is_foreign(workdir, cell.config()):
             if (workdir / "summary.json").exists():
                 other.append(cell.id)  # a run of another config (e.g. copied in): not this cell's
             continue

@@ -44,14 +44,9 @@ from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
 from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
 from jtl.study import workers as workers_lib
+from jtl.study.finished import is_finished
 from jtl.study.grid import Cell, StudyError, StudyPlan, source_dir, study_defaults
-from jtl.study.results import (
-    advise_scores,
-    collect,
-    diverged_cells,
-    diverged_step,
-    is_finished,
-)
+from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
 
 
 def run_train(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:

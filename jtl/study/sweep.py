@@ -41,6 +41,7 @@ from absl import logging
 
 from jtl import config as config_lib
 from jtl.evaluation import run_summary
+from jtl.study.finished import is_foreign
 from jtl.transfer import strategies
 
 # sweep axis -> the cell-config key it sets
@@ -285,6 +286,8 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
         summaries = [run_summary.read(c.workdir(root)) for c in trials]
         if any(s is None for s in summaries):
             continue  # the grid is not complete yet: no choice, no test number
+        if any(is_foreign(c.workdir(root), c.config()) for c in trials):
+            continue  # a trial holds another config's run: nothing to choose from (collect warns)
         fingerprints = [_fingerprint(c.workdir(root)) for c in trials]
         path = Path(root) / "cells" / gid / SELECTED
         old = _read(path)
@@ -388,6 +391,11 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     gid = group_id(cell)
     sel = _read(Path(root) / "cells" / gid / SELECTED)
     if sel is None or sel["chosen"] != cell.trial:
+        return None
+    if any(  # a trial's run was replaced since the choice: it chose among other runs
+        _fingerprint(Path(root) / "cells" / gid / t["trial"]) != t["fingerprint"]
+        for t in sel["trials"]
+    ):
         return None
     t = sel["test"]
     summary = {**summary, **{k: v for k, v in t.items() if k.startswith("test_")}}

@@ -11,7 +11,9 @@ What stays as it was: a cell's output goes to its own `train.log`, its exit code
 bit-identical to a fresh process (tests/test_study_workers.py). A worker serves cells until one
 fails or is preempted, then exits: the next cell gets a fresh process, never the state a failure
 left behind. A worker that dies mid-cell (killed, out of memory) is reported as that cell's
-failure and replaced.
+failure and replaced. After `CELLS_PER_WORKER` cells a worker is retired too, so what it keeps
+from earlier cells (compiled programs, allocator pools) stays bounded, and so does the peak
+memory a cell reports (jtl.evaluation.costs).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 DIED = -1000  # a worker's result when its process ended without reporting one
+CELLS_PER_WORKER = 40  # then a fresh process (about 3 s of start-up per 40 cells)
+CLOSE_TIMEOUT_S = 60.0  # for all workers together: a running cell's checkpoint, then a kill
 # The worker process: an entry point, so it lives with the commands it runs.
 WORKER_MODULE = "jtl.commands.study_worker"
 
@@ -45,12 +50,17 @@ class Worker:
             text=True,
         )
         self.job: Any = None
+        self.cells = 0  # cells started on this process
 
     def start(self, job: Any, argv: Sequence[str], log: Path) -> None:
         assert self.proc.stdin is not None
         self.job = job
-        self.proc.stdin.write(json.dumps({"argv": list(argv), "log": str(log)}) + "\n")
-        self.proc.stdin.flush()
+        self.cells += 1
+        try:
+            self.proc.stdin.write(json.dumps({"argv": list(argv), "log": str(log)}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:  # it died since the pool last looked: `result` reports DIED
+            pass
 
     def result(self) -> int:
         """The finished job's exit code (DIED if the process ended without one)."""
@@ -59,20 +69,41 @@ class Worker:
         self.job = None
         return int(json.loads(line)["rc"]) if line else DIED
 
-    def close(self) -> None:
+    def begin_close(self) -> None:
+        """Asks the process to end without waiting: an idle loop ends at the closed stdin, a
+        running cell gets SIGTERM and checkpoints (the study is ending under it)."""
         if self.proc.stdin and not self.proc.stdin.closed:
             try:
-                self.proc.stdin.close()  # an idle worker's loop ends
-            except BrokenPipeError:
+                self.proc.stdin.close()
+            except OSError:
                 pass
+        if self.job is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def finish_close(self, timeout: float) -> None:
+        """Waits up to `timeout` seconds for the process, then kills it."""
         try:
-            self.proc.wait(timeout=60)
+            self.proc.wait(timeout=max(timeout, 0.0))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        self.begin_close()
+        self.finish_close(timeout)
+
+
+def close_all(workers: Sequence[Worker], timeout: float = CLOSE_TIMEOUT_S) -> None:
+    """Closes workers under one shared deadline: every one is asked first, then each is
+    waited for, so N busy workers take `timeout` at most, not N times it."""
+    for w in workers:
+        w.begin_close()
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.finish_close(deadline - time.monotonic())
 
 
 class WorkerPool:
@@ -87,8 +118,7 @@ class WorkerPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for w in self.workers:
-            w.close()
+        close_all(self.workers)
         self.workers.clear()
 
     def _idle(self) -> Worker:
@@ -138,7 +168,9 @@ class WorkerPool:
                     sel.unregister(key.fileobj)
                     job = w.job
                     rc = w.result()
-                    if rc != 0:  # the worker exits (or has died): a fresh one takes the next
+                    # A failed or preempted worker exits (or has died); an old one is retired:
+                    # either way a fresh one takes the next cell.
+                    if rc != 0 or w.cells >= CELLS_PER_WORKER:
                         self._retire(w)
                     if not done(job, rc):
                         queue.clear()
