@@ -110,6 +110,17 @@ def test_a_saved_table_stands_in_for_its_runs_and_new_rows_add_to_it():
     assert m["arms"]["l2_sp"]["mean"] == pytest.approx(91)
     assert m["gain"]["l2_sp"] == pytest.approx(91 - e["scratch"]["mean"])
     assert {k: m["arms"][k] for k in e["arms"]} == e["arms"]
+    # A later phase re-measures scratch in a one-source study ("scratch", not "scratch@none"):
+    # its rows replace the saved ones, never stand beside them (no best-of-both on test).
+    old = json.loads(json.dumps(saved))
+    for x in old:
+        x["scratch"]["arm"] = "scratch@none"
+    redo = [_row(e["target"], e["size"], "none", "scratch", a, i) for i, a in enumerate([1, 3])]
+    key = (e["source"], e["target"], e["size"])
+    (r,) = [
+        x for x in table_lib.build(redo, [], old) if (x["source"], x["target"], x["size"]) == key
+    ]
+    assert (r["scratch"]["arm"], r["scratch"]["mean"]) == ("scratch", pytest.approx(2))
     assert [x for x in merged if x is not m] == [x for x in table if x is not e]
 
 

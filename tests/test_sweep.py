@@ -154,6 +154,10 @@ def test_diverged_trials_lose_the_selection_and_all_diverged_selects_nothing():
     assert select([{"val_accuracy": float("nan")}, {"diverged": True}, ok]) == 2
     assert select([{"diverged": True}, {"val_accuracy": float("nan")}]) is None
     assert select([{"val_accuracy": 0.7}, {"val_accuracy": 0.7}]) == 0  # ties: grid order
+    # ... unless the validation loss tells them apart (a saturated split: every trial at 100 %)
+    tied = [{"val_accuracy": 1.0, "val_loss": 0.5}, {"val_accuracy": 1.0, "val_loss": 0.2}]
+    assert select([*tied, {"val_accuracy": 0.9, "val_loss": 0.01}]) == 1
+    assert select([{"val_accuracy": 1.0, "val_loss": float("nan")}, *tied]) == 2
 
 
 def test_later_seeds_train_once_at_the_tuning_seeds_choice(tmp_path):

@@ -123,7 +123,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         source_dir="",
         sources="all",
         sizes="all",
-        stop_frac=0.0,
+        stop_frac=0.75,  # patience waits for 3/4 of the cap (0: the earlier phases)
     )
     s = study_defaults()
     s.name = f"transfer_bench_{a.part}" + ("_small" if a.small else "")

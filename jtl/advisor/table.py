@@ -72,13 +72,21 @@ def _summary(
     return out
 
 
+def arm_name(label: str) -> str:
+    """An arm's name without its "@source": a study with several sources labels its arms
+    "lp_ft@mnist" and its scratch arm "scratch@none", one with a single source "lp_ft" and
+    "scratch". Why: one arm must have one name, or a later phase's scratch rows would stand
+    beside an earlier phase's instead of replacing them, and the best of both (on test) win.
+    Arm variants keep their own label."""
+    return str(label).split("@")[0]
+
+
 def _arms(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
     """(target, size, source) -> arm -> summary over seeds and folds (100 x accuracy)."""
     groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         source = "none" if _is_scratch(r) else r["source"]
-        # A transfer arm's name without its "@source" (arm variants keep their own label).
-        arm = r["arm"] if _is_scratch(r) else str(r["arm"]).split("@")[0]
+        arm = arm_name(r["arm"])
         groups[(r["target"], r["size"], source)][arm].append(r)
     return {
         key: {
@@ -140,7 +148,7 @@ def _prior_arms(prior: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, dict[s
     arms: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for e in prior:
         scratch = {k: v for k, v in e["scratch"].items() if k != "arm"}
-        arms[(e["target"], e["size"], "none")][e["scratch"]["arm"]] = scratch
+        arms[(e["target"], e["size"], "none")][arm_name(e["scratch"]["arm"])] = scratch
         arms[(e["target"], e["size"], e["source"])].update(e["arms"])
     return arms
 

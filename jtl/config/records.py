@@ -42,7 +42,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # What runs recorded before a field existed did, where that is not the field's default: such a
 # record is the same experiment only where the new config asks for this value.
-LEGACY_VALUES = {"strategy_args.probe_batch_stats": "source"}
+LEGACY_VALUES = {"strategy_args.probe_batch_stats": "source", "best_ties_on_val_loss": False}
 
 
 def recorded_diff(

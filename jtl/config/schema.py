@@ -84,6 +84,11 @@ def _early_stopping_fields(c: mlc.ConfigDict) -> None:
     # accuracy bounces by 10+ points between evaluations (Fashion-MNIST 100/class from scratch
     # at lr 0.1 stopped at step 252 of 625 at 74.0 % test; trained through, 79.8 %). 0 = off.
     c.stop_min_fraction = 0.0
+    # Reported weights: among evaluations at exactly the best validation accuracy, the one with
+    # the lowest validation loss (a small validation split saturates at 100 %, and its first
+    # evaluation there is the least trained; jtl/run/early_stopping.py). Runs recorded before
+    # this field chose the first (config.records.LEGACY_VALUES).
+    c.best_ties_on_val_loss = True
 
 
 def _eval_and_divergence_fields(c: mlc.ConfigDict) -> None:

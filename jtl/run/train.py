@@ -589,7 +589,7 @@ def _validate(run: _Run, step: int, state: State) -> None:
     val = run.evaluate_split(_eval_variables(state), "val")
     run.writer.write(step, "val", loss=val["loss"], accuracy=val["accuracy"])
     logging.info("step %d: val loss %.4f, accuracy %.4f", step, val["loss"], val["accuracy"])
-    if run.early.update(step, val["accuracy"], state):
+    if run.early.update(step, val["accuracy"], state, loss=val["loss"]):
         logging.info("Early stop at step %d (best step %s)", step, run.early.best_step)
 
 
@@ -737,6 +737,7 @@ def _setup(
         config.min_delta,
         workdir,
         min_step=config.get("stop_min_steps", 0),
+        ties_on_loss=config.get("best_ties_on_val_loss", False),
     )
     writer = MetricWriter(workdir)
     writer.truncate_after(start_step)

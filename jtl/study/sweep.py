@@ -220,16 +220,25 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def select(summaries: Sequence[dict[str, Any]]) -> int | None:
-    """Index of the trial with the best validation accuracy (first in grid order on ties).
+    """Index of the trial with the best validation accuracy; on a tie the lower validation
+    loss, then the first in grid order.
 
-    Reads `val_accuracy` only: trials never computed a test number to look at. None when every
-    trial diverged (the cell then has no result, and the report lists it as diverged).
+    Why the loss: a small validation split saturates (every lfw_subset trial at 100 %), and the
+    first grid point then wins whatever it learned. Reads validation numbers only: trials never
+    computed a test number to look at. None when every trial diverged (the cell then has no
+    result, and the report lists it as diverged).
     """
     vals = [trial_val_accuracy(s) for s in summaries]
     best = max(vals)
     if best == -math.inf:
         return None
-    return vals.index(best)
+
+    def loss(s: dict[str, Any]) -> float:
+        value = s.get("val_loss")
+        return float(value) if value is not None and math.isfinite(float(value)) else math.inf
+
+    tied = [i for i, v in enumerate(vals) if v == best]
+    return min(tied, key=lambda i: (loss(summaries[i]), i))
 
 
 def evaluate_test(config: mlc.ConfigDict, workdir: Path) -> dict[str, Any]:
