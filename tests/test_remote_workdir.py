@@ -115,6 +115,26 @@ def test_local_metrics_through_epath_append_and_truncate(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
+def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
+    """tensorboardX imports torch when installed (4.4 s a process here): jtl's writer keeps it
+    out, and a later `import torch` still works. In a fresh process: tests may load torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pathlib\n"
+        "from jtl.evaluation.metrics import MetricWriter\n"
+        f"w = MetricWriter(pathlib.Path({str(tmp_path)!r}))\n"
+        "w.write(1, 'val', loss=0.5)\n"
+        "w.flush()\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
 def test_train_on_gs_workdir_writes_through_epath(fake_gcs, monkeypatch):
     """The trainer end to end on `gs://bucket/run` (checkpoints stubbed: orbax is its own I/O)."""
     from jtl.run import train as train_lib

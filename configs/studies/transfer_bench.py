@@ -23,7 +23,11 @@ chosen on validation), finetune_full (backbone LR x0.1) and lp_ft; 2 seeds, size
 per class (3-fold CV inside the labelled budget), 9 x 10 x 2 = 180 (source, target, size)
 triples. Protocol: mnist_source's converged, tuned one (`jtl.study.budget.converged`): every
 cell trains until validation stalls (scratch x2 the cap), every SGD arm is tuned over the same
-learning-rate grid on seed 0 and seed 1 trains once at its choice.
+learning-rate grid on seed 0 and seed 1 trains once at its choice. Patience cannot stop a cell
+before 3/4 of its cap (`stop_frac=0.75`, the default since 2026-12-04: before it, the scratch
+arm stopped on high-LR validation noise, 7 points low on Fashion-MNIST at 100/class), and
+validation-accuracy ties go to the lower validation loss. `stop_frac=0` and a checkout before
+that date reproduce the earlier phases' rows.
 
 Run (resumable: re-run the same command; run it from a separate git worktree). In one go:
     jtl study --config configs/studies/transfer_bench.py --workdir runs/bench
