@@ -250,6 +250,7 @@ def test_a_sweep_chooses_only_among_runs_of_its_trials_configs(tmp_path):
     root = tmp_path / "study"
     trials = study_lib.expand(s, root)
     assert len(trials) == 2 and study_lib.run_cells(trials, root) == (2, [])
+    assert len(sweep.finalize(trials, root)) == 1
     assert [r["cell"] for r in study_lib.collect(trials, root)] == [sweep.group_id(trials[0])]
     selected = root / "cells" / sweep.group_id(trials[0]) / sweep.SELECTED
     chosen = json.loads(selected.read_text())["chosen"]
@@ -280,6 +281,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         "stopped_step": 4,
         "best_step": 2,
         "best_accuracy": pytest.approx(first["val_accuracy"]),
+        "best_loss": pytest.approx(first["val_loss"]),
         "bad_evals": 1,
     }
     assert first["converged"] is True and first["budget"] == "converged"
