@@ -14,11 +14,12 @@ Run:
     jtl quickstart --workdir runs/quickstart        # or: make quickstart
     jtl study --config configs/studies/quickstart.py --workdir runs/quickstart
 
-Expected (docs/results.md "Quickstart", 2026-12-03, 2-core CPU, ~10 min): digits 5-9, linear
-probe 84.2 ± 2.0 % vs scratch 74.7 ± 0.9 % (ahead, p = 0.054), finetune_full 79.3 %;
-Fashion-MNIST, scratch 58.8 ± 3.1 %, probe 56.6 %, finetune_full 53.6 ± 8.0 %. Another machine
-of the same kind (2026-12-02) gave 83.1 / 74.5 % (p = 0.018) and 61.8 / 59.7 / 55.4 %: at 2
-seeds and 10 per class the floating point of the CPU moves results by up to 3 points.
+Expected (docs/results.md "Quickstart", 2026-12-04, 2-core CPU, 3.3 min idle): digits 5-9,
+linear probe 84.2 ± 2.0 % vs scratch 76.3 ± 3.5 % (ahead, p = 0.14), finetune_full 81.8 %;
+Fashion-MNIST, scratch 60.9 ± 0.1 %, finetune_full 59.9 %, probe 56.6 %. Before validation
+ties went to the lower loss: 84.2 / 74.7 % (p = 0.054); another machine of the same kind
+(2026-12-02) gave 83.1 / 74.5 % (p = 0.018): at 2 seeds and 10 per class the floating point of
+the CPU moves results by up to 3 points.
 """
 
 import ml_collections as mlc
