@@ -128,7 +128,9 @@ def test_tensorboard_events_are_written_without_importing_torch(tmp_path):
         "w.write(1, 'val', loss=0.5)\n"
         "w.flush()\n"
         "assert 'torch' not in sys.modules\n"
-        "import torch\n"
+        "import importlib.util\n"
+        "if importlib.util.find_spec('torch'):\n"  # `make test-fast` has no torch
+        "    import torch\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
