@@ -124,9 +124,8 @@ class EarlyStopping:
         if not self.enabled:
             return False
         if accuracy > self.best_accuracy + self.min_delta:
-            self.best_accuracy, self.best_step, self._bad = accuracy, step, 0
-            self.best_loss = loss
-            self._best = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
+            self.best_accuracy, self._bad = accuracy, 0
+            self._keep(step, loss, state)
             return False
         if (
             self.ties_on_loss
@@ -135,13 +134,17 @@ class EarlyStopping:
             and self.best_loss is not None
             and loss < self.best_loss
         ):
-            self.best_step, self.best_loss = step, loss
-            self._best = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
+            self._keep(step, loss, state)
         self._bad += 1
         if self._bad >= self.patience and step >= self.min_step:
             self.stopped_step = step
             return True
         return False
+
+    def _keep(self, step: int, loss: float | None, state: dict[str, Any]) -> None:
+        """These weights become the reported ones (host copies: the state moves on)."""
+        self.best_step, self.best_loss = step, loss
+        self._best = jax.device_get({k: state[k] for k in ("params", "batch_stats")})
 
     def best_into(self, state: dict[str, Any], put: Any) -> dict[str, Any]:
         """`state` with the best evaluated weights (when this process saw them) put back."""
