@@ -55,8 +55,19 @@ def test_workers_match_a_fresh_process_per_cell_bit_for_bit(tmp_path, monkeypatc
     cells = study_lib.expand(s, root)
     assert len(cells) == 3
     study_lib.prepare_sources(s, root)
-    ran, failed = study_lib.run_cells(cells, root, parallel=2)
+    clock = study_lib.StudyClock(root)
+    clock.start()
+    saved = []  # timing.json as each tick left it: saved per cell, not only at the end
+    real_tick = study_lib.StudyClock.tick
+
+    def tick(self, cells_done=0):
+        real_tick(self, cells_done)
+        saved.append(json.loads((root / "timing.json").read_text())["runs"][0]["cells_run"])
+
+    monkeypatch.setattr(study_lib.StudyClock, "tick", tick)
+    ran, failed = study_lib.run_cells(cells, root, parallel=2, clock=clock)
     assert (ran, failed) == (3, [])
+    assert saved == [1, 2, 3]
     assert sorted(p.name for p in (root / "workers").iterdir()) == ["worker0.log", "worker1.log"]
     for cell in cells:
         fresh = tmp_path / "fresh" / cell.id

@@ -45,8 +45,9 @@ Then fit and validate the advisor on the rows (docs/results.md "Transferability 
 shipped fit's) to the studies given, for phases whose runs are gone.
 
 `part=imagenet`: the ImageNet EfficientNet-Lite0 source (real weights, 32 px RGB) on the same
-targets, linear probe only: its fine-tuning costs ~90 s a cell on this CPU. Its gains are taken
-against the main part's scratch rows (the same target, size and seeds).
+targets, the linear probe by default: its fine-tuning costs 45-110 s a cell on this CPU (against
+~10 s for the compact CNN), so `arms=lp_ft` (or finetune_full) is a phase of its own. Its gains
+are taken against the main part's scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
 Expected (2026-12-02/04, 2-core CPU, phases run partly side by side; docs/results.md
@@ -99,6 +100,20 @@ ARMS = ("linear_probe", "finetune_full", "lp_ft")
 SIZES = ("10", "100")  # per class; lfw_subset has 75 per class, so its "100" is "full"
 
 
+def _arms(
+    s: mlc.ConfigDict, arms: str, allowed: tuple[str, ...], default: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The arms of a part: `arms` ('+'-separated from `allowed`) or, for "all", `default`
+    (else all of `allowed`); a chosen subset is a phase with its own name and workdir."""
+    if arms == "all":
+        return default or allowed
+    chosen = tuple(arms.split("+"))
+    if set(chosen) - set(allowed):
+        raise ValueError(f"arms={arms!r}: '+'-separated from {allowed}")
+    s.name += "_" + "_".join(chosen)
+    return chosen
+
+
 def _restrict(s: mlc.ConfigDict, sources: str, sizes: str) -> None:
     """A phase of the benchmark: `sources` and `sizes` ('+'-separated subsets, or all)."""
     if sources != "all":
@@ -147,14 +162,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.sources = mlc.ConfigDict(
             {k: {"kind": "train", "config": f"{PRETRAIN},{v}"} for k, v in SOURCES.items()}
         )
-        s.strategies = ("scratch", *ARMS)
+        s.strategies = _arms(s, a.arms, ("scratch", *ARMS))
         s.overrides = (*MODEL, "log_every=50")
-        if a.arms != "all":  # one phase: its own resumable workdir (see the docstring)
-            arms = tuple(a.arms.split("+"))
-            if set(arms) - {"scratch", *ARMS}:
-                raise ValueError(f"arms={a.arms!r}: '+'-separated from scratch, {ARMS}")
-            s.name += "_" + "_".join(arms)
-            s.strategies = arms
         if a.source_dir:  # sources trained by an earlier phase: DIR/NAME
             s.sources = mlc.ConfigDict(
                 {k: {"kind": "checkpoint", "path": f"{a.source_dir}/{k}"} for k in s.sources}
@@ -166,7 +175,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
             {"imagenet": {"kind": "import", "model": "efficientnet_lite0", "file": "package"}}
         )
         s.targets = mlc.ConfigDict({k: f"{v},size=32" for k, v in s.targets.items()})
-        s.strategies = ("linear_probe",)
+        s.strategies = _arms(s, a.arms, ARMS, default=("linear_probe",))
         s.overrides = ("augment=", "log_every=50")
     else:
         raise ValueError(f"part={a.part!r}: use main or imagenet")

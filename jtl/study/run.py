@@ -98,15 +98,22 @@ def _run_in_process(cell: Cell, root: Path) -> None:
         logging.warning("cell %s diverged: %s", cell.id, e)
 
 
-def _run_parallel(cells: Sequence[Cell], root: Path, workers: int) -> list[tuple[Cell, str]]:
+def _run_parallel(
+    cells: Sequence[Cell], root: Path, workers: int, clock: StudyClock | None = None
+) -> list[tuple[Cell, str]]:
     """Runs cells' `jtl train` commands on `workers` persistent worker processes, one XLA
-    device each (jtl.study.workers); on SIGTERM, forwards it, waits, raises Preempted."""
+    device each (jtl.study.workers); on SIGTERM, forwards it, waits, raises Preempted.
+
+    The clock ticks as each cell ends, so a study killed outright (SIGKILL, a lost machine)
+    still has its time up to the last finished cell in timing.json."""
     env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
     failed: list[tuple[Cell, str]] = []
 
     def done(cell: Cell, rc: int) -> bool:
+        if clock is not None:
+            clock.tick(cells_done=int(rc == 0))
         if rc == PREEMPTED_EXIT:  # checkpointed; stop launching, a re-run resumes
             failed.append((cell, f"preempted (exit {PREEMPTED_EXIT}); re-run to resume"))
             return False
@@ -186,14 +193,12 @@ def run_cells(
     if parallel > 1:
         # Later seeds that reuse the first seeds' choice (sweep_tune_seeds) wait for their grids.
         first = [c for c in todo if not (c.tuned_by and not c.chosen)]
-        failed = _run_parallel(first, root, parallel)
+        failed = _run_parallel(first, root, parallel, clock)
         _stop_if_preempted(failed)
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
         failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in later if not c.chosen]
-        failed += _run_parallel([c for c in later if c.chosen], root, parallel)
+        failed += _run_parallel([c for c in later if c.chosen], root, parallel, clock)
         _stop_if_preempted(failed)
-        if clock is not None:
-            clock.tick(cells_done=len(todo) - len(failed))
         return len(todo), failed
     failed = []
     for i, cell in enumerate(todo):
