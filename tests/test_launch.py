@@ -141,3 +141,54 @@ def test_slurm_requeues_on_preemption(tmp_path):
     assert log.read_text().split() == ["requeue", "42"]
     text = (LAUNCH / "slurm.sbatch").read_text()
     assert "#SBATCH --requeue" in text and "#SBATCH --signal=TERM@120" in text
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                         env=env, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
+    """A new study runs the committed code from a worktree at HEAD; after HEAD moves, the same
+    command resumes from that worktree; uncommitted code and a lost worktree are refused."""
+    repo = tmp_path / "repo"
+    (repo / "launch").mkdir(parents=True)
+    (repo / "jtl").mkdir()
+    (repo / "jtl" / "code.py").write_text("v = 1\n")
+    shutil.copy(LAUNCH / "study.sh", repo / "launch" / "study.sh")
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "v1")
+    first = _git(repo, "rev-parse", "HEAD")
+    calls = tmp_path / "calls"  # the fake python records where it ran and with what
+    _fake(tmp_path, "python", f'echo "$PWD|$PYTHONPATH|$(cat jtl/code.py)|$*" >> {calls}\n')
+    env = {"PATH": "/usr/bin:/bin", "JTL_PYTHON": str(tmp_path / "python")}
+
+    def study(*extra: str) -> subprocess.CompletedProcess:
+        cmd = ["bash", str(repo / "launch" / "study.sh"), "--", "--config", "c.py", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
+                              cwd=tmp_path)  # fmt: skip
+
+    assert study("--workdir", "runs/a").returncode == 0
+    tree = repo / ".worktrees" / f"a-{first[:10]}"
+    workdir = tmp_path / "runs" / "a"
+    assert (workdir / "worktree").read_text().split() == [first, str(tree)]
+    (repo / "jtl" / "code.py").write_text("v = 2\n")  # main moves on: uncommitted, then HEAD
+    out = study("--workdir", "runs/b")
+    assert (
+        out.returncode == 2 and "uncommitted" in out.stderr and not (tmp_path / "runs/b").exists()
+    )
+    _git(repo, "commit", "-qam", "v2")
+    assert study("--workdir", "runs/a").returncode == 0  # the resume: still v1
+    assert study("--workdir=runs/c").returncode == 0  # a new study: v2
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 3
+    want = f"-m jtl.commands.cli study --config c.py --workdir {workdir}"
+    assert lines[0] == lines[1] == f"{tree}|{tree}|v = 1|{want}"
+    assert lines[2].split("|")[2] == "v = 2" and lines[2].endswith(f"--workdir={tmp_path}/runs/c")
+    shutil.rmtree(tree)
+    out = study("--workdir", "runs/a")
+    assert out.returncode == 2 and "is gone" in out.stderr and first in out.stderr

@@ -167,6 +167,29 @@ def test_workdir_of_a_different_study_is_refused(tmp_path):
     assert (tmp_path / "study.json").read_text() == before
 
 
+def test_study_clock_records_code_versions_and_warns_when_they_mix(tmp_path, caplog):
+    from jtl.runtime.code_version import code_version
+
+    now = code_version()
+    assert now.startswith(("git:", "jtl ")), now
+    (tmp_path / "timing.json").write_text(
+        json.dumps({"wall_time_s": 5.0, "runs": [{"start": "x", "seconds": 5.0}]})
+    )
+    clock = study_lib.StudyClock(tmp_path)
+    assert clock.code_versions() == ["unrecorded"]  # a study from before versions were kept
+    with caplog.at_level("WARNING"):
+        clock.start()
+    assert "mix code versions" in caplog.text
+    clock.tick()
+    again = study_lib.StudyClock(tmp_path)
+    assert again.code_versions() == ["unrecorded", now]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        again.data["runs"] = again.data["runs"][1:]  # the same version only: no warning
+        again.start()
+    assert "mix code versions" not in caplog.text
+
+
 class _Killed(Exception):
     pass
 

@@ -58,6 +58,7 @@ def test_cli_train_writes_the_contract(tmp_path):
         "trainable_params",
         "frozen_params",
         "flops_per_step",
+        "code_version",
     ):
         assert key in summary
     assert summary["test_accuracy"] > 0.4

@@ -29,8 +29,9 @@ arm stopped on high-LR validation noise, 7 points low on Fashion-MNIST at 100/cl
 validation-accuracy ties go to the lower validation loss. `stop_frac=0` and a checkout before
 that date reproduce the earlier phases' rows.
 
-Run (resumable: re-run the same command; run it from a separate git worktree). In one go:
-    jtl study --config configs/studies/transfer_bench.py --workdir runs/bench
+Run (resumable: re-run the same command; `launch/study.sh --background -- ARGS` runs it from
+a git worktree pinned at the current commit, and resumes it there). In one go:
+    jtl study --config configs/studies/transfer_bench.py --workdir runs/bench --parallel 2
 or in phases, cheapest arms first, each its own resumable workdir (what docs/results.md ran):
     B=configs/studies/transfer_bench.py; S=source_dir=runs/bench_probe/sources
     jtl study --config $B:arms=scratch+linear_probe --workdir runs/bench_probe

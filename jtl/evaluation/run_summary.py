@@ -39,6 +39,7 @@ class RunSummary(TypedDict, total=False):
     processes: int
     skipped_images: int  # unreadable images skipped (`skip_bad_images`)
     input_scale: str  # uint8 -> input scale fed (jtl.data.augment.INPUT_SCALES)
+    code_version: str  # the code that ran it (jtl.runtime.code_version)
     init: str  # what the pretrained load took and left (jtl.weights.checkpoint.LoadReport)
     # results (None: not evaluated, or the run diverged)
     test_accuracy: float | None

@@ -138,6 +138,7 @@ def _header_section(
                 if (study.get("wall_time_runs") or 0) > 1
                 else ""
             ),
+            *([f"code: {', '.join(study['code_versions'])}"] if study.get("code_versions") else []),
             f"study: {study.get('name', '')}, {len(rows)} finished cells",
             f"budget: {budget_label(agg)}",
         ]

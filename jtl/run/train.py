@@ -35,6 +35,7 @@ from jtl.optim import format_group_table, groups_to_json, make_optimizer, traina
 from jtl.run import config_check, guard
 from jtl.run.early_stopping import EarlyStopping, resolve_budget
 from jtl.runtime import preemption, sharding
+from jtl.runtime.code_version import code_version
 from jtl.runtime.dispatch import InFlight
 from jtl.runtime.errors import DivergedError
 from jtl.runtime.paths import as_path
@@ -682,6 +683,7 @@ def _base_summary(config: mlc.ConfigDict, data: TargetData) -> dict[str, Any]:
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "input_scale": data.input_scale,
+        "code_version": code_version(),  # of the process that finished the run
     }
 
 

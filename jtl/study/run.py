@@ -158,10 +158,30 @@ class StudyClock:
         return float(self.data["wall_time_s"])
 
     def start(self) -> None:
-        """Counts from now (call when work starts: sources, cells)."""
+        """Counts from now (call when work starts: sources, cells), under this code version."""
+        from jtl.runtime.code_version import code_version
+
+        code = code_version()
+        if (before := self.code_versions()) and before != [code]:
+            logging.warning(
+                "this study ran under %s before and runs under %s now: its rows will mix code "
+                "versions (run it from a worktree pinned at one commit: launch/study.sh)",
+                ", ".join(before), code,
+            )  # fmt: skip
         self.last = time.time()
-        self.run = {"start": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": 0.0, "cells_run": 0}
+        self.run = {
+            "start": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": 0.0,
+            "cells_run": 0,
+            "code": code,
+        }
         self.data["runs"].append(self.run)
+
+    def code_versions(self) -> list[str]:
+        """The code versions its invocations ran under, oldest first ('unrecorded' before
+        versions were recorded)."""
+        seen = [r.get("code", "unrecorded") for r in self.data["runs"]]
+        return list(dict.fromkeys(seen))
 
     def tick(self, cells_done: int = 0) -> None:
         """Adds the time since the last tick and saves."""
@@ -340,6 +360,7 @@ def run_study(
         "machine": machine_description(),
         "wall_time_s": clock.wall_time_s,
         "wall_time_runs": len(clock.data["runs"]),
+        "code_versions": clock.code_versions(),
         "cells": len(cells),
         "finished_cells": len(rows),
         "failed_cells": [f"{c.id}: {why}" for c, why in failed],
