@@ -5,10 +5,15 @@
 #   launch/study.sh [--dry-run] [--background] -- --config configs/studies/x.py --workdir runs/x [--parallel 2]
 #
 # The first run of a workdir creates the worktree .worktrees/<workdir name>-<commit> and records
-# it in WORKDIR/worktree; every later run of that workdir (a resume) runs that worktree again,
-# whatever this checkout's HEAD is by then. A new study refuses to start while jtl/ or configs/
-# have uncommitted changes or new files: the worktree would not have them. The workdir is taken
-# relative to where you are, so the results stay in this checkout's runs/.
+# it in WORKDIR/worktree; once the study has started (WORKDIR/study.json), every later run of
+# that workdir (a resume) runs that worktree again, whatever this checkout's HEAD is by then. A
+# new study refuses to start while jtl/ or configs/ have uncommitted changes or new files: the
+# worktree would not have them.
+#
+# Paths: the workdir and a --config file under this checkout are taken relative to where you
+# are (results stay in this checkout's runs/; the config is the worktree's copy). Other paths
+# inside config arguments (`source_dir=...`) resolve in the worktree: give them absolute.
+# A finished study's worktree can go: git worktree remove TREE (its path is in WORKDIR/worktree).
 #
 # --background: nohup, output appended to WORKDIR/study.log, prints the pid. `kill PID` (SIGTERM)
 # checkpoints the running cells and exits 75; the same command resumes.
@@ -30,28 +35,54 @@ done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 python="${JTL_PYTHON:-$root/.venv/bin/python}"
+abs() { realpath -m -s -- "$1"; }  # absolute, symlinks kept (cells record paths as given)
 args=("$@")
 workdir=""
+config_at=-1
 for i in "${!args[@]}"; do
-  case "${args[$i]}" in
-    --workdir) workdir="${args[i + 1]:-}"; args[i + 1]="$(realpath -m -- "$workdir")" ;;
-    --workdir=*) workdir="${args[i]#--workdir=}"; args[i]="--workdir=$(realpath -m -- "$workdir")" ;;
+  case "${args[i]}" in
+    --workdir)
+      workdir="${args[i + 1]:-}"
+      [[ -n "$workdir" ]] || die "--workdir needs a directory"
+      args[i + 1]="$(abs "$workdir")" ;;
+    --workdir=*)
+      workdir="${args[i]#--workdir=}"
+      [[ -n "$workdir" ]] || die "--workdir needs a directory"
+      args[i]="--workdir=$(abs "$workdir")" ;;
+    --config) config_at=$((i + 1)) ;;
   esac
 done
 [[ -n "$workdir" ]] || die "no --workdir (the worktree is recorded in it, for resuming)"
-workdir="$(realpath -m -- "$workdir")"
+workdir="$(abs "$workdir")"
 record="$workdir/worktree"
 
-if [[ -f "$record" ]]; then  # a resume: the code the study started with
-  read -r commit tree < "$record"
-  [[ -d "$tree" ]] || die "$tree, the worktree $workdir ran from, is gone (restore it: git -C $root worktree add --detach $tree $commit)"
-else
+if [[ -f "$record" && -f "$workdir/study.json" ]]; then  # a resume: the code it started with
+  commit="" tree=""
+  read -r commit tree < "$record" || true
+  if [[ -z "$commit" || -z "$tree" ]]; then
+    die "$record is not 'COMMIT PATH' (move the workdir aside, or write that line back)"
+  fi
+  if [[ ! -d "$tree" ]]; then
+    fix="git -C $(printf %q "$root") worktree prune && git -C $(printf %q "$root") worktree add --detach $(printf %q "$tree") $commit"
+    die "$tree, the worktree $workdir ran from, is gone (restore it: $fix)"
+  fi
+else  # a new study (or one that never started: pinned afresh)
   git -C "$root" rev-parse --git-dir > /dev/null 2>&1 || die "$root is not a git checkout (nothing to pin)"
   if [[ -n "$(git -C "$root" status --porcelain -- jtl configs)" ]]; then
     die "jtl/ or configs/ have uncommitted changes or new files (commit them: the study runs the committed code)"
   fi
   commit="$(git -C "$root" rev-parse HEAD)"
   tree="$root/.worktrees/$(basename "$workdir")-${commit:0:10}"
+fi
+
+# A config file of this checkout runs as the worktree's copy of it.
+if [[ $config_at -ge 0 && -n "${args[config_at]:-}" ]]; then
+  spec="${args[config_at]%%:*}"
+  rest="${args[config_at]#"$spec"}"
+  if [[ -e "$spec" ]]; then
+    spec="$(abs "$spec")"
+    if [[ "$spec" == "$root"/* ]]; then args[config_at]="$tree/${spec#"$root"/}$rest"; fi
+  fi
 fi
 
 run() {
@@ -61,19 +92,22 @@ run() {
 if [[ ! -d "$tree" ]]; then
   run git -C "$root" worktree add --detach "$tree" "$commit"
 fi
-if [[ ! -f "$record" ]]; then
-  run mkdir -p "$workdir"
-  if [[ $dry_run -eq 1 ]]; then echo "echo $commit $tree > $record"; else echo "$commit $tree" > "$record"; fi
+run mkdir -p "$workdir"
+if [[ $dry_run -eq 1 ]]; then
+  echo "echo $commit $(printf %q "$tree") > $(printf %q "$record")"
+else
+  echo "$commit $tree" > "$record"
 fi
+echo "launch/study.sh: running from $tree (commit ${commit:0:10})" >&2
 # The worktree's jtl comes first on the path (also for the study's worker processes).
 cmd=(env "PYTHONPATH=$tree" "$python" -m jtl.commands.cli study "${args[@]}")
 run cd "$tree"
 if [[ $background -eq 1 ]]; then
   if [[ $dry_run -eq 1 ]]; then
-    printf '%q ' nohup "${cmd[@]}"; echo ">> $workdir/study.log 2>&1 &"
+    printf '%q ' nohup "${cmd[@]}"; echo ">> $(printf %q "$workdir/study.log") 2>&1 &"
   else
     nohup "${cmd[@]}" >> "$workdir/study.log" 2>&1 &
-    echo "launch/study.sh: study running from $tree (pid $!), log $workdir/study.log"
+    echo "launch/study.sh: pid $!, log $workdir/study.log" >&2
   fi
 else
   run "${cmd[@]}"

@@ -152,12 +152,14 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
-    """A new study runs the committed code from a worktree at HEAD; after HEAD moves, the same
-    command resumes from that worktree; uncommitted code and a lost worktree are refused."""
+    """A new study runs the committed code and config from a worktree at HEAD; after HEAD
+    moves, the same command resumes from that worktree; uncommitted code and a lost worktree
+    are refused, and a study that never started is pinned afresh."""
     repo = tmp_path / "repo"
-    (repo / "launch").mkdir(parents=True)
-    (repo / "jtl").mkdir()
+    for d in ("launch", "jtl", "configs"):
+        (repo / d).mkdir(parents=True)
     (repo / "jtl" / "code.py").write_text("v = 1\n")
+    (repo / "configs" / "s.py").write_text("c = 1\n")
     shutil.copy(LAUNCH / "study.sh", repo / "launch" / "study.sh")
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")
@@ -167,15 +169,24 @@ def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
     _fake(tmp_path, "python", f'echo "$PWD|$PYTHONPATH|$(cat jtl/code.py)|$*" >> {calls}\n')
     env = {"PATH": "/usr/bin:/bin", "JTL_PYTHON": str(tmp_path / "python")}
 
-    def study(*extra: str) -> subprocess.CompletedProcess:
-        cmd = ["bash", str(repo / "launch" / "study.sh"), "--", "--config", "c.py", *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
-                              cwd=tmp_path)  # fmt: skip
+    def study(*extra: str, dry: bool = False) -> subprocess.CompletedProcess:
+        flags = ["--dry-run", "--background"] if dry else []
+        cmd = ["bash", str(repo / "launch" / "study.sh"), *flags, "--"]
+        cmd += ["--config", "repo/configs/s.py:a=1"]
+        return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=60,
+                              env=env, cwd=tmp_path)  # fmt: skip
 
-    assert study("--workdir", "runs/a").returncode == 0
     tree = repo / ".worktrees" / f"a-{first[:10]}"
+    dry = study("--workdir", "runs/a", dry=True)  # prints, creates nothing
+    assert dry.returncode == 0 and not (tmp_path / "runs").exists() and not tree.exists()
+    lines = [x.strip() for x in dry.stdout.strip().splitlines()]
+    assert lines[0].startswith("git -C ") and lines[0].endswith(f"--detach {tree} {first}")
+    assert lines[-1].startswith(f"nohup env PYTHONPATH={tree} {tmp_path}/python -m jtl")
+    assert lines[-1].endswith(f">> {tmp_path}/runs/a/study.log 2>&1 &")
+    assert study("--workdir", "runs/a").returncode == 0
     workdir = tmp_path / "runs" / "a"
     assert (workdir / "worktree").read_text().split() == [first, str(tree)]
+    (workdir / "study.json").write_text("{}")  # the study started (jtl study writes this)
     (repo / "jtl" / "code.py").write_text("v = 2\n")  # main moves on: uncommitted, then HEAD
     out = study("--workdir", "runs/b")
     assert (
@@ -184,11 +195,21 @@ def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
     _git(repo, "commit", "-qam", "v2")
     assert study("--workdir", "runs/a").returncode == 0  # the resume: still v1
     assert study("--workdir=runs/c").returncode == 0  # a new study: v2
+    assert study("--workdir=runs/c").returncode == 0  # never started (no study.json): v2 again
     lines = calls.read_text().splitlines()
-    assert len(lines) == 3
-    want = f"-m jtl.commands.cli study --config c.py --workdir {workdir}"
+    assert len(lines) == 4
+    want = f"-m jtl.commands.cli study --config {tree}/configs/s.py:a=1 --workdir {workdir}"
     assert lines[0] == lines[1] == f"{tree}|{tree}|v = 1|{want}"
-    assert lines[2].split("|")[2] == "v = 2" and lines[2].endswith(f"--workdir={tmp_path}/runs/c")
+    for line in lines[2:]:
+        assert line.split("|")[2] == "v = 2" and line.endswith(f"--workdir={tmp_path}/runs/c")
     shutil.rmtree(tree)
     out = study("--workdir", "runs/a")
-    assert out.returncode == 2 and "is gone" in out.stderr and first in out.stderr
+    assert out.returncode == 2 and "is gone" in out.stderr and "worktree prune" in out.stderr
+    for bad in (["--workdir"], ["--workdir="], []):
+        out = study(*bad)
+        assert out.returncode == 2 and "launch/study.sh: error:" in out.stderr, bad
+    (tmp_path / "runs" / "d").mkdir()
+    (tmp_path / "runs" / "d" / "study.json").write_text("{}")
+    (tmp_path / "runs" / "d" / "worktree").write_text("\n")
+    out = study("--workdir", "runs/d")
+    assert out.returncode == 2 and "is not 'COMMIT PATH'" in out.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ml_collections as mlc
 import numpy as np
+import pytest
 
 from jtl import study as study_lib
 from jtl.runtime.preemption import EXIT_CODE
@@ -199,12 +200,18 @@ def test_sigterm_to_a_parallel_study_checkpoints_its_cells_and_the_rerun_resumes
     assert "preempted" in err.strip().splitlines()[-1]
     started = [r for r in runs() if _step(r) > 0]
     assert len(started) == 2  # 3 cells on 2 workers: the third never trained after SIGTERM
+    timing = json.loads((tmp_path / "s" / "timing.json").read_text())  # the time it ran is kept
+    assert len(timing["runs"]) == 1 and timing["runs"][0]["seconds"] > 1
+    assert timing["runs"][0]["cells_run"] == 0
     for r in started:  # both cells stopped at a step of their own, checkpointed there
         steps = [int(p.name) for p in (r / "checkpoints").iterdir() if p.name.isdigit()]
         assert steps and 10 <= max(steps) < 2000 and not (r / "summary.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(runs()) == 3
+    timing = json.loads((tmp_path / "s" / "timing.json").read_text())
+    assert [r["cells_run"] for r in timing["runs"]] == [0, 3]
+    assert timing["wall_time_s"] == pytest.approx(sum(r["seconds"] for r in timing["runs"]))
     for r in runs():
         s = json.loads((r / "summary.json").read_text())
         assert s["steps_run"] == 2000

@@ -30,7 +30,8 @@ validation-accuracy ties go to the lower validation loss. `stop_frac=0` and a ch
 that date reproduce the earlier phases' rows.
 
 Run (resumable: re-run the same command; `launch/study.sh --background -- ARGS` runs it from
-a git worktree pinned at the current commit, and resumes it there). In one go:
+a git worktree pinned at the current commit, and resumes it there; under it, give `source_dir=`
+an absolute path). In one go:
     jtl study --config configs/studies/transfer_bench.py --workdir runs/bench --parallel 2
 or in phases, cheapest arms first, each its own resumable workdir (what docs/results.md ran):
     B=configs/studies/transfer_bench.py; S=source_dir=runs/bench_probe/sources

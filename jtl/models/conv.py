@@ -135,7 +135,7 @@ def probe_matmul_wgrad(cache: Path | None = None) -> bool:
     key = _machine_key()
     if key in _probe_memo:
         return _probe_memo[key]
-    from jtl.runtime.paths import cache_dir
+    from jtl.runtime.paths import cache_dir, write_text_atomic
 
     path = cache or cache_dir() / _PROBE_FILE
     try:
@@ -151,9 +151,7 @@ def probe_matmul_wgrad(cache: Path | None = None) -> bool:
         known[key] = {"xla_s": t_xla, "matmul_s": t_mm, "matmul_wgrad": t_mm < t_xla}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(known, indent=1) + "\n")
-            tmp.replace(path)
+            write_text_atomic(path, json.dumps(known, indent=1) + "\n")
         except OSError:  # a read-only cache only costs a re-probe in the next process
             pass
     _probe_memo[key] = bool(known[key]["matmul_wgrad"])

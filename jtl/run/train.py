@@ -38,7 +38,7 @@ from jtl.runtime import preemption, sharding
 from jtl.runtime.code_version import code_version
 from jtl.runtime.dispatch import InFlight
 from jtl.runtime.errors import DivergedError
-from jtl.runtime.paths import as_path
+from jtl.runtime.paths import as_path, write_text_atomic
 from jtl.transfer.strategies import Plan, ProbePlan, plan_strategy, recorded_run_diff
 from jtl.weights import checkpoint as ckpt
 from jtl.weights import source_model
@@ -272,13 +272,6 @@ def _save_finish_weights(workdir: epath.Path, weights: dict[str, Any]) -> None:
         tmp.replace(workdir / f"{name}.npz")
 
 
-def _atomic_write(path: epath.Path, text: str) -> None:
-    """Write then rename: a kill mid-write leaves the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _has_results(workdir: epath.Path) -> bool:
     """Whether a workdir holds anything a different config could mix with or overwrite."""
     if (workdir / "summary.json").exists():
@@ -337,7 +330,7 @@ def _count(params: Any, mask: Any) -> tuple[int, int]:
 
 def _write_summary(workdir: epath.Path, summary: dict[str, Any]) -> None:
     if jax.process_index() == 0:
-        _atomic_write(workdir / "summary.json", run_summary.dumps(summary))
+        write_text_atomic(workdir / "summary.json", run_summary.dumps(summary))
     logging.info("Finished: test accuracy %s (%s)", summary["test_accuracy"], workdir)
 
 
@@ -516,7 +509,7 @@ def _diverged(
     if skipped is not None:
         summary["skipped_steps"] = int(skipped)
     if jax.process_index() == 0:
-        _atomic_write(run.workdir / "summary.json", run_summary.dumps(summary))
+        write_text_atomic(run.workdir / "summary.json", run_summary.dumps(summary))
     raise DivergedError(
         f"training diverged at step {step}: non-finite {what}{f' ({why})' if why else ''}; "
         "summary.json records it, "
@@ -649,7 +642,7 @@ def _prepare_workdir(
     if jax.process_index() == 0:
         cfg = config_lib.to_dict(config)
         cfg["_fingerprint"] = config_lib.fingerprint(config)
-        _atomic_write(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
+        write_text_atomic(workdir / "config.json", json.dumps(cfg, indent=2) + "\n")
     return config, workdir
 
 
@@ -703,7 +696,7 @@ def _describe_workdir(
             text=data.text,
         )
         meta["dataset"], meta["data_transforms"] = config.dataset, base["data_transforms"]
-        _atomic_write(workdir / source_model.MODEL_JSON, json.dumps(meta, indent=2) + "\n")
+        write_text_atomic(workdir / source_model.MODEL_JSON, json.dumps(meta, indent=2) + "\n")
     if data.dataset.skipped_images:
         base["skipped_images"] = len(data.dataset.skipped_images)
         if jax.process_index() == 0:

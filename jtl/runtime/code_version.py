@@ -9,6 +9,7 @@ lets the study warn when that happens and the report say which versions made its
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -17,10 +18,12 @@ _ROOT = Path(__file__).resolve().parents[2]  # the checkout holding jtl/, when r
 
 
 def _git(*args: str) -> str | None:
+    # No index lock (a study's workers and a `git commit` may run at once); the caller's
+    # GIT_DIR / GIT_WORK_TREE would point -C elsewhere.
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    cmd = ["git", "--no-optional-locks", "-C", str(_ROOT), *args]
     try:
-        out = subprocess.run(
-            ["git", "-C", str(_ROOT), *args], capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

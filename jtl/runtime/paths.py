@@ -37,3 +37,11 @@ def unique_tmp(path: Path) -> Path:
     processes filling the same shared cache (parallel tests, a study's workers) never write
     into one file. Keeps `path`'s suffix (np.save/np.savez would append theirs otherwise)."""
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def write_text_atomic(path: Any, text: str) -> None:
+    """Write a sibling, then rename over `path`: a kill mid-write leaves the old file or the
+    new one, never half of one (summary.json, timing.json, caches read by later processes)."""
+    tmp = unique_tmp(path)
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -40,6 +40,7 @@ from absl import logging
 
 from jtl import config as config_lib
 from jtl.evaluation import run_summary
+from jtl.runtime.paths import write_text_atomic
 from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
 from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
@@ -112,12 +113,13 @@ def _run_parallel(
     failed: list[tuple[Cell, str]] = []
 
     def done(cell: Cell, rc: int) -> bool:
+        ok = rc != PREEMPTED_EXIT and (not rc or diverged_step(cell.workdir(root)) is not None)
         if clock is not None:
-            clock.tick(cells_done=int(rc == 0))
+            clock.tick(cells_done=int(ok))  # a diverged cell is a result, as in run_cells
         if rc == PREEMPTED_EXIT:  # checkpointed; stop launching, a re-run resumes
             failed.append((cell, f"preempted (exit {PREEMPTED_EXIT}); re-run to resume"))
             return False
-        if rc and diverged_step(cell.workdir(root)) is None:
+        if not ok:
             why = "its worker died" if rc == workers_lib.DIED else f"exit {rc}"
             failed.append((cell, f"{why}, see {cell.workdir(root)}/train.log"))
         else:
@@ -147,7 +149,12 @@ class StudyClock:
 
     def __init__(self, root: Path) -> None:
         self.path = root / "timing.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError) as e:  # only the total is lost, never the study
+                logging.warning("%s unreadable (%s): the wall time restarts from 0", self.path, e)
         self.data.setdefault("wall_time_s", 0.0)
         self.data.setdefault("runs", [])
         self.run: dict[str, Any] | None = None
@@ -192,8 +199,11 @@ class StudyClock:
         self.run["seconds"] += now - self.last
         self.run["cells_run"] += cells_done
         self.last = now
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, json.dumps(self.data, indent=1) + "\n")
+        except OSError as e:  # a full disk must not stop the cells; the next tick retries
+            logging.warning("could not save %s: %s", self.path, e)
 
 
 def _stop_if_preempted(failed: Sequence[tuple[Cell, str]]) -> None:
@@ -338,18 +348,20 @@ def run_study(
     todo = only != "report" and any(not is_finished(c.workdir(root), c.config()) for c in cells)
     if todo:
         clock.start()
-    if only in ("all", "sources"):
-        prepare_sources(study, root)
+    try:  # however it ends (preempted, Ctrl-C, an error), the time spent is saved
+        if only in ("all", "sources"):
+            prepare_sources(study, root)
+            clock.tick()
+        if only in ("all", "cells"):
+            _, failed = run_cells(cells, root, parallel, clock)
+        if only == "sources":
+            return {"cells": 0, "failed": []}
+        cells = sweep_lib.resolve_all(cells, root)  # later seeds whose tuning seeds ran just now
+        advise = advise_scores(study, root, cells)
+        sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, test it
+        sweep_lib.make_soups(cells, root, tuple(study.get("soups") or ()))
+    finally:
         clock.tick()
-    if only in ("all", "cells"):
-        _, failed = run_cells(cells, root, parallel, clock)
-    if only == "sources":
-        return {"cells": 0, "failed": []}
-    cells = sweep_lib.resolve_all(cells, root)  # later seeds whose tuning seeds ran just now
-    advise = advise_scores(study, root, cells)
-    sweep_lib.finalize(cells, root)  # choose each swept cell's trial on validation, then test it
-    sweep_lib.make_soups(cells, root, tuple(study.get("soups") or ()))
-    clock.tick()
     rows = collect(cells, root)
     from jtl.report import build_report
 
