@@ -330,7 +330,7 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
         ("configs/studies/transfer_bench.py:arms=scratch+linear_probe", 440),
         ("configs/studies/transfer_bench.py:arms=lp_ft,sizes=10,sources=mnist+random", 80),
         ("configs/studies/transfer_bench.py:part=imagenet", 40),
-        ("configs/studies/transfer_bench.py:part=imagenet,arms=lp_ft,sizes=10", 40),
+        ("configs/studies/transfer_bench.py:part=imagenet,arms=lp_ft,sizes=10,source_dir=/s", 40),
         ("configs/studies/layer_transfer.py", 56),
         ("configs/studies/shift_source.py", 52),
         ("configs/studies/quickstart.py", 20),

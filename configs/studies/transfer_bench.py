@@ -48,8 +48,9 @@ shipped fit's) to the studies given, for phases whose runs are gone.
 
 `part=imagenet`: the ImageNet EfficientNet-Lite0 source (real weights, 32 px RGB) on the same
 targets, the linear probe by default: its fine-tuning costs 45-110 s a cell on this CPU (against
-~10 s for the compact CNN), so `arms=lp_ft` (or finetune_full) is a phase of its own. Its gains
-are taken against the main part's scratch rows (the same target, size and seeds).
+~10 s for the compact CNN), so `arms=lp_ft` (or finetune_full) is a phase of its own, with
+`source_dir=` the probe part's sources (absolute). Its gains are taken against the main part's
+scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
 Expected (2026-12-02/04, 2-core CPU, phases run partly side by side; docs/results.md
@@ -166,11 +167,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         )
         s.strategies = _arms(s, a.arms, ("scratch", *ARMS))
         s.overrides = (*MODEL, "log_every=50")
-        if a.source_dir:  # sources trained by an earlier phase: DIR/NAME
-            s.sources = mlc.ConfigDict(
-                {k: {"kind": "checkpoint", "path": f"{a.source_dir}/{k}"} for k in s.sources}
-            )
-            s.advise_sample = 0  # scored once, by the phase that trained the sources
     elif a.part == "imagenet":
         s.cell_config = "configs/lite0_transfer.py"
         s.sources = mlc.ConfigDict(
@@ -181,6 +177,11 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         s.overrides = ("augment=", "log_every=50")
     else:
         raise ValueError(f"part={a.part!r}: use main or imagenet")
+    if a.source_dir:  # sources trained or imported by an earlier phase: DIR/NAME
+        s.sources = mlc.ConfigDict(
+            {k: {"kind": "checkpoint", "path": f"{a.source_dir}/{k}"} for k in s.sources}
+        )
+        s.advise_sample = 0  # scored once, by the phase that made the sources
     _restrict(s, a.sources, a.sizes)
     if a.small:
         s.sources = mlc.ConfigDict({k: s.sources[k] for k in list(s.sources)[:2]})
