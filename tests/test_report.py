@@ -404,6 +404,8 @@ def test_report_without_transfer_or_curves(tmp_path):
     md = paths["md"].read_text()
     assert "Crossover: n/a (no transfer arm)." in md
     assert "only scratch was run: 50.0 % test accuracy" in md
+    assert "negative transfer and cost: n/a (no transfer arm in this study)" in md
+    assert "significantly below scratch" not in md  # nothing claimed without a comparison
     assert "curves_plot" not in paths
     data = json.loads(paths["json"].read_text())  # strict JSON: NaN became null
     assert data["rows"][0]["val_loss"] is None
@@ -419,6 +421,8 @@ def test_summary_without_scratch_ranks_the_transfer_arms(tmp_path):
     assert "the best transfer arm is finetune_full with 70.0" in md
     assert "(then lora 60.0" in md and "no scratch arm was run" in md
     assert "only finetune_full was run" not in md
+    assert "(no scratch arm in this study; a benchmark part is paired" in md
+    assert "significantly below scratch" not in md
 
 
 def test_calibration_section_tables_and_pools_reliability(tmp_path):

@@ -104,6 +104,17 @@ def summarize(
     """2-4 generated sentences answering "fine-tune or scratch, and at what cost" for a target."""
     sizes = sizes_of(agg, target)
     sentences = [_size_sentence(agg, target, size) for size in dict.fromkeys([sizes[0], sizes[-1]])]
+    kinds = {a["scratch"] for a in agg if a["target"] == target}
+    if len(kinds) == 1:  # nothing to compare with: say so once, claim nothing about the other
+        missing = "transfer" if True in kinds else "scratch"
+        sentences.append(
+            f"Crossover, negative transfer and cost against scratch: n/a (no {missing} arm in "
+            "this study; a benchmark part is paired with its main part's scratch rows by "
+            "`jtl advisor fit`)."
+            if missing == "scratch"
+            else f"Crossover, negative transfer and cost: n/a (no {missing} arm in this study)."
+        )
+        return " ".join(sentences)
     sentences.append(_crossover_sentence(cross, sizes[0]))
     neg = [f for f in negative if f["target"] == target and f.get("verdict", True)]
     reasons = target_blockers(agg, target)
