@@ -270,6 +270,7 @@ def test_advisor_fit_cli_writes_model_and_validation(tmp_path, capsys):
     assert fitted["provenance"]["entries"] == 40
     assert set(fitted["model"]["arms"]) == set(ARMS)
     assert "Kendall tau" in (rep / "benchmark.md").read_text()
+    assert "## What was measured" in (rep / "benchmark.md").read_text()
     assert (rep / "benchmark_gain_heatmap.png").exists()
     assert (rep / "benchmark_predicted_vs_measured.png").exists()
     assert "leave-one-target-out" in capsys.readouterr().out
@@ -300,3 +301,28 @@ def test_reproducibility_ranks_seed_0_against_seed_1_whatever_the_row_order():
     # A triple with one seed has no seed-vs-seed agreement to give.
     one = [{**e, "scratch": {**e["scratch"], "n": 1}} for e in table]
     assert validation.reproducibility(one) == {"entries": 0}
+
+
+def test_measured_summary_on_a_hand_made_table():
+    from jtl.report.benchmark import measured_summary
+
+    def entry(source, target, size, gains, sig=()):
+        return {"source": source, "target": target, "size": size, "scratch": {"mean": 80.0},
+                "gain": gains, "significant": {a: a in sig for a in gains}}  # fmt: skip
+
+    table = [
+        entry("a", "t", "10/class", {"lp_ft": 5.0, "linear_probe": -2.0}, sig=("lp_ft",)),
+        entry("b", "t", "10/class", {"lp_ft": -1.0, "linear_probe": 3.0}),
+        entry("a", "u", "10/class", {"lp_ft": 2.0}),
+        entry("a", "t", "100/class", {"lp_ft": 0.0}),
+    ]
+    m = measured_summary(table, ["linear_probe", "lp_ft"])
+    lp = next(r for r in m["by_arm"] if r["arm"] == "lp_ft" and r["size"] == "10/class")
+    assert lp["triples"] == 3 and lp["mean_gain"] == pytest.approx(2.0)
+    assert (lp["positive"], lp["significant"], lp["best"]) == (2, 1, (5.0, "a", "t"))
+    assert [r["size"] for r in m["by_arm"]] == ["10/class", "10/class", "100/class"]
+    t10 = next(r for r in m["by_target"] if (r["target"], r["size"]) == ("t", "10/class"))
+    assert t10 == {"target": "t", "size": "10/class", "scratch": 80.0,
+                   "linear_probe": (3.0, "b"), "lp_ft": (5.0, "a")}  # fmt: skip
+    u10 = next(r for r in m["by_target"] if r["target"] == "u")
+    assert "linear_probe" not in u10  # not measured there: no number

@@ -177,7 +177,12 @@ def plot_block_trend(trend: Sequence[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str, str]) -> str:
+def markdown(
+    validation: dict[str, Any],
+    studies: Sequence[str],
+    files: dict[str, str],
+    table: Sequence[Entry] = (),
+) -> str:
     """The validation tables and the section's figures (what docs/results.md quotes)."""
     lines = [
         "# Transferability benchmark and advisor validation",
@@ -195,6 +200,7 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
     ):
         if name in files:
             lines += ["", f"![{label}]({files[name]})"]
+    lines += _measured_lines(table, validation["arms"])
     lines += _reproducibility_lines(validation.get("reproducibility") or {})
     for scheme, s in validation["schemes"].items():
         m = s["metrics"]
@@ -209,6 +215,72 @@ def markdown(validation: dict[str, Any], studies: Sequence[str], files: dict[str
         two = s.get("regret_probe_or_scratch") or {}
         lines += _regret_lines(two, f"Linear probe or scratch (all {n_two} triples)")
     return "\n".join(lines) + "\n"
+
+
+def measured_summary(table: Sequence[Entry], arms: Sequence[str]) -> dict[str, Any]:
+    """What was measured, before any prediction: per (arm, size) the mean gain over scratch and
+    how often it was positive or significant, and per (target, size) the best scratch arm's
+    accuracy with each transfer arm's best source. The numbers the findings quote."""
+    by_arm: dict[tuple[str, str], list[Entry]] = {}
+    for e in table:
+        for arm in e["gain"]:
+            by_arm.setdefault((arm, e["size"]), []).append(e)
+    overall = []
+    for size in _sizes(table):
+        for arm in arms:
+            es = by_arm.get((arm, size), [])
+            if not es:
+                continue
+            gains = [e["gain"][arm] for e in es]
+            best = max(es, key=lambda e: e["gain"][arm])
+            overall.append({
+                "arm": arm, "size": size, "triples": len(es), "mean_gain": float(np.mean(gains)),
+                "positive": sum(g > 0 for g in gains),
+                "significant": sum(bool(e["significant"].get(arm)) for e in es),
+                "best": (best["gain"][arm], best["source"], best["target"]),
+            })  # fmt: skip
+    per_target = []
+    for target in sorted({e["target"] for e in table}):
+        for size in _sizes(table):
+            es = [e for e in table if e["target"] == target and e["size"] == size]
+            if not es:
+                continue
+            row = {"target": target, "size": size, "scratch": es[0]["scratch"]["mean"]}
+            for arm in arms:
+                have = [e for e in es if arm in e["gain"]]
+                if have:
+                    b = max(have, key=lambda e: e["gain"][arm])
+                    row[arm] = (b["gain"][arm], b["source"])
+            per_target.append(row)
+    return {"by_arm": overall, "by_target": per_target}
+
+
+def _measured_lines(table: Sequence[Entry], arms: Sequence[str]) -> list[str]:
+    m = measured_summary(table, arms)
+    if not m["by_arm"]:
+        return []
+    lines = ["", "## What was measured", "",
+             "Gain = the arm's mean test accuracy minus the best scratch arm's (points, 2-seed "
+             "means); significant: one-sided Welch p < 0.05 over seeds.", "",
+             "| arm | size | triples | mean gain | positive | significant "
+             "| best: source -> target |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in m["by_arm"]:
+        g, src, tgt = r["best"]
+        lines.append(
+            f"| {r['arm']} | {r['size']} | {r['triples']} | {r['mean_gain']:+.1f} | "
+            f"{r['positive']} | {r['significant']} | {g:+.1f}: {src} -> {tgt} |"
+        )
+    lines += ["", "Per target: the best scratch arm's test accuracy, and each transfer arm's "
+              "best gain over it (its source).", "",
+              "| target | size | scratch | " + " | ".join(arms) + " |",
+              "|---|---|---|" + "---|" * len(arms)]  # fmt: skip
+    for r in m["by_target"]:
+        cells = [f"{r[a][0]:+.1f} ({r[a][1]})" if a in r else "–" for a in arms]
+        lines.append(
+            f"| {r['target']} | {r['size']} | {r['scratch']:.1f} % | " + " | ".join(cells) + " |"
+        )
+    return lines
 
 
 def _reproducibility_lines(r: dict[str, Any]) -> list[str]:
@@ -264,5 +336,5 @@ def write_benchmark_report(
     }
     files = {k: names[k] for k, ok in made.items() if ok}
     md = outdir / "benchmark.md"
-    md.write_text(markdown(validation, studies, files))
+    md.write_text(markdown(validation, studies, files, table))
     return {"md": md, **{k: outdir / v for k, v in files.items()}}
