@@ -99,6 +99,25 @@ def _run_in_process(cell: Cell, root: Path) -> None:
         logging.warning("cell %s diverged: %s", cell.id, e)
 
 
+class _Progress:
+    """One line per finished cell of a parallel run, with the rate so far and an ETA: a study
+    of hours must show that it moves (the serial path prints its own lines)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.finished, self.t0 = total, 0, time.time()
+
+    def line(self, cell_id: str, status: str) -> None:
+        self.finished += 1
+        minutes = (time.time() - self.t0) / 60
+        rate = self.finished / minutes if minutes > 0 else 0.0
+        eta = (self.total - self.finished) / rate if rate > 0 else 0.0
+        print(
+            f"[study] {self.finished}/{self.total} {cell_id} {status} "
+            f"({rate:.1f} cells/min, ETA {int(eta // 60)}h{int(eta % 60):02d})",
+            flush=True,
+        )
+
+
 def _run_parallel(
     cells: Sequence[Cell], root: Path, workers: int, clock: StudyClock | None = None
 ) -> list[tuple[Cell, str]]:
@@ -111,6 +130,7 @@ def _run_parallel(
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
     failed: list[tuple[Cell, str]] = []
+    progress = _Progress(len(cells))
 
     def done(cell: Cell, rc: int) -> bool:
         ok = rc != PREEMPTED_EXIT and (not rc or diverged_step(cell.workdir(root)) is not None)
@@ -122,8 +142,7 @@ def _run_parallel(
         if not ok:
             why = "its worker died" if rc == workers_lib.DIED else f"exit {rc}"
             failed.append((cell, f"{why}, see {cell.workdir(root)}/train.log"))
-        else:
-            logging.info("cell done: %s", cell.id)
+        progress.line(cell.id, "done" if ok else "FAILED")
         return True
 
     jobs = []
