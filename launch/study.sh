@@ -10,9 +10,9 @@
 # new study refuses to start while jtl/ or configs/ have uncommitted changes or new files: the
 # worktree would not have them.
 #
-# Paths: the workdir and a --config file under this checkout are taken relative to where you
-# are (results stay in this checkout's runs/; the config is the worktree's copy). Other paths
-# inside config arguments (`source_dir=...`) resolve in the worktree: give them absolute.
+# Paths: the workdir and a --config file are taken relative to where you are (results stay in
+# this checkout's runs/; a config of this checkout runs as the worktree's committed copy). Other
+# paths inside config arguments (`source_dir=...`) resolve in the worktree: give them absolute.
 # A finished study's worktree can go: git worktree remove TREE (its path is in WORKDIR/worktree).
 #
 # --background: nohup, output appended to WORKDIR/study.log, prints the pid. `kill PID` (SIGTERM)
@@ -38,7 +38,6 @@ python="${JTL_PYTHON:-$root/.venv/bin/python}"
 abs() { realpath -m -s -- "$1"; }  # absolute, symlinks kept (cells record paths as given)
 args=("$@")
 workdir=""
-config_at=-1
 for i in "${!args[@]}"; do
   case "${args[i]}" in
     --workdir)
@@ -49,14 +48,15 @@ for i in "${!args[@]}"; do
       workdir="${args[i]#--workdir=}"
       [[ -n "$workdir" ]] || die "--workdir needs a directory"
       args[i]="--workdir=$(abs "$workdir")" ;;
-    --config) config_at=$((i + 1)) ;;
   esac
 done
 [[ -n "$workdir" ]] || die "no --workdir (the worktree is recorded in it, for resuming)"
 workdir="$(abs "$workdir")"
 record="$workdir/worktree"
 
+resume=0
 if [[ -f "$record" && -f "$workdir/study.json" ]]; then  # a resume: the code it started with
+  resume=1
   commit="" tree=""
   read -r commit tree < "$record" || true
   if [[ -z "$commit" || -z "$tree" ]]; then
@@ -75,15 +75,31 @@ else  # a new study (or one that never started: pinned afresh)
   tree="$root/.worktrees/$(basename "$workdir")-${commit:0:10}"
 fi
 
-# A config file of this checkout runs as the worktree's copy of it.
-if [[ $config_at -ge 0 && -n "${args[config_at]:-}" ]]; then
-  spec="${args[config_at]%%:*}"
-  rest="${args[config_at]#"$spec"}"
-  if [[ -e "$spec" ]]; then
-    spec="$(abs "$spec")"
-    if [[ "$spec" == "$root"/* ]]; then args[config_at]="$tree/${spec#"$root"/}$rest"; fi
+# A config file of this checkout runs as the worktree's copy (the same path relative to the
+# worktree, where the study runs); it must be committed there unchanged. Another existing file
+# is passed on absolute (it is not pinned); a name that is not a file (a shipped study's name)
+# is left to jtl.
+pin_config() {  # VALUE -> the value to pass
+  local spec="${1%%:*}" rest="${1#*:}" real rel
+  [[ "$1" == *:* ]] && rest=":$rest" || rest=""
+  if [[ ! -f "$spec" ]]; then echo "$1"; return; fi
+  real="$(realpath -- "$spec")"
+  if [[ "$real" != "$(realpath -- "$root")"/* ]]; then echo "$(abs "$spec")$rest"; return; fi
+  rel="${real#"$(realpath -- "$root")"/}"
+  if ! git -C "$root" cat-file -e "$commit:$rel" 2> /dev/null; then
+    die "--config $rel is not in commit ${commit:0:10} (commit it: the study runs the committed copy)"
   fi
-fi
+  if [[ $resume -eq 0 ]] && ! git -C "$root" diff --quiet "$commit" -- "$rel"; then
+    die "--config $rel differs from its committed version (commit it: the study runs the committed copy)"
+  fi
+  echo "$rel$rest"  # a resume runs the worktree's copy, whatever this checkout's is now
+}
+for i in "${!args[@]}"; do
+  case "${args[i]}" in
+    --config) [[ -z "${args[i + 1]:-}" ]] || args[i + 1]="$(pin_config "${args[i + 1]}")" ;;
+    --config=*) args[i]="--config=$(pin_config "${args[i]#--config=}")" ;;
+  esac
+done
 
 run() {
   if [[ $dry_run -eq 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi

@@ -169,10 +169,11 @@ def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
     _fake(tmp_path, "python", f'echo "$PWD|$PYTHONPATH|$(cat jtl/code.py)|$*" >> {calls}\n')
     env = {"PATH": "/usr/bin:/bin", "JTL_PYTHON": str(tmp_path / "python")}
 
-    def study(*extra: str, dry: bool = False) -> subprocess.CompletedProcess:
+    def study(
+        *extra: str, dry: bool = False, config: str = "repo/configs/s.py:a=1"
+    ) -> subprocess.CompletedProcess:
         flags = ["--dry-run", "--background"] if dry else []
-        cmd = ["bash", str(repo / "launch" / "study.sh"), *flags, "--"]
-        cmd += ["--config", "repo/configs/s.py:a=1"]
+        cmd = ["bash", str(repo / "launch" / "study.sh"), *flags, "--", "--config", config]
         return subprocess.run([*cmd, *extra], capture_output=True, text=True, timeout=60,
                               env=env, cwd=tmp_path)  # fmt: skip
 
@@ -193,15 +194,30 @@ def test_study_runs_from_a_pinned_worktree_and_resumes_there(tmp_path):
         out.returncode == 2 and "uncommitted" in out.stderr and not (tmp_path / "runs/b").exists()
     )
     _git(repo, "commit", "-qam", "v2")
+    second = _git(repo, "rev-parse", "HEAD")
     assert study("--workdir", "runs/a").returncode == 0  # the resume: still v1
     assert study("--workdir=runs/c").returncode == 0  # a new study: v2
-    assert study("--workdir=runs/c").returncode == 0  # never started (no study.json): v2 again
+    (repo / "jtl" / "code.py").write_text("v = 3\n")
+    _git(repo, "commit", "-qam", "v3")
+    third = _git(repo, "rev-parse", "HEAD")
+    assert study("--workdir=runs/c").returncode == 0  # never started (no study.json): v3
+    assert (tmp_path / "runs/c/worktree").read_text().split()[0] == third
     lines = calls.read_text().splitlines()
     assert len(lines) == 4
-    want = f"-m jtl.commands.cli study --config {tree}/configs/s.py:a=1 --workdir {workdir}"
-    assert lines[0] == lines[1] == f"{tree}|{tree}|v = 1|{want}"
-    for line in lines[2:]:
-        assert line.split("|")[2] == "v = 2" and line.endswith(f"--workdir={tmp_path}/runs/c")
+    want = f"-m jtl.commands.cli study --config configs/s.py:a=1 --workdir {workdir}"
+    assert lines[0] == lines[1] == f"{tree}|{tree}|v = 1|{want}"  # the worktree's own config
+    assert lines[2].startswith(f"{repo}/.worktrees/c-{second[:10]}|") and "|v = 2|" in lines[2]
+    assert lines[3].startswith(f"{repo}/.worktrees/c-{third[:10]}|") and "|v = 3|" in lines[3]
+    assert lines[3].endswith(f"--workdir={tmp_path}/runs/c")
+    (repo / "configs" / "s.py").write_text("c = 2\n")  # main's config edited: a resume
+    assert study("--workdir", "runs/a").returncode == 0  # still runs the worktree's copy
+    assert calls.read_text().splitlines()[-1] == lines[0]
+    assert study("--workdir", "runs/e").returncode == 2  # a new study refuses it uncommitted
+    _git(repo, "checkout", "-q", "--", "configs/s.py")
+    (repo / "other.py").write_text("c = 1\n")  # a config outside configs/, not committed
+    out = study("--workdir", "runs/e", config="repo/other.py")
+    assert out.returncode == 2 and "other.py is not in commit" in out.stderr
+    assert not (tmp_path / "runs" / "e").exists()
     shutil.rmtree(tree)
     out = study("--workdir", "runs/a")
     assert out.returncode == 2 and "is gone" in out.stderr and "worktree prune" in out.stderr

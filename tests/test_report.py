@@ -421,7 +421,7 @@ def test_summary_without_scratch_ranks_the_transfer_arms(tmp_path):
     assert "the best transfer arm is finetune_full with 70.0" in md
     assert "(then lora 60.0" in md and "no scratch arm was run" in md
     assert "only finetune_full was run" not in md
-    assert "(no scratch arm in this study; a benchmark part is paired" in md
+    assert "negative transfer and cost: n/a (no scratch arm in this study)" in md
     assert "significantly below scratch" not in md
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -190,6 +191,54 @@ def test_study_clock_records_code_versions_and_warns_when_they_mix(tmp_path, cap
     assert "mix code versions" not in caplog.text
 
 
+def test_study_clock_keeps_an_unreadable_timing_file_aside(tmp_path, caplog):
+    for text in ("{not json", "[1, 2]"):
+        (tmp_path / "timing.json").write_text(text)
+        with caplog.at_level("WARNING"):
+            clock = study_lib.StudyClock(tmp_path)
+        assert clock.wall_time_s == 0.0 and "unreadable" in caplog.text
+        assert (tmp_path / "timing.json.bad").read_text() == text  # kept, not overwritten
+        clock.start()
+        clock.tick()
+        assert json.loads((tmp_path / "timing.json").read_text())["runs"][0]["seconds"] >= 0
+
+
+def test_run_study_saves_its_time_when_it_fails_after_the_cells(tmp_path, monkeypatch):
+    from jtl.study import run as run_lib
+
+    spec = tmp_path / "s.py"
+    spec.write_text(
+        "import ml_collections as mlc\n"
+        "from jtl.study import study_defaults\n"
+        "def get_config(arg=None):\n"
+        "    s = study_defaults()\n"
+        "    s.name = 'clock'\n"
+        "    s.cell_config = 'configs/tiny.py'\n"
+        "    s.targets = mlc.ConfigDict({'digits': 'steps=4'})\n"
+        "    s.strategies = ('scratch',)\n"
+        "    s.sizes = ('full',)\n"
+        "    s.seeds = (0,)\n"
+        "    s.steps = 4\n"
+        "    s.advise_sample = 0\n"
+        "    return s\n"
+    )
+
+    def fail(*_):
+        time.sleep(2.0)
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(run_lib, "advise_scores", fail)
+    root = tmp_path / "w"
+    plan = study_lib.plan_study(str(spec), root)
+    t = time.time()
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        study_lib.run_study(plan, root)
+    wall = time.time() - t
+    (run,) = json.loads((root / "timing.json").read_text())["runs"]
+    assert run["cells_run"] == 1
+    assert run["seconds"] > wall - 1.0  # the failed scoring's 2 s are counted too
+
+
 class _Killed(Exception):
     pass
 
@@ -313,6 +362,15 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     assert again["steps_run"] == 4 and again["resumed_from_step"] == 4
     assert again["test_accuracy"] == pytest.approx(first["test_accuracy"])
     assert again["early_stopping"]["stopped_step"] == 4
+
+
+def test_transfer_bench_parts_reuse_an_earlier_parts_sources():
+    s = study_lib.load_study("configs/studies/transfer_bench.py:part=imagenet,source_dir=/s")
+    assert s.sources.to_dict() == {"imagenet": {"kind": "checkpoint", "path": "/s/imagenet"}}
+    assert s.advise_sample == 0  # scored once, by the part that made the sources
+    main = study_lib.load_study("configs/studies/transfer_bench.py:arms=lp_ft,source_dir=/s")
+    assert main.sources.mnist.path == "/s/mnist" and main.advise_sample == 0
+    assert study_lib.load_study("configs/studies/transfer_bench.py").advise_sample == 1000
 
 
 @pytest.mark.parametrize(

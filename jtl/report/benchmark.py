@@ -260,8 +260,8 @@ def _measured_lines(table: Sequence[Entry], arms: Sequence[str]) -> list[str]:
     if not m["by_arm"]:
         return []
     lines = ["", "## What was measured", "",
-             "Gain = the arm's mean test accuracy minus the best scratch arm's (points, 2-seed "
-             "means); significant: one-sided Welch p < 0.05 over seeds.", "",
+             "Gain = the arm's mean test accuracy minus the best scratch arm's (points, means "
+             "over runs); significant: one-sided Welch p < 0.05 over seeds.", "",
              "| arm | size | triples | mean gain | positive | significant "
              "| best: source -> target |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -108,11 +108,7 @@ def summarize(
     if len(kinds) == 1:  # nothing to compare with: say so once, claim nothing about the other
         missing = "transfer" if True in kinds else "scratch"
         sentences.append(
-            f"Crossover, negative transfer and cost against scratch: n/a (no {missing} arm in "
-            "this study; a benchmark part is paired with its main part's scratch rows by "
-            "`jtl advisor fit`)."
-            if missing == "scratch"
-            else f"Crossover, negative transfer and cost: n/a (no {missing} arm in this study)."
+            f"Crossover, negative transfer and cost: n/a (no {missing} arm in this study)."
         )
         return " ".join(sentences)
     sentences.append(_crossover_sentence(cross, sizes[0]))

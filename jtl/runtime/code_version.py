@@ -19,8 +19,8 @@ _ROOT = Path(__file__).resolve().parents[2]  # the checkout holding jtl/, when r
 
 def _git(*args: str) -> str | None:
     # No index lock (a study's workers and a `git commit` may run at once); the caller's
-    # GIT_DIR / GIT_WORK_TREE would point -C elsewhere.
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    # GIT_* variables (a hook's GIT_DIR, GIT_INDEX_FILE) would point it at another repository.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     cmd = ["git", "--no-optional-locks", "-C", str(_ROOT), *args]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, env=env)

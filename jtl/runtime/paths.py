@@ -43,5 +43,9 @@ def write_text_atomic(path: Any, text: str) -> None:
     """Write a sibling, then rename over `path`: a kill mid-write leaves the old file or the
     new one, never half of one (summary.json, timing.json, caches read by later processes)."""
     tmp = unique_tmp(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:  # a full disk or a kill: no half-written sibling left behind
+        tmp.unlink(missing_ok=True)
+        raise

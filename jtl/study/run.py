@@ -100,8 +100,9 @@ def _run_in_process(cell: Cell, root: Path) -> None:
 
 
 class _Progress:
-    """One line per finished cell of a parallel run, with the rate so far and an ETA: a study
-    of hours must show that it moves (the serial path prints its own lines)."""
+    """One line per finished cell of a parallel run, with an ETA at the rate so far: a study of
+    hours must show that it moves (the serial path prints its own lines). One per `run_cells`,
+    so the later seeds' cells continue the count."""
 
     def __init__(self, total: int) -> None:
         self.total, self.finished, self.t0 = total, 0, time.time()
@@ -109,17 +110,20 @@ class _Progress:
     def line(self, cell_id: str, status: str) -> None:
         self.finished += 1
         minutes = (time.time() - self.t0) / 60
-        rate = self.finished / minutes if minutes > 0 else 0.0
-        eta = (self.total - self.finished) / rate if rate > 0 else 0.0
+        eta = minutes / self.finished * (self.total - self.finished)
         print(
             f"[study] {self.finished}/{self.total} {cell_id} {status} "
-            f"({rate:.1f} cells/min, ETA {int(eta // 60)}h{int(eta % 60):02d})",
+            f"(ETA {int(eta // 60)}h{int(eta % 60):02d} at the rate so far)",
             flush=True,
         )
 
 
 def _run_parallel(
-    cells: Sequence[Cell], root: Path, workers: int, clock: StudyClock | None = None
+    cells: Sequence[Cell],
+    root: Path,
+    workers: int,
+    clock: StudyClock | None = None,
+    progress: _Progress | None = None,
 ) -> list[tuple[Cell, str]]:
     """Runs cells' `jtl train` commands on `workers` persistent worker processes, one XLA
     device each (jtl.study.workers); on SIGTERM, forwards it, waits, raises Preempted.
@@ -130,7 +134,7 @@ def _run_parallel(
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
     failed: list[tuple[Cell, str]] = []
-    progress = _Progress(len(cells))
+    progress = progress or _Progress(len(cells))
 
     def done(cell: Cell, rc: int) -> bool:
         ok = rc != PREEMPTED_EXIT and (not rc or diverged_step(cell.workdir(root)) is not None)
@@ -172,8 +176,14 @@ class StudyClock:
         if self.path.exists():
             try:
                 self.data = json.loads(self.path.read_text())
+                if not isinstance(self.data, dict):
+                    raise ValueError(f"a JSON {type(self.data).__name__}, not an object")
             except (OSError, ValueError) as e:  # only the total is lost, never the study
-                logging.warning("%s unreadable (%s): the wall time restarts from 0", self.path, e)
+                bad = self.path.with_name(self.path.name + ".bad")
+                logging.warning("%s unreadable (%s): kept as %s; the wall time restarts from 0",
+                                self.path, e, bad.name)  # fmt: skip
+                self.data = {}
+                self.path.replace(bad)
         self.data.setdefault("wall_time_s", 0.0)
         self.data.setdefault("runs", [])
         self.run: dict[str, Any] | None = None
@@ -242,11 +252,14 @@ def run_cells(
     if parallel > 1:
         # Later seeds that reuse the first seeds' choice (sweep_tune_seeds) wait for their grids.
         first = [c for c in todo if not (c.tuned_by and not c.chosen)]
-        failed = _run_parallel(first, root, parallel, clock)
+        progress = _Progress(len(todo))
+        failed = _run_parallel(first, root, parallel, clock, progress)
         _stop_if_preempted(failed)
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
-        failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in later if not c.chosen]
-        failed += _run_parallel([c for c in later if c.chosen], root, parallel, clock)
+        unresolved = [c for c in later if not c.chosen]
+        failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in unresolved]
+        progress.total -= len(unresolved)  # they cannot run now (reported as failures)
+        failed += _run_parallel([c for c in later if c.chosen], root, parallel, clock, progress)
         _stop_if_preempted(failed)
         return len(todo), failed
     failed = []
