@@ -183,7 +183,10 @@ class StudyClock:
                 logging.warning("%s unreadable (%s): kept as %s; the wall time restarts from 0",
                                 self.path, e, bad.name)  # fmt: skip
                 self.data = {}
-                self.path.replace(bad)
+                try:
+                    self.path.replace(bad)
+                except OSError:  # unreadable and immovable: the next save overwrites it
+                    pass
         self.data.setdefault("wall_time_s", 0.0)
         self.data.setdefault("runs", [])
         self.run: dict[str, Any] | None = None
