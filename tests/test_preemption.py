@@ -64,3 +64,31 @@ def test_sigterm_checkpoints_the_current_step_and_the_rerun_is_bit_identical(tmp
         summary["test_accuracy"]
         == json.loads((straight / "summary.json").read_text())["test_accuracy"]
     )
+
+
+def test_sigterm_before_the_first_step_exits_75_with_a_checkpoint(tmp_path, monkeypatch):
+    """A signal during set-up (data, a probe stage, compilation) used to kill the process
+    (exit 143: launchers do not re-run that); now the loop checkpoints its first step."""
+    import pytest
+
+    from jtl import config as config_lib
+    from jtl.run import train as train_lib
+    from jtl.runtime.preemption import Preempted
+
+    real = train_lib._load_data
+
+    def load_then_signal(*a, **k):
+        out = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the data is ready, before step 1
+        return out
+
+    monkeypatch.setattr(train_lib, "_load_data", load_then_signal)
+    config = config_lib.load_config(f"{TINY}:steps=40", ["progress=False"])
+    with pytest.raises(Preempted) as e:
+        train_lib.train(config, tmp_path / "w")
+    assert e.value.step is not None and e.value.step <= 2
+    saved = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved == [e.value.step]
+    monkeypatch.setattr(train_lib, "_load_data", real)
+    summary = train_lib.train(config, tmp_path / "w")  # the re-run resumes and finishes
+    assert summary["resumed_from_step"] == e.value.step and summary["steps_run"] == 40

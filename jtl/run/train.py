@@ -841,22 +841,24 @@ def _finish_strategy(
 def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Runs (or resumes) one training run; returns the summary also written to summary.json."""
     t_start = time.time()
-    config, workdir = _prepare_workdir(config, workdir)
-    mesh = sharding.make_mesh()
-    config, data = _load_data(config, mesh)
-    model = build_model(config, data.num_classes)
-    variables = _init_variables(model, config, data.example_inputs())
-    base = _base_summary(config, data)
-    _describe_workdir(config, workdir, data, base)
-    plan = plan_strategy(config, model, variables, data)
-    if isinstance(plan, ProbePlan):  # no SGD steps: the plan's fit is the whole run
-        summary = {**base, **plan.fit(), "wall_time_s": time.time() - t_start}
-        _write_summary(workdir, summary)
-        return summary
-    run, state = _setup(config, workdir, t_start, mesh, data, model, plan, base)
-    t_train = time.time()
     # SIGTERM / SIGINT: finish the step in flight, checkpoint it, stop (jtl.runtime.preemption).
+    # Active from the start: a signal during data loading, a probe stage or compilation only
+    # sets the flag, and the loop checkpoints at its first step and exits 75 (not 143).
     with preemption.Preemption() as preempt:
+        config, workdir = _prepare_workdir(config, workdir)
+        mesh = sharding.make_mesh()
+        config, data = _load_data(config, mesh)
+        model = build_model(config, data.num_classes)
+        variables = _init_variables(model, config, data.example_inputs())
+        base = _base_summary(config, data)
+        _describe_workdir(config, workdir, data, base)
+        plan = plan_strategy(config, model, variables, data)
+        if isinstance(plan, ProbePlan):  # no SGD steps: the plan's fit is the whole run
+            summary = {**base, **plan.fit(), "wall_time_s": time.time() - t_start}
+            _write_summary(workdir, summary)
+            return summary  # finished: a signal during the fit changes nothing
+        run, state = _setup(config, workdir, t_start, mesh, data, model, plan, base)
+        t_train = time.time()
         state, step = _loop(run, state, preempt)
     if run.bar is not None:
         run.bar.close()
