@@ -122,8 +122,8 @@ def _run_parallel(
     cells: Sequence[Cell],
     root: Path,
     workers: int,
-    clock: StudyClock | None = None,
-    progress: _Progress | None = None,
+    clock: StudyClock | None,
+    progress: _Progress,
 ) -> list[tuple[Cell, str]]:
     """Runs cells' `jtl train` commands on `workers` persistent worker processes, one XLA
     device each (jtl.study.workers); on SIGTERM, forwards it, waits, raises Preempted.
@@ -134,7 +134,6 @@ def _run_parallel(
     if "--xla_force_host_platform_device_count" not in env["XLA_FLAGS"]:
         env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=1"
     failed: list[tuple[Cell, str]] = []
-    progress = progress or _Progress(len(cells))
 
     def done(cell: Cell, rc: int) -> bool:
         ok = rc != PREEMPTED_EXIT and (not rc or diverged_step(cell.workdir(root)) is not None)
