@@ -80,6 +80,7 @@ def aggregate(rows: Sequence[dict[str, Any]], metric: str = "test_accuracy") -> 
                 # A verdict needs every replicate converged (jtl.report.convergence).
                 "converged": all(bool(r.get("converged")) for r in runs),
                 "not_converged": sum(1 for r in runs if not r.get("converged")),
+                "cap_doubled": sum(1 for r in runs if r.get("cap_doublings")),
                 "budget": _budget(runs),
                 "epochs_run": _mean_or_none([r.get("epochs_run") for r in runs]),
                 # Choices made (a later seed that reused its tuning seeds' choice is no new one).

@@ -62,8 +62,16 @@ def budget_label(agg: Sequence[dict[str, Any]]) -> str:
         return "closed-form fits only (converged)"
     if kinds <= {"converged"}:
         n_bad = sum(1 for a in agg if not converged(a))
-        return "converged budget: each cell trains until validation accuracy stalls; " + (
-            f"{n_bad} arm/size group(s) hit their cap still improving" if n_bad else "all converged"
+        doubled = sum(int(a.get("cap_doubled") or 0) for a in agg)
+        rerun = f"{doubled} run(s) re-run with their cap doubled; " if doubled else ""
+        return (
+            "converged budget: each cell trains until validation accuracy stalls; "
+            + rerun
+            + (
+                f"{n_bad} arm/size group(s) hit their cap still improving"
+                if n_bad
+                else "all converged"
+            )
         )
     if kinds <= {"equal_steps", None}:
         return f"{EQUAL_STEPS}: every arm gets the same optimizer steps; no verdicts are stated"

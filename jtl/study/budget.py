@@ -11,13 +11,23 @@ weights. `max_epochs` (per size: `max_epochs_by_size`) caps it, in epochs of the
 training subset; scratch gets `scratch_schedule_mult` times the cap (He et al.'s longer
 schedule). With `max_epochs = 0` the cap is the step budget. A cell that hits its cap while
 still improving records `converged: false` and the report says "inconclusive" instead of a
-verdict.
+verdict, unless `cap_doublings` allows a re-run: such a cell is then trained again from its
+initial weights with the cap (and its step floor) doubled, up to `cap_doublings` times, and the
+last attempt is the cell's result (`current_attempt`). Why re-run instead of continuing: the
+cap is also the length of the cosine LR schedule, so a continued run would not be the run a
+longer cap gives. The earlier attempts' cost counts as the cell's tuning cost.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Any
+
 import ml_collections as mlc
 
+from jtl.evaluation import run_summary
+from jtl.study.finished import is_finished
 from jtl.transfer import strategies
 
 BUDGETS = ("equal_steps", "converged")
@@ -45,6 +55,9 @@ def convergence_defaults() -> mlc.ConfigDict:
             # decayed, else a high-LR cell stops on validation noise (jtl/config/schema.py).
             "stop_min_fraction": 0.0,
             "checkpoint_every": 500,  # steps; a killed cell resumes from here
+            # A cell that hits its cap still improving is re-run with the cap doubled, up to
+            # this many times (0 = never: it stays "not converged"); see current_attempt.
+            "cap_doublings": 0,
         }
     )
 
@@ -60,6 +73,9 @@ SMALL_IMAGE_PROTOCOL: dict = {
     "lr_grid": (0.01, 0.03, 0.1),
     "min_steps": 200,
     "min_eval_every_steps": 10,
+    # At 100/class, 101 of 324 fine-tuning runs of the benchmark hit the 30-epoch cap still
+    # improving; re-run at 60, 11 of 12 sampled ones converged, gaining up to 11 val points.
+    "cap_doublings": 1,
 }
 
 
@@ -74,6 +90,7 @@ def converged(
     min_eval_every_steps: int = 0,
     stop_min_steps: int = 0,
     stop_min_fraction: float = 0.0,
+    cap_doublings: int = 0,
 ) -> None:
     """Puts a study on the reference converged, tuned protocol (the study configs' one recipe).
 
@@ -94,6 +111,7 @@ def converged(
     c.stop_min_steps = stop_min_steps
     c.stop_min_fraction = stop_min_fraction
     c.checkpoint_every = 500
+    c.cap_doublings = cap_doublings
     study.sweep.lr = lr_grid
     study.sweep_tune_seeds = 1 if len(study.seeds) > 1 else 0
 
@@ -113,6 +131,9 @@ def validate_budget(study: mlc.ConfigDict) -> str | None:
         return "convergence: set eval_every_epochs > 0 or eval_every_steps > 0"
     if study.early_stopping_patience:
         return "early_stopping_patience is for equal-step budgets; converged uses convergence.*"
+    doublings = c.get("cap_doublings", 0)
+    if not isinstance(doublings, int) or doublings < 0:
+        return f"convergence.cap_doublings={doublings!r}: use 0 (never re-run) or more"
     return None
 
 
@@ -146,4 +167,57 @@ def budget_overrides(study: mlc.ConfigDict, strategy: str, size: str) -> list[st
     else:
         every = float(c.eval_every_epochs_by_size.get(str(size), c.eval_every_epochs))
         out.append(f"eval_every_epochs={every}")
+    return out
+
+
+# ----------------------------------------------------------------------------- cap doublings
+
+
+def hit_cap(summary: dict[str, Any] | None) -> bool:
+    """A finished run of a converged budget that stopped at its cap, not on patience."""
+    return bool(
+        summary
+        and summary.get("budget") == "converged"
+        and not summary.get("converged")
+        and not summary.get("diverged")
+    )
+
+
+def doubled(cell: Any) -> Any:
+    """The cell's next attempt: its cap in epochs (or steps) and its step floor doubled."""
+    config = cell.config()
+    if float(config.max_epochs) > 0:
+        sets = [f"max_epochs={2 * float(config.max_epochs)}"]
+        if int(config.min_steps) > 0:
+            sets.append(f"min_steps={2 * int(config.min_steps)}")
+    else:
+        sets = [f"total_steps={2 * int(config.total_steps)}"]
+    return dataclasses.replace(
+        cell,
+        attempt=cell.attempt + 1,
+        attempt_overrides=cell.attempt_overrides + len(sets),
+        overrides=(*cell.overrides, *sets),
+    )
+
+
+def current_attempt(cell: Any, root: Path) -> Any:
+    """The attempt of `cell` that is (or will be) its result: the first one that did not hit its
+    cap, else its last allowed one (`cell.cap_doublings`). Runs nothing: a finished attempt at
+    its cap yields the next one, which the study runs like any unfinished cell."""
+    while cell.attempt < cell.cap_doublings:
+        workdir = cell.workdir(root)
+        if not (is_finished(workdir, cell.config()) and hit_cap(run_summary.read(workdir))):
+            break
+        cell = doubled(cell)
+    return cell
+
+
+def earlier_attempts(cell: Any, root: Path) -> list[dict[str, Any]]:
+    """Summaries of the attempts before `cell`'s own (their cost is part of its tuning)."""
+    base = cell.overrides[: len(cell.overrides) - cell.attempt_overrides]
+    step = dataclasses.replace(cell, attempt=0, attempt_overrides=0, overrides=base)
+    out = []
+    while step.attempt < cell.attempt:
+        out.append(run_summary.read(step.workdir(root)) or {})
+        step = doubled(step)
     return out

@@ -190,9 +190,17 @@ class Cell:
     # choose its values, and (once they finished: jtl.study.sweep.resolve) the chosen label.
     tuned_by: tuple[str, ...] = ()
     chosen: str = ""
+    # Converged budgets: how often a run that hit its cap still improving may be re-run with
+    # the cap doubled (the study's `convergence.cap_doublings`), which attempt this is, and how
+    # many trailing `overrides` its doublings added (jtl.study.budget.current_attempt).
+    cap_doublings: int = 0
+    attempt: int = 0
+    attempt_overrides: int = 0
 
     def workdir(self, root: Path) -> Path:
-        return Path(root) / "cells" / self.id
+        """`cells/ID`; a re-run at a doubled cap lives beside it, in `cells/ID@cap2x`."""
+        suffix = f"@cap{2**self.attempt}x" if self.attempt else ""
+        return Path(root) / "cells" / f"{self.id}{suffix}"
 
     def command(self, root: Path, jtl: str = "jtl") -> list[str]:
         """The `jtl train` command that runs this cell (the same on a laptop or a cluster)."""
@@ -247,6 +255,7 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
     arms = _arms(study)
     multi_source = len(study.sources) > 1
     folds = int(study.kfold.folds)
+    doublings = int(study.convergence.get("cap_doublings", 0)) if study.budget == "converged" else 0
     cells = []
     by_target = [s for sizes in study.sizes_by_target.values() for s in sizes]
     all_sizes = list(dict.fromkeys(str(s) for s in [*study.sizes, *by_target]))
@@ -298,6 +307,7 @@ def expand(study: mlc.ConfigDict, root: str | Path) -> list[Cell]:
                         fold=fold,
                         spec=spec,
                         overrides=tuple(overrides),
+                        cap_doublings=doublings,
                     )
                     if tune_seeds and r >= tune_seeds:
                         cell = dataclasses.replace(cell, tuned_by=tuple(tuner_ids[:tune_seeds]))

@@ -159,6 +159,7 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
                 # Runs from before converged budgets were equal-step runs.
                 "budget": s.get("budget", "equal_steps"),
                 "converged": bool(s.get("converged", False)),
+                "cap_doublings": cell.attempt,  # re-runs at a doubled cap (jtl.study.budget)
                 "best_step": s.get("best_step"),
                 "epochs_run": s.get("epochs_run"),
                 "probe_grid": len(s.get("probe_val_accuracy") or {}) or None,

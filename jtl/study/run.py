@@ -45,6 +45,7 @@ from jtl.runtime.preemption import EXIT_CODE as PREEMPTED_EXIT
 from jtl.runtime.preemption import Preempted, Preemption
 from jtl.study import sweep as sweep_lib
 from jtl.study import workers as workers_lib
+from jtl.study.budget import current_attempt
 from jtl.study.finished import is_finished
 from jtl.study.grid import Cell, StudyError, StudyPlan, source_dir, study_defaults
 from jtl.study.results import advise_scores, collect, diverged_cells, diverged_step
@@ -244,6 +245,25 @@ def _stop_if_preempted(failed: Sequence[tuple[Cell, str]]) -> None:
         raise Preempted(None, "SIGTERM", f"in {len(hit)} cell(s), checkpoints saved")
 
 
+def _run_with_doublings(
+    cells: Sequence[Cell],
+    root: Path,
+    workers: int,
+    clock: StudyClock | None,
+    progress: _Progress,
+) -> list[tuple[Cell, str]]:
+    """Runs cells in parallel, then the re-runs (cap doubled) of those that hit their cap
+    still improving, until none is left (jtl.study.budget.current_attempt); stops on a
+    preemption. Later seeds choose from the trials' last attempts, so this ends first."""
+    failed: list[tuple[Cell, str]] = []
+    while cells:
+        failed += _run_parallel(cells, root, workers, clock, progress)
+        _stop_if_preempted(failed)
+        cells = [a for c in cells if (a := current_attempt(c, root)) is not c]
+        progress.total += len(cells)
+    return failed
+
+
 def run_cells(
     cells: Sequence[Cell], root: Path, parallel: int = 1, clock: StudyClock | None = None
 ) -> tuple[int, list[tuple[Cell, str]]]:
@@ -255,14 +275,13 @@ def run_cells(
         # Later seeds that reuse the first seeds' choice (sweep_tune_seeds) wait for their grids.
         first = [c for c in todo if not (c.tuned_by and not c.chosen)]
         progress = _Progress(len(todo))
-        failed = _run_parallel(first, root, parallel, clock, progress)
-        _stop_if_preempted(failed)
+        failed = _run_with_doublings(first, root, parallel, clock, progress)
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
         unresolved = [c for c in later if not c.chosen]
         failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in unresolved]
         progress.total -= len(unresolved)  # they cannot run now (reported as failures)
-        failed += _run_parallel([c for c in later if c.chosen], root, parallel, clock, progress)
-        _stop_if_preempted(failed)
+        later = [c for c in later if c.chosen]
+        failed += _run_with_doublings(later, root, parallel, clock, progress)
         return len(todo), failed
     failed = []
     for i, cell in enumerate(todo):
@@ -272,6 +291,10 @@ def run_cells(
             if cell.tuned_by and not cell.chosen:
                 raise StudyError(sweep_lib.why_unresolved(cell, grid, root))
             _run_in_process(cell, root)
+            while (again := current_attempt(cell, root)) is not cell:  # hit its cap: re-run
+                logging.info("cell %s hit its cap still improving: cap doubled", cell.id)
+                cell = again
+                _run_in_process(cell, root)
         except Preempted:  # the cell saved a checkpoint: stop the study; a re-run resumes
             if clock is not None:
                 clock.tick()
@@ -318,7 +341,9 @@ def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
         old = json.loads(path.read_text())
         defaults = config_lib.to_dict(study_defaults())
         diff = config_lib.recorded_diff(old.get("study", {}), d, defaults)
-        if diff:
+        if diff and _amendable(diff, old.get("study", {}), d):
+            _amend(path, old, d, diff)
+        elif diff:
             raise StudyError(
                 f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
                 "changed; use a new --workdir, or the same study config to resume."
@@ -326,6 +351,26 @@ def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"spec": spec, "study": d}, indent=2) + "\n")
+
+
+# Study fields a finished workdir may take a larger value of: it only adds runs, and every
+# finished one keeps its result (more cap doublings re-run cells that hit their cap).
+AMENDABLE = ("convergence.cap_doublings",)
+
+
+def _amendable(diff: Sequence[str], old: dict[str, Any], new: dict[str, Any]) -> bool:
+    before, after = config_lib.flatten(old), config_lib.flatten(new)
+    return all(k in AMENDABLE and int(after.get(k) or 0) >= int(before.get(k) or 0) for k in diff)
+
+
+def _amend(path: Path, old: dict[str, Any], new: dict[str, Any], diff: Sequence[str]) -> None:
+    """Records the larger value in study.json, with what it was and when (`amended`)."""
+    before = config_lib.flatten(old.get("study", {}))
+    after = config_lib.flatten(new)
+    changes = {k: [before.get(k), after.get(k)] for k in diff}
+    amended = [*old.get("amended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **changes}]
+    write_text_atomic(path, json.dumps({**old, "study": new, "amended": amended}, indent=2) + "\n")
+    logging.warning("%s: study amended (%s); finished cells keep their results", path, changes)
 
 
 # ----------------------------------------------------------------------------- main

@@ -41,6 +41,7 @@ from absl import logging
 
 from jtl import config as config_lib
 from jtl.evaluation import run_summary
+from jtl.study.budget import current_attempt, earlier_attempts
 from jtl.study.finished import is_foreign
 from jtl.transfer import strategies
 
@@ -138,7 +139,8 @@ def tuned_choice(cell: Any, cells: Sequence[Any], root: Path) -> str | None:
     scores: dict[str, list[float]] = defaultdict(list)
     for gid in cell.tuned_by:
         for trial in by_group[gid]:
-            summary = run_summary.read(trial.workdir(root))
+            # A trial re-run at a doubled cap counts with its last attempt (none yet: wait).
+            summary = run_summary.read(current_attempt(trial, root).workdir(root))
             if summary is None:
                 return None
             scores[trial.trial].append(trial_val_accuracy(summary))
@@ -180,7 +182,7 @@ def resolve(cell: Any, cells: Sequence[Any], root: Path) -> Any:
 def why_unresolved(cell: Any, cells: Sequence[Any], root: Path) -> str:
     """Why a later seed has no chosen values yet (run_cells reports it as the cell's failure)."""
     by_group = groups(cells)
-    trials = [t for gid in cell.tuned_by for t in by_group.get(gid, ())]
+    trials = [current_attempt(t, root) for gid in cell.tuned_by for t in by_group.get(gid, ())]
     if trials and all(run_summary.read(t.workdir(root)) is not None for t in trials):
         return f"every value of its tuning seeds' grid diverged ({', '.join(cell.tuned_by)})"
     return (
@@ -190,8 +192,9 @@ def why_unresolved(cell: Any, cells: Sequence[Any], root: Path) -> str:
 
 
 def resolve_all(cells: Sequence[Any], root: Path) -> list[Any]:
-    """Every `tuned_by` cell whose tuning seeds finished, resolved (see `resolve`)."""
-    return [resolve(c, cells, root) for c in cells]
+    """Every `tuned_by` cell whose tuning seeds finished, resolved (see `resolve`), and every
+    cell at its current attempt (a re-run at a doubled cap: jtl.study.budget)."""
+    return [current_attempt(resolve(c, cells, root), root) for c in cells]
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -310,7 +313,9 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
         chosen = trials[i]
         config = config_lib.load_config(chosen.spec, [*chosen.overrides, "progress=False"])
         test = evaluate_test(config, chosen.workdir(root))  # only now, and only this trial
-        flops = [_train_flops(s) for s in summaries]
+        # The tuning cost: every trial, and every earlier attempt of one re-run at a doubled cap.
+        spent = [*summaries, *(s for c in trials for s in earlier_attempts(c, root))]
+        flops = [_train_flops(s) for s in spent]
         record = {
             "cell": gid,
             "chosen": chosen.trial,
@@ -323,6 +328,8 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
                     "val_accuracy": _finite_or_none(trial_val_accuracy(s)),
                     "diverged": bool(s.get("diverged")),
                     "converged": s.get("converged"),
+                    "cap_doublings": c.attempt,
+                    "workdir": str(c.workdir(root).relative_to(Path(root).absolute())),
                     "fingerprint": fp,
                 }
                 for c, s, fp in zip(trials, summaries, fingerprints, strict=True)
@@ -330,9 +337,10 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
             "test": test,
             "tuning": {
                 "trials": len(trials),
-                "wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in summaries)
+                "runs": len(spent),
+                "wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in spent)
                 + test["test_eval_time_s"],
-                "images_seen": sum(int(s.get("images_seen") or 0) for s in summaries),
+                "images_seen": sum(int(s.get("images_seen") or 0) for s in spent),
                 "train_flops": sum(flops) if all(f is not None for f in flops) else None,
             },
         }
@@ -393,16 +401,18 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     summary = run_summary.read(cell.workdir(root))
     if summary is None:
         return None
+    retried = _attempts_cost(summary, earlier_attempts(cell, root)) if cell.attempt else {}
     if cell.chosen:  # a later seed at its tuning seeds' choice: its own cost only
-        return cell.id, summary, {"chosen": grid_values(cell), "tuned_on": list(cell.tuned_by)}
+        chosen = {"chosen": grid_values(cell), "tuned_on": list(cell.tuned_by)}
+        return cell.id, summary, {**chosen, **retried}
     if not cell.trial:
-        return cell.id, summary, {}
+        return cell.id, summary, retried
     gid = group_id(cell)
     sel = _read(Path(root) / "cells" / gid / SELECTED)
     if sel is None or sel["chosen"] != cell.trial:
         return None
     if any(  # a trial's run was replaced since the choice: it chose among other runs
-        _fingerprint(Path(root) / "cells" / gid / t["trial"]) != t["fingerprint"]
+        _fingerprint(Path(root) / t.get("workdir", f"cells/{gid}/{t['trial']}")) != t["fingerprint"]
         for t in sel["trials"]
     ):
         return None
@@ -420,5 +430,19 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
         "tuning_wall_time_s": sel["tuning"]["wall_time_s"],
         "tuning_images_seen": sel["tuning"]["images_seen"],
         "tuning_train_flops": sel["tuning"]["train_flops"],
+        "tuning_runs": sel["tuning"].get("runs", len(sel["trials"])),
     }
     return gid, summary, extra
+
+
+def _attempts_cost(summary: dict[str, Any], earlier: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """An unswept cell re-run at a doubled cap: its cost with the earlier attempts', reported
+    like a sweep's tuning cost (the report's cost table adds it to the arm's)."""
+    runs = [summary, *earlier]
+    flops = [_train_flops(s) for s in runs]
+    return {
+        "tuning_wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in runs),
+        "tuning_images_seen": sum(int(s.get("images_seen") or 0) for s in runs),
+        "tuning_train_flops": sum(flops) if all(f is not None for f in flops) else None,
+        "tuning_runs": len(runs),
+    }
