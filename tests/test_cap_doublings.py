@@ -121,3 +121,22 @@ def test_a_finished_study_takes_more_cap_doublings_but_no_other_change(tmp_path)
     s.convergence.cap_doublings, s.steps = -1, 12
     with pytest.raises(study_lib.StudyError, match="cap_doublings"):
         study_lib.validate(s)
+
+
+def test_a_study_amended_to_a_doubling_re_runs_capped_cells_and_keeps_finished_ones(tmp_path):
+    """The benchmark's case: a finished study (no doublings) taken to one. Every capped cell
+    gets a re-run; the later seed keeps the choice it trained with and is not re-trained at
+    attempt 0 (its summary.json is untouched), only given its own re-run."""
+    root = tmp_path / "study"
+    s = _capped_study()
+    s.convergence.cap_doublings = 0
+    cells = study_lib.expand(s, root)
+    assert study_lib.run_cells(cells, root, parallel=2) == (3, [])
+    before = {c.id: (c.workdir(root) / "summary.json").read_bytes() for c in cells}
+    cells = study_lib.expand(_capped_study(), root)
+    assert study_lib.run_cells(cells, root, parallel=2)[1] == []
+    final = sweep_lib.resolve_all(cells, root)
+    assert [c.attempt for c in final] == [1, 1, 1]
+    assert all((c.workdir(root) / "summary.json").read_bytes() == before[c.id] for c in cells[:3])
+    saved = json.loads((cells[2].workdir(root) / "config.json").read_text())["optim"]["lr"]
+    assert json.loads((final[2].workdir(root) / "config.json").read_text())["optim"]["lr"] == saved

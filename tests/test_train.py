@@ -112,8 +112,9 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(tmp_path):
 
     wd = tmp_path / "run"
     first = train_lib.train(_tiny("total_steps=10"), wd)
-    again = train_lib.train(_tiny("total_steps=10"), wd)
-    assert again["resumed_from_step"] == 10
+    written = (wd / "summary.json").read_bytes()
+    again = train_lib.train(_tiny("total_steps=10"), wd)  # nothing re-run, nothing rewritten
+    assert again == json.loads(written) and (wd / "summary.json").read_bytes() == written
     assert again["test_accuracy"] == first["test_accuracy"]
     before = (wd / "metrics.jsonl").read_text()
     with pytest.raises(train_lib.WorkdirConflictError, match="different config.*seed"):

@@ -846,6 +846,9 @@ def train(config: mlc.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     # sets the flag, and the loop checkpoints at its first step and exits 75 (not 143).
     with preemption.Preemption() as preempt:
         config, workdir = _prepare_workdir(config, workdir)
+        if (done := run_summary.read(workdir)) is not None:  # this config's run, finished
+            logging.info("%s: finished already; its summary.json is kept", workdir)
+            return dict(done)  # re-summarizing would overwrite its wall time and numbers
         mesh = sharding.make_mesh()
         config, data = _load_data(config, mesh)
         model = build_model(config, data.num_classes)

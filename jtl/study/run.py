@@ -279,8 +279,11 @@ def run_cells(
         later = [sweep_lib.resolve(c, grid, root) for c in todo if c not in first]
         unresolved = [c for c in later if not c.chosen]
         failed += [(c, sweep_lib.why_unresolved(c, grid, root)) for c in unresolved]
-        progress.total -= len(unresolved)  # they cannot run now (reported as failures)
-        later = [c for c in later if c.chosen]
+        # Chosen only now (after the trials' re-runs at a doubled cap), some finished in an
+        # earlier invocation, or need their own re-run: only those run.
+        later = [current_attempt(c, root) for c in later if c.chosen]
+        later = [c for c in later if not is_finished(c.workdir(root), c.config())]
+        progress.total = progress.finished + len(later)  # unresolved ones are failures
         failed += _run_with_doublings(later, root, parallel, clock, progress)
         return len(todo), failed
     failed = []
