@@ -358,7 +358,9 @@ def test_early_stopping_stops_records_and_resume_does_not_train_past(tmp_path):
     }
     assert first["converged"] is True and first["budget"] == "converged"
     assert first["steps_run"] == 4 and first["images_seen"] == 4 * config.batch_size
-    again = train(config, tmp_path)  # resumes at the stop: no more training
+    assert train(config, tmp_path) == first  # finished: returned as it is, nothing rewritten
+    (tmp_path / "summary.json").unlink()  # killed before its summary: resumes at the stop
+    again = train(config, tmp_path)  # ... and trains no further
     assert again["steps_run"] == 4 and again["resumed_from_step"] == 4
     assert again["test_accuracy"] == pytest.approx(first["test_accuracy"])
     assert again["early_stopping"]["stopped_step"] == 4

@@ -40,7 +40,7 @@ def _size_sentence(agg: Sequence[dict], target: str, size: str) -> str:
     if reasons:  # measured numbers, no verdict
         return (
             f"{head} {t['arm']} reached {_pct(t)} % and {s['arm']} {_pct(s)} % test accuracy; "
-            f"{join(reasons)}."
+            f"{join(reasons, LIMIT)}."
         )
     if abs(t["mean"] - s["mean"]) <= TIE:
         return f"{head} {t['arm']} and {s['arm']} tie at {_pct(t)} % vs {_pct(s)} % test accuracy."

@@ -345,7 +345,7 @@ def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
         defaults = config_lib.to_dict(study_defaults())
         diff = config_lib.recorded_diff(old.get("study", {}), d, defaults)
         if diff and _amendable(diff, old.get("study", {}), d):
-            _amend(path, old, d, diff)
+            _amend(path, old, d, diff, defaults)
         elif diff:
             raise StudyError(
                 f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
@@ -366,9 +366,15 @@ def _amendable(diff: Sequence[str], old: dict[str, Any], new: dict[str, Any]) ->
     return all(k in AMENDABLE and int(after.get(k) or 0) >= int(before.get(k) or 0) for k in diff)
 
 
-def _amend(path: Path, old: dict[str, Any], new: dict[str, Any], diff: Sequence[str]) -> None:
+def _amend(
+    path: Path,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    diff: Sequence[str],
+    defaults: dict[str, Any],
+) -> None:
     """Records the larger value in study.json, with what it was and when (`amended`)."""
-    before = config_lib.flatten(old.get("study", {}))
+    before = {**config_lib.flatten(defaults), **config_lib.flatten(old.get("study", {}))}
     after = config_lib.flatten(new)
     changes = {k: [before.get(k), after.get(k)] for k in diff}
     amended = [*old.get("amended", []), {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **changes}]
