@@ -306,12 +306,20 @@ def test_reproducibility_ranks_seed_0_against_seed_1_whatever_the_row_order():
 def test_measured_summary_on_a_hand_made_table():
     from jtl.report.benchmark import measured_summary
 
-    def entry(source, target, size, gains, sig=()):
+    def entry(source, target, size, gains, sig=(), capped=()):
         return {"source": source, "target": target, "size": size, "scratch": {"mean": 80.0},
-                "gain": gains, "significant": {a: a in sig for a in gains}}  # fmt: skip
+                "gain": gains, "significant": {a: a in sig for a in gains},
+                "converged": {a: a not in capped for a in gains}}  # fmt: skip
 
     table = [
-        entry("a", "t", "10/class", {"lp_ft": 5.0, "linear_probe": -2.0}, sig=("lp_ft",)),
+        entry(
+            "a",
+            "t",
+            "10/class",
+            {"lp_ft": 5.0, "linear_probe": -2.0},
+            sig=("lp_ft",),
+            capped=("lp_ft",),
+        ),  # fmt: skip
         entry("b", "t", "10/class", {"lp_ft": -1.0, "linear_probe": 3.0}),
         entry("a", "u", "10/class", {"lp_ft": 2.0}),
         entry("a", "t", "100/class", {"lp_ft": 0.0}),
@@ -320,6 +328,7 @@ def test_measured_summary_on_a_hand_made_table():
     lp = next(r for r in m["by_arm"] if r["arm"] == "lp_ft" and r["size"] == "10/class")
     assert lp["triples"] == 3 and lp["mean_gain"] == pytest.approx(2.0)
     assert (lp["positive"], lp["significant"], lp["best"]) == (2, 1, (5.0, "a", "t"))
+    assert lp["not_converged"] == 1
     assert [r["size"] for r in m["by_arm"]] == ["10/class", "10/class", "100/class"]
     t10 = next(r for r in m["by_target"] if (r["target"], r["size"]) == ("t", "10/class"))
     assert t10 == {"target": "t", "size": "10/class", "scratch": 80.0,

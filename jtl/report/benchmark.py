@@ -237,6 +237,8 @@ def measured_summary(table: Sequence[Entry], arms: Sequence[str]) -> dict[str, A
                 "arm": arm, "size": size, "triples": len(es), "mean_gain": float(np.mean(gains)),
                 "positive": sum(g > 0 for g in gains),
                 "significant": sum(bool(e["significant"].get(arm)) for e in es),
+                # the arm or scratch hit its cap still improving: a lower bound, no verdict
+                "not_converged": sum(not e.get("converged", {}).get(arm, True) for e in es),
                 "best": (best["gain"][arm], best["source"], best["target"]),
             })  # fmt: skip
     per_target = []
@@ -261,15 +263,17 @@ def _measured_lines(table: Sequence[Entry], arms: Sequence[str]) -> list[str]:
         return []
     lines = ["", "## What was measured", "",
              "Gain = the arm's mean test accuracy minus the best scratch arm's (points, means "
-             "over runs); significant: one-sided Welch p < 0.05 over seeds.", "",
-             "| arm | size | triples | mean gain | positive | significant "
+             "over runs); significant: one-sided Welch p < 0.05 over seeds; not converged: the "
+             "arm or scratch hit its cap still improving (a lower bound).", "",
+             "| arm | size | triples | mean gain | positive | significant | not converged "
              "| best: source -> target |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in m["by_arm"]:
         g, src, tgt = r["best"]
         lines.append(
             f"| {r['arm']} | {r['size']} | {r['triples']} | {r['mean_gain']:+.1f} | "
-            f"{r['positive']} | {r['significant']} | {g:+.1f}: {src} -> {tgt} |"
+            f"{r['positive']} | {r['significant']} | {r['not_converged']} | "
+            f"{g:+.1f}: {src} -> {tgt} |"
         )
     lines += ["", "Per target: the best scratch arm's test accuracy, and each transfer arm's "
               "best gain over it (its source).", "",
