@@ -26,25 +26,22 @@ cell trains until validation stalls (scratch x2 the cap), every SGD arm is tuned
 learning-rate grid on seed 0 and seed 1 trains once at its choice. Patience cannot stop a cell
 before 3/4 of its cap (`stop_frac=0.75`, the default since 2026-12-04: before it, the scratch
 arm stopped on high-LR validation noise, 7 points low on Fashion-MNIST at 100/class), and
-validation-accuracy ties go to the lower validation loss. `stop_frac=0` and a checkout before
-that date reproduce the earlier phases' rows.
+validation-accuracy ties go to the lower validation loss. A cell that hits its cap still
+improving is re-run once with the cap doubled (`convergence.cap_doublings = 1`, since session 8:
+at a 30-epoch cap 101 of 243 finetune_full trials at 100/class had not converged).
 
 Run (resumable: re-run the same command; `launch/study.sh --background -- ARGS` runs it from
 a git worktree pinned at the current commit, and resumes it there; under it, give `source_dir=`
-an absolute path). In one go:
+an absolute path). In one go, the main part and the ImageNet probe part (what docs/results.md
+ran), then the fit:
     jtl study --config configs/studies/transfer_bench.py --workdir runs/bench --parallel 2
-or in phases, cheapest arms first, each its own resumable workdir (what docs/results.md ran):
-    B=configs/studies/transfer_bench.py; S=source_dir=runs/bench_probe/sources
-    jtl study --config $B:arms=scratch+linear_probe --workdir runs/bench_probe
-    jtl study --config $B:arms=finetune_full,$S --workdir runs/bench_ft --parallel 2
-    jtl study --config $B:arms=lp_ft,$S --workdir runs/bench_lpft --parallel 2
-    jtl study --config $B:part=imagenet --workdir runs/bench_inet
-A phase can be cut further: `sources=a+b` and `sizes=10` (or 100) run a subset of the grid.
-Then fit and validate the advisor on the rows (docs/results.md "Transferability benchmark"):
-    jtl advisor fit --study runs/bench_probe --study runs/bench_ft --study runs/bench_lpft \
-        --study runs/bench_inet --out jtl/advisor/fitted.json --report runs/advisor
-`--table DIR` adds an earlier fit's measured rows (DIR/validation.json; docs/bench holds the
-shipped fit's) to the studies given, for phases whose runs are gone.
+    jtl study --config configs/studies/transfer_bench.py:part=imagenet --workdir runs/bench_inet
+    jtl advisor fit --study runs/bench --study runs/bench_inet \
+        --out jtl/advisor/fitted.json --report runs/advisor
+A part can be cut into phases, each its own resumable workdir: `arms=a+b`, `sources=a+b` and
+`sizes=10` (or 100) run a subset of the grid, `source_dir=` reuses trained sources, and
+`jtl advisor fit --table DIR` adds an earlier fit's measured rows (DIR/validation.json) to the
+studies given, for phases whose runs are gone.
 
 `part=imagenet`: the ImageNet EfficientNet-Lite0 source (real weights, 32 px RGB) on the same
 targets, the linear probe by default: its fine-tuning costs 45-110 s a cell on this CPU (against
@@ -53,17 +50,15 @@ targets, the linear probe by default: its fine-tuning costs 45-110 s a cell on t
 scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
-Expected (2026-12-02/04, 2-core CPU, phases run partly side by side; docs/results.md
-"Transferability benchmark"): 200 triples with scratch and the linear probe (9 sources plus
-ImageNet; the probe phase 133 min, the ImageNet phase 47 min), finetune_full and lp_ft on 180:
-every trained source at 10/class (lp_ft phase 63 min) and at 100/class (on the study workers,
-8.6 min a source on the idle machine). Scratch (session 6's rules at 100/class): digits 89.4 /
-97.9 %, fashion_mnist 61.8 / 79.3 %, lfw 89.0 / 100.0 % (full). Leave-one-target-out, with
-every arm the fitted advisor loses 1.57 points against always-lp_ft's 2.10 (-0.54 [-1.64,
-+0.37]; leave-one-source-out -0.96 [-1.96, -0.09]); deciding "probe or scratch?" it loses 0.78
-against 1.25 for always-scratch (-0.47 [-1.15, +0.14]); the weighted tau of its source ranking
-is 0.43 (seed 0 against seed 1: 0.60). A one-go run at the current protocol: about 4 hours
-for the main part, estimated from the session-6 phase (33.1 min for scratch and one source).
+Expected (2026-12-04, 2-core CPU; docs/results.md "Transferability benchmark"): the main part
+3.56 h for its 1,880 runs plus 43 min re-running the 192 that hit their cap still improving
+(`cap_doublings`; 186 then converged), the ImageNet part 31 min: 4.8 h. Scratch: digits 87.6 /
+97.9 %, fashion_mnist 62.2 / 79.3 %, lfw 92.0 / 100.0 % (10/class / 100 or full). Mean gain
+over scratch at 10 / 100 per class: lp_ft +0.6 / +0.5, finetune_full -1.1 / -1.2, the linear
+probe -6.6 / -7.8 points. Leave-one-target-out, deciding "probe or scratch?" the fitted advisor
+loses 0.48 points against always-scratch's 1.06 (-0.58 [-1.15, -0.02]); with every arm 1.77
+against always-lp_ft's 1.67; the weighted tau of its source ranking is 0.45 (seed 0 against
+seed 1: 0.58).
 """
 
 import ml_collections as mlc
