@@ -38,6 +38,9 @@ def test_a_capped_cell_is_re_run_once_at_twice_the_cap_and_that_run_counts(tmp_p
     root = tmp_path / "study"
     cells = study_lib.expand(_capped_study(), root)
     assert [c.cap_doublings for c in cells] == [1, 1, 1]  # two trials, one later seed
+    root.mkdir()
+    lines = study_lib.write_cells_file(cells, root, "S").read_text().splitlines()[1:]
+    assert all(line.endswith(f"--cell {i}") for i, line in enumerate(lines))  # may re-run
     assert study_lib.run_cells(cells, root, parallel=parallel)[1] == []
     final = sweep_lib.resolve_all(cells, root)
     for first, last in zip(cells, final, strict=True):

@@ -318,11 +318,12 @@ def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path
     """cells.txt: one command per line, for cluster array jobs or by hand.
 
     A cell's line is its `jtl train` command; a later seed whose learning rate its tuning seeds
-    choose (not yet known) gets `jtl study ... --cell I`, which resolves it when it runs.
+    choose (not yet known), and a cell that may be re-run at a doubled cap, get
+    `jtl study ... --cell I`, which resolves it and re-runs it when it hits its cap.
     """
 
     def line(i: int, c: Cell) -> str:
-        if c.tuned_by and not c.chosen:
+        if (c.tuned_by and not c.chosen) or c.attempt < c.cap_doublings:
             study = ["jtl", "study", "--config", study_spec, "--workdir", str(root)]
             return shlex.join([*study, "--cell", str(i)])
         return shlex.join(c.command(root))
