@@ -58,10 +58,10 @@ Expected (2026-12-04, 2-core CPU; docs/results.md "Transferability benchmark"): 
 10/class, `part=imagenet,arms=lp_ft,sizes=10`: 57 min more, -6.0 points over scratch).
 Scratch: digits 87.6 / 97.9 %, fashion_mnist 62.2 / 79.3 %, lfw 92.0 / 100.0 % (10/class /
 100 or full). Mean gain over scratch at 10 / 100 per class (trained sources): lp_ft +0.6 /
-+0.5, finetune_full -1.1 / -1.2, the linear probe -6.6 / -7.8 points. Leave-one-target-out, deciding "probe or scratch?" the fitted advisor
-loses 0.48 points against always-scratch's 1.06 (-0.58 [-1.15, -0.02]); with every arm 1.56
-against always-lp_ft's 1.67 (-0.11 [-1.22, +1.40]); the weighted tau of its source ranking is
-0.45 (seed 0 against seed 1: 0.59).
++0.5, finetune_full -1.1 / -1.2, the linear probe -6.6 / -7.8 points. Leave-one-target-out,
+deciding "probe or scratch?" the fitted advisor loses 0.48 points against always-scratch's
+1.06 (-0.58 [-1.15, -0.02]); with every arm 1.56 against always-lp_ft's 1.67 (-0.11 [-1.22,
++1.40]); the weighted tau of its source ranking is 0.45 (seed 0 against seed 1: 0.59).
 """
 
 import ml_collections as mlc
