@@ -95,6 +95,8 @@ def test_only_a_finished_run_at_its_cap_gets_another_attempt(tmp_path, monkeypat
     write(cell, budget="converged", converged=False)
     second = budget_lib.current_attempt(cell, tmp_path)
     assert second.attempt == 1 and second.config().max_epochs == 2 * cell.config().max_epochs
+    write(second, budget="converged", converged=False, diverged=True)
+    assert budget_lib.current_attempt(cell, tmp_path) is cell  # the capped run stays the result
     write(second, budget="converged", converged=False)  # capped again: no third attempt allowed
     assert budget_lib.current_attempt(cell, tmp_path) == second
     [first] = budget_lib.earlier_attempts(second, tmp_path)

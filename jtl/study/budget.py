@@ -203,12 +203,22 @@ def doubled(cell: Any) -> Any:
 def current_attempt(cell: Any, root: Path) -> Any:
     """The attempt of `cell` that is (or will be) its result: the first one that did not hit its
     cap, else its last allowed one (`cell.cap_doublings`). Runs nothing: a finished attempt at
-    its cap yields the next one, which the study runs like any unfinished cell."""
+    its cap yields the next one, which the study runs like any unfinished cell. A longer
+    attempt that diverged does not replace a capped one: that stays the result (not converged,
+    so no verdict, but numbers)."""
     while cell.attempt < cell.cap_doublings:
         workdir = cell.workdir(root)
         if not (is_finished(workdir, cell.config()) and hit_cap(run_summary.read(workdir))):
             break
-        cell = doubled(cell)
+        longer = doubled(cell)
+        summary = run_summary.read(longer.workdir(root))
+        if (
+            summary
+            and summary.get("diverged")
+            and is_finished(longer.workdir(root), longer.config())
+        ):
+            break
+        cell = longer
     return cell
 
 
