@@ -97,6 +97,7 @@ def test_only_a_finished_run_at_its_cap_gets_another_attempt(tmp_path, monkeypat
     assert second.attempt == 1 and second.config().max_epochs == 2 * cell.config().max_epochs
     write(second, budget="converged", converged=False, diverged=True)
     assert budget_lib.current_attempt(cell, tmp_path) is cell  # the capped run stays the result
+    assert budget_lib.current_attempt(second, tmp_path) == cell  # whichever attempt is given
     write(second, budget="converged", converged=False)  # capped again: no third attempt allowed
     assert budget_lib.current_attempt(cell, tmp_path) == second
     [first] = budget_lib.earlier_attempts(second, tmp_path)
@@ -113,6 +114,8 @@ def test_a_finished_study_takes_more_cap_doublings_but_no_other_change(tmp_path)
     s.convergence.cap_doublings = 0
     record_study(tmp_path, "spec", s)
     s.convergence.cap_doublings = 2  # only adds re-runs: amended, and the change recorded
+    with pytest.raises(study_lib.StudyError, match="--only report"):  # but not by a report
+        record_study(tmp_path, "spec", s, amend=False)
     record_study(tmp_path, "spec", s)
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["study"]["convergence"]["cap_doublings"] == 2
@@ -137,8 +140,13 @@ def test_a_study_amended_to_a_doubling_re_runs_capped_cells_and_keeps_finished_o
     s.convergence.cap_doublings = 0
     cells = study_lib.expand(s, root)
     assert study_lib.run_cells(cells, root, parallel=2) == (3, [])
+    sweep_lib.finalize(cells, root)
+    assert len(study_lib.collect(sweep_lib.resolve_all(cells, root), root)) == 2
     before = {c.id: (c.workdir(root) / "summary.json").read_bytes() for c in cells}
     cells = study_lib.expand(_capped_study(), root)
+    # Amended, before the re-runs: no row from a choice among runs now being re-run.
+    rows = study_lib.collect(sweep_lib.resolve_all(cells, root), root)
+    assert not [r for r in rows if r.get("sweep_trials")]
     assert study_lib.run_cells(cells, root, parallel=2)[1] == []
     final = sweep_lib.resolve_all(cells, root)
     assert [c.attempt for c in final] == [1, 1, 1]

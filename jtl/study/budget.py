@@ -205,7 +205,8 @@ def current_attempt(cell: Any, root: Path) -> Any:
     cap, else its last allowed one (`cell.cap_doublings`). Runs nothing: a finished attempt at
     its cap yields the next one, which the study runs like any unfinished cell. A longer
     attempt that diverged does not replace a capped one: that stays the result (not converged,
-    so no verdict, but numbers)."""
+    so no verdict, but numbers). The same answer whichever attempt of the cell is given."""
+    cell = first_attempt(cell)
     while cell.attempt < cell.cap_doublings:
         workdir = cell.workdir(root)
         if not (is_finished(workdir, cell.config()) and hit_cap(run_summary.read(workdir))):
@@ -222,10 +223,17 @@ def current_attempt(cell: Any, root: Path) -> Any:
     return cell
 
 
+def first_attempt(cell: Any) -> Any:
+    """Attempt 0 of `cell`: without the overrides its doublings appended."""
+    if not cell.attempt:
+        return cell
+    base = cell.overrides[: len(cell.overrides) - cell.attempt_overrides]
+    return dataclasses.replace(cell, attempt=0, attempt_overrides=0, overrides=base)
+
+
 def earlier_attempts(cell: Any, root: Path) -> list[dict[str, Any]]:
     """Summaries of the attempts before `cell`'s own (their cost is part of its tuning)."""
-    base = cell.overrides[: len(cell.overrides) - cell.attempt_overrides]
-    step = dataclasses.replace(cell, attempt=0, attempt_overrides=0, overrides=base)
+    step = first_attempt(cell)
     out = []
     while step.attempt < cell.attempt:
         out.append(run_summary.read(step.workdir(root)) or {})

@@ -117,13 +117,14 @@ def collect(cells: Sequence[Cell], root: Path) -> list[dict[str, Any]]:
     its whole grid has finished and been selected.
     """
     rows, other = [], []
+    by_group = sweep_lib.groups(cells)  # each sweep's trials at their current attempts
     for cell in cells:
         workdir = cell.workdir(root)
         if is_foreign(workdir, cell.config()):
             if (workdir / "summary.json").exists():
                 other.append(cell.id)  # a run of another config (e.g. copied in): not this cell's
             continue
-        result = sweep_lib.cell_result(cell, root)
+        result = sweep_lib.cell_result(cell, root, by_group.get(sweep_lib.group_id(cell)))
         if result is None:
             continue
         cell_id, s, sweep = result

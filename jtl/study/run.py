@@ -259,7 +259,7 @@ def _run_with_doublings(
     while cells:
         failed += _run_parallel(cells, root, workers, clock, progress)
         _stop_if_preempted(failed)
-        cells = [a for c in cells if (a := current_attempt(c, root)) is not c]
+        cells = [a for c in cells if (a := current_attempt(c, root)).attempt > c.attempt]
         progress.total += len(cells)
     return failed
 
@@ -294,7 +294,7 @@ def run_cells(
             if cell.tuned_by and not cell.chosen:
                 raise StudyError(sweep_lib.why_unresolved(cell, grid, root))
             _run_in_process(cell, root)
-            while (again := current_attempt(cell, root)) is not cell:  # hit its cap: re-run
+            while (again := current_attempt(cell, root)).attempt > cell.attempt:  # hit its cap
                 logging.info("cell %s hit its cap still improving: cap doubled", cell.id)
                 cell = again
                 _run_in_process(cell, root)
@@ -337,16 +337,24 @@ def write_cells_file(cells: Sequence[Cell], root: Path, study_spec: str) -> Path
     return path
 
 
-def record_study(root: Path, spec: str, study: mlc.ConfigDict) -> None:
-    """study.json pins the grid: a workdir never silently mixes two different studies."""
+def record_study(root: Path, spec: str, study: mlc.ConfigDict, amend: bool = True) -> None:
+    """study.json pins the grid: a workdir never silently mixes two different studies.
+
+    `amend=False` (`--only report`): an amendable change is refused too, since the report would
+    describe runs (re-runs at a doubled cap) that have not run."""
     path = root / "study.json"
     d = config_lib.to_dict(study)
     if path.exists():
         old = json.loads(path.read_text())
         defaults = config_lib.to_dict(study_defaults())
         diff = config_lib.recorded_diff(old.get("study", {}), d, defaults)
-        if diff and _amendable(diff, old.get("study", {}), d):
+        if diff and amend and _amendable(diff, old.get("study", {}), d):
             _amend(path, old, d, diff, defaults)
+        elif diff and _amendable(diff, old.get("study", {}), d):
+            raise StudyError(
+                f"{root} was run with other {', '.join(diff)}; --only report cannot take the "
+                "change (run the study without --only to re-run its capped cells first)"
+            )
         elif diff:
             raise StudyError(
                 f"{root} holds a different study (differs in: {', '.join(diff)}). Nothing was "
@@ -423,7 +431,7 @@ def run_study(
             f"--only report: {root} holds no study to report on (no study.json); run the "
             "study first: the same command without --only report"
         )
-    record_study(root, spec, study)
+    record_study(root, spec, study, amend=only != "report")
     cells = sweep_lib.resolve_all(list(plan.cells), root)
     write_cells_file(cells, root, spec)
     if cell_index is not None:

@@ -367,9 +367,9 @@ def make_soups(cells: Sequence[Any], root: Path, strategies: Sequence[str]) -> l
 
     out = []
     for gid, trials in groups(cells).items():
-        selected = (Path(root) / "cells" / gid / SELECTED).exists()
-        if trials[0].strategy not in strategies or not selected:
-            continue
+        sel = _read(Path(root) / "cells" / gid / SELECTED)
+        if trials[0].strategy not in strategies or not _selected_from(sel, gid, trials, root):
+            continue  # not selected yet, or selected among runs since replaced or re-run
         runs = [c.workdir(root) for c in trials]
         ok = [r for r in runs if not (run_summary.read(r) or {}).get("diverged")]
         where = soup_dir(root, gid, trials)
@@ -378,6 +378,18 @@ def make_soups(cells: Sequence[Any], root: Path, strategies: Sequence[str]) -> l
             soup.make_soup(ok, where, "greedy", eval_test=True, log=logging.info)
         out.append(where)
     return out
+
+
+def _selected_from(sel: dict[str, Any] | None, gid: str, trials: Sequence[Any], root: Path) -> bool:
+    """`selected.json` chose among exactly these trials' current runs (same workdirs, the runs
+    it recorded): not a choice made before a trial was re-run at a doubled cap, or replaced."""
+    if sel is None:
+        return False
+    recorded = [Path(root) / t.get("workdir", f"cells/{gid}/{t['trial']}") for t in sel["trials"]]
+    current = [c.workdir(root) for c in trials]
+    return [p.absolute() for p in recorded] == [p.absolute() for p in current] and all(
+        _fingerprint(p) == t["fingerprint"] for p, t in zip(recorded, sel["trials"], strict=True)
+    )
 
 
 def grid_values(cell: Any) -> dict[str, float]:
@@ -391,7 +403,9 @@ def grid_values(cell: Any) -> dict[str, float]:
     return out
 
 
-def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+def cell_result(
+    cell: Any, root: Path, trials: Sequence[Any] | None = None
+) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(row id, summary, sweep fields) of a finished cell, or None.
 
     A trial counts only when it is its cell's chosen one: the row then carries the trial's
@@ -411,6 +425,8 @@ def cell_result(cell: Any, root: Path) -> tuple[str, dict[str, Any], dict[str, A
     sel = _read(Path(root) / "cells" / gid / SELECTED)
     if sel is None or sel["chosen"] != cell.trial:
         return None
+    if trials is not None and not _selected_from(sel, gid, trials, root):
+        return None  # chosen among other runs (one since re-run at a doubled cap, or replaced)
     if any(  # a trial's run was replaced since the choice: it chose among other runs
         _fingerprint(Path(root) / t.get("workdir", f"cells/{gid}/{t['trial']}")) != t["fingerprint"]
         for t in sel["trials"]
