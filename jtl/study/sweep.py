@@ -314,8 +314,7 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
         config = config_lib.load_config(chosen.spec, [*chosen.overrides, "progress=False"])
         test = evaluate_test(config, chosen.workdir(root))  # only now, and only this trial
         # The tuning cost: every trial, and every earlier attempt of one re-run at a doubled cap.
-        spent = [*summaries, *(s for c in trials for s in earlier_attempts(c, root))]
-        flops = [_train_flops(s) for s in spent]
+        spent = _cost([*summaries, *(s for c in trials for s in earlier_attempts(c, root))])
         record = {
             "cell": gid,
             "chosen": chosen.trial,
@@ -337,11 +336,8 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
             "test": test,
             "tuning": {
                 "trials": len(trials),
-                "runs": len(spent),
-                "wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in spent)
-                + test["test_eval_time_s"],
-                "images_seen": sum(int(s.get("images_seen") or 0) for s in spent),
-                "train_flops": sum(flops) if all(f is not None for f in flops) else None,
+                **spent,
+                "wall_time_s": spent["wall_time_s"] + test["test_eval_time_s"],
             },
         }
         path.write_text(json.dumps(record, indent=1) + "\n")
@@ -454,11 +450,15 @@ def cell_result(
 def _attempts_cost(summary: dict[str, Any], earlier: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """An unswept cell re-run at a doubled cap: its cost with the earlier attempts', reported
     like a sweep's tuning cost (the report's cost table adds it to the arm's)."""
-    runs = [summary, *earlier]
-    flops = [_train_flops(s) for s in runs]
+    return {f"tuning_{k}": v for k, v in _cost([summary, *earlier]).items()}
+
+
+def _cost(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summed cost of runs: what a sweep's grid, or a cell's attempts, spent."""
+    flops = [_train_flops(s) for s in summaries]
     return {
-        "tuning_wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in runs),
-        "tuning_images_seen": sum(int(s.get("images_seen") or 0) for s in runs),
-        "tuning_train_flops": sum(flops) if all(f is not None for f in flops) else None,
-        "tuning_runs": len(runs),
+        "runs": len(summaries),
+        "wall_time_s": sum(float(s.get("wall_time_s") or 0) for s in summaries),
+        "images_seen": sum(int(s.get("images_seen") or 0) for s in summaries),
+        "train_flops": sum(flops) if all(f is not None for f in flops) else None,
     }
