@@ -181,11 +181,11 @@ def train_batches(
         raise ValueError(f"start_step={start_step} must be >= 0")
     offset, local = pipeline.local_slice(batch_size, process_index, process_count)
     indices = np.asarray(indices, np.int64)
-    order = grain.MapDataset.source(indices).shuffle(seed=seed).repeat(None)
+    order = pipeline.EpochOrder(len(indices), seed)
 
     def batch_at(k: int) -> dict[str, np.ndarray]:
-        start = k * batch_size + offset
-        return source.arrays([order[start + j] for j in range(local)], seq_len)
+        positions = np.arange(k * batch_size + offset, k * batch_size + offset + local)
+        return source.arrays(indices[order(positions)].tolist(), seq_len)
 
     batches = grain.MapDataset.range(start_step, pipeline.FOREVER).map(batch_at)
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
