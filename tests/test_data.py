@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jtl.data import augment, pipeline, registry, sources, subsets
+from jtl.data.target import eval_batch_size
 from jtl.runtime.errors import DataError
 
 
@@ -298,6 +299,26 @@ def test_train_batches_reshuffle_and_reaugment_each_epoch():
     assert sorted(plain[0]["label"]) == sorted(plain[1]["label"]) == list(range(50))
     by_id = [{int(i): im for i, im in zip(e["label"], e["image"], strict=True)} for e in augmented]
     assert sum(not np.array_equal(by_id[0][i], by_id[1][i]) for i in range(50)) > 25
+
+
+def test_epoch_order_small_subset_in_large_batches():
+    """13 examples in batches of 64 (lfw_subset at 10 per class): each run of 13 positions from
+    a multiple of 13 is one epoch, a permutation; epochs differ; batches resume exactly."""
+    order = pipeline.EpochOrder(13, seed=5)
+    shown = order(np.arange(13 * 40))
+    epochs = shown.reshape(40, 13)
+    assert all(sorted(e) == list(range(13)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 30
+    np.testing.assert_array_equal(order(np.arange(100, 164)), shown[100:164])
+    np.testing.assert_array_equal(pipeline.EpochOrder(13, seed=5)(np.arange(64)), shown[:64])
+    assert not np.array_equal(pipeline.EpochOrder(13, seed=6)(np.arange(64)), shown[:64])
+
+
+def test_eval_batch_size_shrinks_to_a_small_split():
+    assert eval_batch_size(34, 500, 1) == 34  # a 10-per-class validation fold: no padding
+    assert eval_batch_size(34, 500, 4) == 36  # a multiple of the devices it is sharded over
+    assert eval_batch_size(10_000, 500, 2) == 500
+    assert eval_batch_size(0, 500, 2) == 2
 
 
 def test_eval_batches_pad_and_mask():
