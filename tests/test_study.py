@@ -243,7 +243,7 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeypatch):
+def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeypatch, capsys):
     s = _study(strategies=("scratch",), sizes=("full",), seeds=(0, 1))
     root = tmp_path / "study"
     cells = study_lib.expand(s, root)
@@ -270,6 +270,8 @@ def test_resume_skips_finished_cells_and_finishes_a_killed_one(tmp_path, monkeyp
     monkeypatch.setattr(checkpoint.RunCheckpoints, "save", save_then_die)
     ran, failed = study_lib.run_cells(cells, root)
     assert ran == 1 and len(failed) == 1 and "simulated kill" in failed[0][1]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[study]")]
+    assert lines[-1].startswith(f"[study] 1/1 {cells[1].id} FAILED (ETA 0h00")  # as in parallel
     assert not (cells[1].workdir(root) / "summary.json").exists()
     monkeypatch.setattr(checkpoint.RunCheckpoints, "save", real_save)
 

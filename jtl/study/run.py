@@ -101,9 +101,9 @@ def _run_in_process(cell: Cell, root: Path) -> None:
 
 
 class _Progress:
-    """One line per finished cell of a parallel run, with an ETA at the rate so far: a study of
-    hours must show that it moves (the serial path prints its own lines). One per `run_cells`,
-    so the later seeds' cells continue the count."""
+    """One line per finished cell, with an ETA at the rate so far: a study of hours must show
+    that it moves. One per `run_cells`, so the later seeds' cells continue the count; serial
+    and parallel runs print the same lines."""
 
     def __init__(self, total: int) -> None:
         self.total, self.finished, self.t0 = total, 0, time.time()
@@ -286,8 +286,8 @@ def run_cells(
         progress.total = progress.finished + len(later)  # unresolved ones are failures
         failed += _run_with_doublings(later, root, parallel, clock, progress)
         return len(todo), failed
-    failed = []
-    for i, cell in enumerate(todo):
+    failed, progress = [], _Progress(len(todo))
+    for cell in todo:
         t = time.time()
         try:
             cell = sweep_lib.resolve(cell, grid, root)  # its tuning seeds ran earlier in `todo`
@@ -305,10 +305,11 @@ def run_cells(
         except Exception as e:  # noqa: BLE001 - report the cell, go on with the grid
             logging.exception("cell %s failed", cell.id)
             failed.append((cell, f"{type(e).__name__}: {e}"))
+            progress.line(cell.id, "FAILED")
             if clock is not None:
                 clock.tick()  # a failed cell's time was spent too
             continue
-        print(f"[study] {i + 1}/{len(todo)} {cell.id} ({time.time() - t:.0f}s)", flush=True)
+        progress.line(cell.id, f"done in {time.time() - t:.0f}s")
         if clock is not None:
             clock.tick(cells_done=1)
     return len(todo), failed
