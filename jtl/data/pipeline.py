@@ -2,7 +2,7 @@
 
 Global training batch k is a pure function of (seed, k): position p of the endless stream is
 example `order(p // n)[p % n]` of a per-epoch permutation drawn from (seed, epoch), augmented
-with a generator seeded by (seed, p). So resuming at step k is exact and costs nothing, and
+with a generator seeded by (seed, p), each in its own stream (`SHUFFLE`, `AUGMENT`). So resuming at step k is exact and costs nothing, and
 every process reads only its own contiguous slice of each global batch, so 1 and N processes
 see the same global batch. grain's background threads build and prefetch batches.
 
@@ -28,6 +28,9 @@ TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 # A training subset whose resized uint8 images fit in this many bytes is kept in memory.
 PREFIT_BYTES = 1 << 30
 _CHUNK = 1024
+# Seed-sequence tags: epoch e's permutation and position p's augmentation never share a
+# generator (untagged, (seed, 3) would seed both epoch 3's order and position 3's crop).
+SHUFFLE, AUGMENT = 0, 1
 
 
 def model_inputs(batch: dict[str, Any]) -> Any:
@@ -122,7 +125,7 @@ class EpochOrder:
         self._permutation = functools.lru_cache(maxsize=64)(self._draw)
 
     def _draw(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng((self.seed, epoch)).permutation(self.n)
+        return np.random.default_rng((self.seed, SHUFFLE, epoch)).permutation(self.n)
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         epochs, within = np.divmod(np.asarray(positions, np.int64), self.n)
@@ -191,7 +194,7 @@ def train_batches(
             labels = np.array([it["label"] for it in items])
         if ops:
             images = np.stack(
-                [_augment(x, np.random.default_rng((seed, int(p))), ops)
+                [_augment(x, np.random.default_rng((seed, AUGMENT, int(p))), ops)
                  for x, p in zip(images, positions, strict=True)]
             )  # fmt: skip
         return _to_batch(images, labels, channels, scale)
