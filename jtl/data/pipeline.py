@@ -2,9 +2,10 @@
 
 Global training batch k is a pure function of (seed, k): position p of the endless stream is
 example `order(p // n)[p % n]` of a per-epoch permutation drawn from (seed, epoch), augmented
-with a generator seeded by (seed, p), each in its own stream (`SHUFFLE`, `AUGMENT`). So resuming at step k is exact and costs nothing, and
-every process reads only its own contiguous slice of each global batch, so 1 and N processes
-see the same global batch. grain's background threads build and prefetch batches.
+with a generator seeded by (seed, p), each in its own stream (`SHUFFLE`, `AUGMENT`). So
+resuming at step k is exact and costs nothing, and every process reads only its own
+contiguous slice of each global batch, so 1 and N processes see the same global batch.
+grain's background threads build and prefetch batches.
 
 Speed: the training subset is resized once, in bulk and vectorized, and kept in memory (when it
 fits), so an epoch costs only the random augmentation of each example; 1 -> 3 channel repeat
