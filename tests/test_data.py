@@ -314,6 +314,18 @@ def test_epoch_order_small_subset_in_large_batches():
     assert not np.array_equal(pipeline.EpochOrder(13, seed=6)(np.arange(64)), shown[:64])
 
 
+def test_train_batches_read_record_by_record_equal_the_in_memory_ones(monkeypatch):
+    """A subset too large to keep in memory is read per record: the same stream."""
+    src, idx = _source(), np.arange(5, 45)
+    kw = dict(seed=4, batch_size=16, image_size=6, channels=1, augment="crop(1)|flip")
+    kept = _take(pipeline.train_batches(src, idx, **kw), 6)
+    monkeypatch.setattr(pipeline, "PREFIT_BYTES", 0)
+    assert pipeline.FittedSource(src, idx, 6, 1).images is None
+    for a, b in zip(kept, _take(pipeline.train_batches(src, idx, **kw), 6), strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
 def test_eval_batch_size_shrinks_to_a_small_split():
     assert eval_batch_size(34, 500, 1) == 34  # a 10-per-class validation fold: no padding
     assert eval_batch_size(34, 500, 4) == 36  # a multiple of the devices it is sharded over

@@ -103,7 +103,7 @@ def _run_in_process(cell: Cell, root: Path) -> None:
 class _Progress:
     """One line per finished cell, with an ETA at the rate so far: a study of hours must show
     that it moves. One per `run_cells`, so the later seeds' cells continue the count; serial
-    and parallel runs print the same lines."""
+    and parallel runs print the same kind of line (serial ones add the cell's seconds)."""
 
     def __init__(self, total: int) -> None:
         self.total, self.finished, self.t0 = total, 0, time.time()
