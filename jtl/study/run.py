@@ -349,9 +349,10 @@ def record_study(root: Path, spec: str, study: mlc.ConfigDict, amend: bool = Tru
         old = json.loads(path.read_text())
         defaults = config_lib.to_dict(study_defaults())
         diff = config_lib.recorded_diff(old.get("study", {}), d, defaults)
-        if diff and amend and _amendable(diff, old.get("study", {}), d):
+        amendable = bool(diff) and _amendable(diff, old.get("study", {}), d)
+        if amendable and amend:
             _amend(path, old, d, diff, defaults)
-        elif diff and _amendable(diff, old.get("study", {}), d):
+        elif amendable:
             raise StudyError(
                 f"{root} was run with other {', '.join(diff)}; --only report cannot take the "
                 "change (run the study without --only to re-run its capped cells first)"
