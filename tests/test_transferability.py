@@ -25,6 +25,48 @@ def test_logme_prefers_informative_over_random_features():
     assert tr.logme(f, y) > tr.logme(rnd, y)
 
 
+def _logme_direct(f: np.ndarray, labels: np.ndarray) -> float:
+    """The reference's form: the full eigendecomposition of F^T F (d x d), d x d products."""
+    n, d = f.shape
+    s, v = np.linalg.eigh(f.T @ f)
+    s = np.maximum(s, 0.0)
+    out = []
+    for c in np.unique(labels):
+        y = (labels == c).astype(np.float64)
+        alpha, beta, lam = 1.0, 1.0, 1.0
+        for _ in range(11):
+            gamma = np.sum(s / (s + lam))
+            m = v @ ((v.T @ (f.T @ y)) * beta / (alpha + beta * s))
+            alpha_de, beta_de = m @ m, np.sum((y - f @ m) ** 2)
+            alpha, beta = gamma / (alpha_de + 1e-5), (n - gamma) / (beta_de + 1e-5)
+            stop = abs(alpha / beta - lam) / lam < 0.01
+            lam = alpha / beta
+            if stop:
+                break
+        evidence = d / 2 * np.log(alpha) + n / 2 * np.log(beta) - n / 2 * np.log(2 * np.pi)
+        evidence -= 0.5 * np.sum(np.log(alpha + beta * s))
+        evidence -= beta / 2 * (beta_de + 1e-5) + alpha / 2 * (alpha_de + 1e-5)
+        out.append(evidence / n)
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("n,d", [(60, 200), (200, 16), (64, 64)])
+def test_logme_equals_the_full_eigendecomposition(n, d):
+    """Fewer examples than features (ImageNet features) takes the n x n route: same evidence."""
+    f, y = _separable(n=n, d=d, noise=2.0)
+    assert tr.logme(f, y) == pytest.approx(_logme_direct(f, y), rel=1e-9)
+
+
+def test_h_score_equals_the_pseudo_inverse_form():
+    f, y = _separable(n=60, d=100, noise=1.0)
+    g = f - f.mean(0)
+    cov = g.T @ g / len(g)
+    means = np.stack([g[y == c].mean(0) for c in y])
+    reg = 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    expected = np.trace(np.linalg.pinv(cov + reg) @ (means.T @ means / len(g)))
+    assert tr.h_score(f, y) == pytest.approx(expected, rel=1e-6)
+
+
 def test_leep_closed_form_on_three_examples():
     theta = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
     y = np.array([0, 1, 1])

@@ -39,15 +39,29 @@ def _dataset(name: str) -> Any:
     return registry.load(name)
 
 
-def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
-    def fn(v: dict, xb: np.ndarray) -> tuple:
-        return _features_and_logits(model, v, xb)
+@functools.lru_cache(maxsize=16)
+def _source(checkpoint: str, example_shape: tuple[int, ...], seed: int, stamp: int) -> tuple:
+    """The source model, its variables and a random init of the same architecture, loaded once
+    per process: a study scores each source on every (target, size). `stamp` (the checkpoint's
+    mtime) keys a rewritten checkpoint apart."""
+    del stamp
+    example = np.zeros(example_shape, np.float32)
+    _, model, variables = source_model.load(checkpoint, example)
+    init = jax.jit(lambda r: model.init(r, example))(jax.random.PRNGKey(seed))
+    return model, variables, {k: v for k, v in init.items() if k in variables}
 
+
+def _forward(model: Any, variables: dict, x: np.ndarray, batch: int = 256) -> tuple:
+    """Features and source-head probabilities; each batch is zero-padded to a power of two
+    (32 to `batch`), so the samples of every size share a handful of compiled programs."""
     feats, logits = [], []
     for i in range(0, len(x), batch):
-        f, lg = fn(variables, x[i : i + batch])
-        feats.append(np.asarray(f))
-        logits.append(np.asarray(lg))
+        xb = x[i : i + batch]
+        rows = min(batch, max(32, 1 << (len(xb) - 1).bit_length()))
+        padded = np.concatenate([xb, np.zeros((rows - len(xb), *xb.shape[1:]), xb.dtype)])
+        f, lg = _features_and_logits(model, variables, padded)
+        feats.append(np.asarray(f)[: len(xb)])
+        logits.append(np.asarray(lg)[: len(xb)])
     logits = np.concatenate(logits)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     return np.concatenate(feats), probs / probs.sum(1, keepdims=True)
@@ -153,9 +167,8 @@ def advise(
         idx = subsets.nested_subset(labels, np.arange(len(labels)), fraction=frac, seed=seed)
     x, y = pipeline.load_arrays(ds.splits["train"], idx, size, src.channels)
     x = source_model.rescale_batch(src, x)  # e.g. ImageNet mean/std for torchvision ResNets
-    _, model, variables = source_model.load(checkpoint, x[:1])
-    init = jax.jit(lambda r: model.init(r, x[:1]))(jax.random.PRNGKey(seed))
-    init = {k: v for k, v in init.items() if k in variables}
+    stamp = checkpoint.stat().st_mtime_ns
+    model, variables, init = _source(str(checkpoint), (1, *x.shape[1:]), seed, stamp)
     pretrained = scores_for(model, variables, x, y, ds.num_classes)
     random = scores_for(model, dict(init), x, y, ds.num_classes)
     per_class = per_class or len(labels) / ds.num_classes

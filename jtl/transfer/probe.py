@@ -11,6 +11,7 @@ validation split, reported on test:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -156,6 +157,21 @@ def _lbfgs(loss: Any, w0: dict, max_steps: int, tol: float) -> dict:
     return w
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "max_steps", "tol"))
+def _fit_lbfgs(
+    x: jax.Array,
+    y: jax.Array,
+    w0: dict,
+    l2: jax.Array,
+    num_classes: int,
+    max_steps: int,
+    tol: float,
+) -> dict:
+    """One program per shape, the data an argument: a study fits many probes of equal shapes
+    (every source on a target), and a closure would bake each one's features into a new one."""
+    return _lbfgs(_ce_objective(x, y, num_classes, l2), w0, max_steps, tol)
+
+
 def fit_logistic(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -172,11 +188,8 @@ def fit_logistic(
     d = x_train.shape[1]
     w = {"kernel": jnp.zeros((d, num_classes)), "bias": jnp.zeros((num_classes,))}
     best: LinearClassifier | None = None
-    fit = jax.jit(
-        lambda w0, l2: _lbfgs(_ce_objective(xt, yt, num_classes, l2), w0, max_steps, 1e-5)
-    )
     for l2 in sorted(l2_grid, reverse=True):  # strong -> weak, warm-started
-        w = fit(w, l2)
+        w = _fit_lbfgs(xt, yt, w, l2, num_classes=num_classes, max_steps=max_steps, tol=1e-5)
         kernel, bias = np.asarray(w["kernel"]), np.asarray(w["bias"])
         acc = float(np.mean(np.argmax(xv @ kernel + bias, -1) == y_val)) if len(y_val) else 0.0
         if best is None or acc > best.val_accuracy:
