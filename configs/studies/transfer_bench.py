@@ -32,36 +32,39 @@ at a 30-epoch cap 101 of 243 finetune_full trials at 100/class had not converged
 
 Run (resumable: re-run the same command; `launch/study.sh --background -- ARGS` runs it from
 a git worktree pinned at the current commit, and resumes it there; under it, give `source_dir=`
-an absolute path). In one go, the main part and the ImageNet probe part (what docs/results.md
-ran), then the fit:
+an absolute path). What docs/results.md ran: the main part, the ImageNet probe part, the
+ImageNet fine-tuning arms at 10/class, then the fit:
     jtl study --config configs/studies/transfer_bench.py --workdir runs/bench --parallel 2
-    jtl study --config configs/studies/transfer_bench.py:part=imagenet --workdir runs/bench_inet
+    jtl study --config configs/studies/transfer_bench.py:part=imagenet --workdir runs/bench_inet \
+        --parallel 2
     jtl study --config configs/studies/transfer_bench.py:part=imagenet,arms=lp_ft,sizes=10,\
-source_dir=$PWD/runs/bench_inet/sources --workdir runs/bench_inet_lpft
-    jtl advisor fit --study runs/bench --study runs/bench_inet [--study runs/bench_inet_lpft] \
-        --out jtl/advisor/fitted.json --report runs/advisor
+source_dir=$PWD/runs/bench_inet/sources --workdir runs/bench_inet_lpft10 --parallel 2
+    jtl study --config configs/studies/transfer_bench.py:part=imagenet,arms=finetune_full,\
+sizes=10,source_dir=$PWD/runs/bench_inet/sources --workdir runs/bench_inet_ff10 --parallel 2
+    jtl advisor fit --study runs/bench --study runs/bench_inet --study runs/bench_inet_lpft10 \
+        --study runs/bench_inet_ff10 --out jtl/advisor/fitted.json --report runs/advisor
 A part can be cut into phases, each its own resumable workdir: `arms=a+b`, `sources=a+b` and
 `sizes=10` (or 100) run a subset of the grid, `source_dir=` reuses trained sources, and
 `jtl advisor fit --table DIR` adds an earlier fit's measured rows (DIR/validation.json) to the
 studies given, for phases whose runs are gone.
 
 `part=imagenet`: the ImageNet EfficientNet-Lite0 source (real weights, 32 px RGB) on the same
-targets, the linear probe by default: its fine-tuning costs 45-110 s a cell on this CPU (against
-~10 s for the compact CNN), so `arms=lp_ft` (or finetune_full) is a phase of its own, with
+targets, the linear probe by default: its fine-tuning costs ~60 s a run at 10/class on this
+CPU, and more at 100/class, so `arms=lp_ft` (or finetune_full) is a phase of its own, with
 `source_dir=` the probe part's sources (absolute). Its gains are taken against the main part's
 scratch rows (the same target, size and seeds).
 `small=1`: 2 sources x 2 targets x 1 size, for a smoke test.
 
-Expected (2026-12-04, 2-core CPU; docs/results.md "Transferability benchmark"): the main part
-3.56 h for its 1,880 runs plus 43 min re-running the 192 that hit their cap still improving
-(`cap_doublings`; 186 then converged), the ImageNet part 31 min: 4.8 h (its lp_ft at
-10/class, `part=imagenet,arms=lp_ft,sizes=10`: 57 min more, -6.0 points over scratch).
-Scratch: digits 87.6 / 97.9 %, fashion_mnist 62.2 / 79.3 %, lfw 92.0 / 100.0 % (10/class /
-100 or full). Mean gain over scratch at 10 / 100 per class (trained sources): lp_ft +0.6 /
-+0.5, finetune_full -1.1 / -1.2, the linear probe -6.6 / -7.8 points. Leave-one-target-out,
-deciding "probe or scratch?" the fitted advisor loses 0.48 points against always-scratch's
-1.06 (-0.58 [-1.15, -0.02]); with every arm 1.56 against always-lp_ft's 1.67 (-0.11 [-1.22,
-+1.40]); the weighted tau of its source ranking is 0.45 (seed 0 against seed 1: 0.59).
+Expected (2026-12-04, sessions 9-10, 2-core CPU; docs/results.md "Transferability
+benchmark"): 3.10 h in all: the main part 145.8 min (1,880 runs and 198 re-runs of runs that hit
+their cap still improving, `cap_doublings`), the ImageNet probe part 2.7 min, its lp_ft and
+finetune_full at 10/class 20.8 and 16.6 min. Scratch: digits 88.6 / 98.0 %, fashion_mnist
+62.8 / 79.4 %, lfw 92.0 / 99.0 % (10/class / 100 or full). Mean gain over scratch at 10 / 100
+per class: lp_ft -0.9 / +0.7, finetune_full -2.3 / -1.2, the linear probe -6.7 / -7.2 points.
+Leave-one-target-out, deciding "probe or scratch?" the fitted advisor loses 0.44 points against
+always-scratch's 1.07 (-0.63 [-1.14, -0.13]); with every arm (190 triples) 1.63 against
+always-scratch's 2.08 (-0.45 [-0.87, -0.06]), LogME alone 1.32; the weighted tau of its source
+ranking is 0.47 (seed 0 against seed 1: 0.58).
 """
 
 import ml_collections as mlc
