@@ -14,10 +14,11 @@ Run:
     jtl quickstart --workdir runs/quickstart        # or: make quickstart
     jtl study --config configs/studies/quickstart.py --workdir runs/quickstart
 
-Expected (docs/results.md "Quickstart", 2026-12-04, 2-core CPU, 3.3 min idle): digits 5-9,
-linear probe 84.2 ± 2.0 % vs scratch 76.3 ± 3.5 % (ahead, p = 0.14), finetune_full 81.8 %;
-Fashion-MNIST, scratch 60.9 ± 0.1 %, finetune_full 59.9 %, probe 56.6 %. Before validation
-ties went to the lower loss: 84.2 / 74.7 % (p = 0.054); another machine of the same kind
+Expected (docs/results.md "Quickstart", 2026-12-04 session 10, 2-core CPU, 2.3 min): digits
+5-9, linear probe 86.7 ± 1.9 % vs scratch 76.6 ± 2.9 % (ahead, p = 0.067), finetune_full
+84.1 %; Fashion-MNIST, finetune_full 62.2 ± 2.8 %, scratch 62.1 ± 1.7 %, probe 56.6 %. Under
+the batch order before session 9: 84.2 / 76.3 % (p = 0.14); before validation ties went to the
+lower loss: 84.2 / 74.7 % (p = 0.054); another machine of the same kind
 (2026-12-02) gave 83.1 / 74.5 % (p = 0.018): at 2 seeds and 10 per class the floating point of
 the CPU moves results by up to 3 points.
 """
