@@ -95,12 +95,14 @@ def test_only_a_finished_run_at_its_cap_gets_another_attempt(tmp_path, monkeypat
     write(cell, budget="converged", converged=False)
     second = budget_lib.current_attempt(cell, tmp_path)
     assert second.attempt == 1 and second.config().max_epochs == 2 * cell.config().max_epochs
-    write(second, budget="converged", converged=False, diverged=True)
+    write(second, budget="converged", converged=False, diverged=True, wall_time_s=3.0)
     assert budget_lib.current_attempt(cell, tmp_path) is cell  # the capped run stays the result
+    [longer] = budget_lib.other_attempts(cell, tmp_path)  # but the diverged run's cost counts
+    assert longer["wall_time_s"] == 3.0 and longer["diverged"] is True
     assert budget_lib.current_attempt(second, tmp_path) == cell  # whichever attempt is given
     write(second, budget="converged", converged=False)  # capped again: no third attempt allowed
     assert budget_lib.current_attempt(cell, tmp_path) == second
-    [first] = budget_lib.earlier_attempts(second, tmp_path)
+    [first] = budget_lib.other_attempts(second, tmp_path)
     assert first["wall_time_s"] == 1.0 and first["converged"] is False
     # Without doublings a capped cell stays as it is (the report calls it inconclusive).
     plain = dataclasses.replace(cell, cap_doublings=0)

@@ -231,11 +231,13 @@ def first_attempt(cell: Any) -> Any:
     return dataclasses.replace(cell, attempt=0, attempt_overrides=0, overrides=base)
 
 
-def earlier_attempts(cell: Any, root: Path) -> list[dict[str, Any]]:
-    """Summaries of the attempts before `cell`'s own (their cost is part of its tuning)."""
-    step = first_attempt(cell)
-    out = []
-    while step.attempt < cell.attempt:
-        out.append(run_summary.read(step.workdir(root)) or {})
+def other_attempts(cell: Any, root: Path) -> list[dict[str, Any]]:
+    """Summaries of the other attempts of `cell` that ran: the earlier ones, and a longer one
+    that diverged and so did not replace it. Their cost is part of the cell's tuning."""
+    step, out = first_attempt(cell), []
+    while True:
+        if step.attempt != cell.attempt and (summary := run_summary.read(step.workdir(root))):
+            out.append(summary)
+        if step.attempt >= cell.cap_doublings:
+            return out
         step = doubled(step)
-    return out

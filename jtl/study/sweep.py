@@ -41,7 +41,7 @@ from absl import logging
 
 from jtl import config as config_lib
 from jtl.evaluation import run_summary
-from jtl.study.budget import current_attempt, earlier_attempts
+from jtl.study.budget import current_attempt, other_attempts
 from jtl.study.finished import is_foreign
 from jtl.transfer import strategies
 
@@ -313,8 +313,8 @@ def finalize(cells: Sequence[Any], root: Path) -> list[dict[str, Any]]:
         chosen = trials[i]
         config = config_lib.load_config(chosen.spec, [*chosen.overrides, "progress=False"])
         test = evaluate_test(config, chosen.workdir(root))  # only now, and only this trial
-        # The tuning cost: every trial, and every earlier attempt of one re-run at a doubled cap.
-        spent = _cost([*summaries, *(s for c in trials for s in earlier_attempts(c, root))])
+        # The tuning cost: every trial and its other attempts (earlier, or longer and diverged).
+        spent = _cost([*summaries, *(s for c in trials for s in other_attempts(c, root))])
         record = {
             "cell": gid,
             "chosen": chosen.trial,
@@ -411,7 +411,8 @@ def cell_result(
     summary = run_summary.read(cell.workdir(root))
     if summary is None:
         return None
-    retried = _attempts_cost(summary, earlier_attempts(cell, root)) if cell.attempt else {}
+    others = other_attempts(cell, root)
+    retried = _attempts_cost(summary, others) if others else {}
     if cell.chosen:  # a later seed at its tuning seeds' choice: its own cost only
         chosen = {"chosen": grid_values(cell), "tuned_on": list(cell.tuned_by)}
         return cell.id, summary, {**chosen, **retried}
@@ -448,7 +449,7 @@ def cell_result(
 
 
 def _attempts_cost(summary: dict[str, Any], earlier: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """An unswept cell re-run at a doubled cap: its cost with the earlier attempts', reported
+    """An unswept cell re-run at a doubled cap: its cost with its other attempts', reported
     like a sweep's tuning cost (the report's cost table adds it to the arm's)."""
     return {f"tuning_{k}": v for k, v in _cost([summary, *earlier]).items()}
 
