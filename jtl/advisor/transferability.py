@@ -39,12 +39,13 @@ def logme(features: np.ndarray, labels: np.ndarray, max_iter: int = 11) -> float
     if n < d:  # the sample's basis: F^T y and F m through F's left singular vectors u
         s, u = np.linalg.eigh(f @ f.T)
         s = np.maximum(s, 0.0)
+        singular = np.sqrt(s)  # F's singular values, once: the fixed point reads them each step
 
         def project(y: np.ndarray) -> np.ndarray:
-            return np.sqrt(s) * (u.T @ y)
+            return singular * (u.T @ y)
 
         def fitted(coef: np.ndarray) -> np.ndarray:
-            return u @ (np.sqrt(s) * coef)
+            return u @ (singular * coef)
     else:  # the features' basis: F^T F's eigenvectors v
         s, v = np.linalg.eigh(f.T @ f)
         s = np.maximum(s, 0.0)
